@@ -1,0 +1,374 @@
+"""`params.yaml`, loaded once into frozen, typed dataclasses and validated.
+
+Every other module takes these objects (or plain arguments) and never reads YAML itself. A bad value
+stops the program before any work, with a message naming the key, the value and what is allowed.
+
+Layout of `params.yaml`::
+
+    data:      {url, md5, val_size, seed, subset}
+    mlflow:    {experiment}
+    train:     {epochs, batch_size, optimizer, lr, ..., augment: {crop_padding, flip, ...}}
+    variants:
+      <name>:
+        model: {name: <registry name>, <model arguments>...}
+        <any train key>: <override>        # e.g. epochs: 2, augment: {cutout_size: 16}
+
+A variant's training config is `train` deep-merged with the variant's overrides.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import re
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin
+
+import yaml
+
+from resnetlab.errors import ConfigError
+
+OFFICIAL_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+OFFICIAL_MD5 = "c58f30108f718f92721af3b95e74349a"
+CIFAR10_TRAIN_SIZE = 50_000
+VARIANT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    url: str = OFFICIAL_URL
+    md5: str = OFFICIAL_MD5
+    val_size: int = 5000  # images held out of the 50k training set (He et al.: 45k/5k)
+    seed: int = 0  # seeds the validation split and the subset
+    subset: int = 0  # training images kept after the split, balanced per class; 0 = all
+
+    def validate(self) -> None:
+        _check(bool(self.url), "data.url", self.url, "a non-empty URL or path")
+        _check(
+            re.fullmatch(r"[0-9a-f]{32}", self.md5) is not None,
+            "data.md5",
+            self.md5,
+            "32 lowercase hex digits",
+        )
+        _check(
+            0 < self.val_size < CIFAR10_TRAIN_SIZE,
+            "data.val_size",
+            self.val_size,
+            f"an integer in 1..{CIFAR10_TRAIN_SIZE - 1}",
+        )
+        _check(self.seed >= 0, "data.seed", self.seed, "an integer >= 0")
+        _check(self.subset >= 0, "data.subset", self.subset, "0 (all) or a positive integer")
+
+
+@dataclass(frozen=True)
+class MlflowConfig:
+    experiment: str = "resnetlab"
+
+    def validate(self) -> None:
+        _check(bool(self.experiment.strip()), "mlflow.experiment", self.experiment, "a name")
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    crop_padding: int = 4  # pixels of zero padding before the random 32x32 crop; 0 = no crop
+    flip: bool = True  # random horizontal flip with probability 1/2
+    cutout_size: int = (
+        0  # side in pixels of each square Cutout hole (DeVries & Taylor: 16); 0 = off
+    )
+    cutout_count: int = 1  # holes per image
+
+    def validate(self, prefix: str) -> None:
+        _check(
+            0 <= self.crop_padding <= 16,
+            f"{prefix}.crop_padding",
+            self.crop_padding,
+            "an integer in 0..16",
+        )
+        _check(
+            0 <= self.cutout_size <= 32, f"{prefix}.cutout_size", self.cutout_size, "0..32 pixels"
+        )
+        _check(self.cutout_count >= 1, f"{prefix}.cutout_count", self.cutout_count, "an int >= 1")
+
+
+Optimizer = Literal["sgd", "adamw"]
+Schedule = Literal["multistep", "step", "cosine", "onecycle", "constant"]
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 182
+    batch_size: int = 128  # images per optimiser step, summed over all processes
+    optimizer: Optimizer = "sgd"
+    lr: float = 0.1  # peak learning rate (for onecycle: the maximum)
+    momentum: float = 0.9  # sgd momentum; for adamw this is beta1
+    nesterov: bool = False
+    weight_decay: float = 1e-4  # L2 coefficient (sgd) / decoupled decay (adamw)
+    schedule: Schedule = "multistep"
+    # multistep: epochs at which lr *= gamma. Values < 1 are fractions of `epochs`
+    # (He et al.: [0.5, 0.75] of 182 = epochs 91 and 136), values >= 1 are epoch numbers.
+    milestones: tuple[float, ...] = (0.5, 0.75)
+    gamma: float = 0.1  # lr factor at each milestone / every `step_size` epochs
+    step_size: int = 10  # schedule "step": epochs between lr *= gamma
+    warmup_epochs: float = 0.0  # linear ramp from warmup_lr to lr over this many epochs
+    warmup_lr: float = 0.01  # lr at the first step of the warm-up (He et al.'s ResNet-110: 0.01)
+    label_smoothing: float = 0.0
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    seed: int = 0  # seeds weights init, batch order and augmentation
+    device: str = "auto"  # auto = cuda, then mps, then cpu; or cpu, cuda, cuda:N, mps
+    precision: Precision = "auto"  # auto = bf16 autocast on CUDA, fp32 elsewhere
+    channels_last: bool = True  # NHWC memory format: faster convolutions on GPUs with tensor cores
+    compile: bool = False  # torch.compile the model (slow start, faster steps on GPU)
+    ema_decay: float = 0.0  # exponential moving average of weights per step; 0 = off
+    eval_batch_size: int = 1000  # images per forward pass during validation / test
+
+    def validate(self, prefix: str) -> None:
+        _check(self.epochs >= 1, f"{prefix}.epochs", self.epochs, "an integer >= 1")
+        _check(self.batch_size >= 1, f"{prefix}.batch_size", self.batch_size, "an integer >= 1")
+        _check(self.lr > 0, f"{prefix}.lr", self.lr, "a number > 0")
+        _check(0 <= self.momentum < 1, f"{prefix}.momentum", self.momentum, "a number in [0, 1)")
+        _check(
+            not (self.nesterov and (self.optimizer != "sgd" or self.momentum == 0)),
+            f"{prefix}.nesterov",
+            self.nesterov,
+            "true only with optimizer sgd and momentum > 0",
+        )
+        _check(self.weight_decay >= 0, f"{prefix}.weight_decay", self.weight_decay, "a number >= 0")
+        _check(0 < self.gamma <= 1, f"{prefix}.gamma", self.gamma, "a number in (0, 1]")
+        _check(self.step_size >= 1, f"{prefix}.step_size", self.step_size, "an integer >= 1")
+        for m in self.milestones:
+            _check(
+                m > 0 and (m < 1 or float(m).is_integer()),
+                f"{prefix}.milestones",
+                list(self.milestones),
+                "fractions in (0, 1) of the epochs, or whole epoch numbers >= 1",
+            )
+        _check(
+            0 <= self.warmup_epochs < self.epochs,
+            f"{prefix}.warmup_epochs",
+            self.warmup_epochs,
+            f"a number in [0, epochs={self.epochs})",
+        )
+        _check(self.warmup_lr > 0, f"{prefix}.warmup_lr", self.warmup_lr, "a number > 0")
+        _check(
+            0 <= self.label_smoothing < 1,
+            f"{prefix}.label_smoothing",
+            self.label_smoothing,
+            "a number in [0, 1)",
+        )
+        self.augment.validate(f"{prefix}.augment")
+        _check(self.seed >= 0, f"{prefix}.seed", self.seed, "an integer >= 0")
+        _check(
+            re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", self.device) is not None,
+            f"{prefix}.device",
+            self.device,
+            "auto, cpu, cuda, cuda:N or mps",
+        )
+        _check(0 <= self.ema_decay < 1, f"{prefix}.ema_decay", self.ema_decay, "0 (off) or (0, 1)")
+        _check(self.eval_batch_size >= 1, f"{prefix}.eval_batch_size", self.eval_batch_size, ">= 1")
+
+    def milestone_epochs(self) -> list[int]:
+        """Milestones as epoch numbers (fractions of `epochs` rounded to the nearest epoch)."""
+        return sorted(round(m * self.epochs) if m < 1 else int(m) for m in self.milestones)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    args: Mapping[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, **dict(self.args)}
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    model: ModelSpec
+    train: TrainConfig
+
+    def to_dict(self) -> dict[str, Any]:
+        """The resolved config, as plain data (JSON-safe): what a checkpoint and MLflow record."""
+        return {"variant": self.name, "model": self.model.to_dict(), "train": _plain(self.train)}
+
+    def fingerprint(self) -> str:
+        """Stable hash of the resolved config: a checkpoint only resumes a run with the same one."""
+        blob = json.dumps(self.to_dict(), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Params:
+    data: DataConfig
+    mlflow: MlflowConfig
+    train: TrainConfig
+    variants: Mapping[str, Variant]
+
+    def variant(self, name: str) -> Variant:
+        if name not in self.variants:
+            allowed = ", ".join(self.variants) or "(none declared)"
+            raise ConfigError(f"variants.{name}: no such variant; declared: {allowed}")
+        return self.variants[name]
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+
+
+def load_params(path: str | Path) -> Params:
+    """Read and validate `params.yaml`. Raises ConfigError with the offending key."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"params file not found: {path}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    return parse_params(raw or {})
+
+
+def parse_params(raw: Mapping[str, Any]) -> Params:
+    _require_mapping(raw, "params")
+    _reject_unknown(raw, {"data", "mlflow", "train", "variants"}, "")
+    data = _build(DataConfig, raw.get("data", {}), "data")
+    data.validate()
+    mlflow = _build(MlflowConfig, raw.get("mlflow", {}), "mlflow")
+    mlflow.validate()
+    train_raw = raw.get("train", {})
+    _require_mapping(train_raw, "train")
+    train = _build(TrainConfig, train_raw, "train")
+    train.validate("train")
+    variants_raw = raw.get("variants", {}) or {}
+    _require_mapping(variants_raw, "variants")
+    variants = {
+        name: _parse_variant(str(name), spec, train_raw) for name, spec in variants_raw.items()
+    }
+    return Params(data, mlflow, train, types.MappingProxyType(variants))
+
+
+def _parse_variant(name: str, spec: Any, train_raw: Mapping[str, Any]) -> Variant:
+    key = f"variants.{name}"
+    _check(
+        VARIANT_NAME.fullmatch(name) is not None,
+        key,
+        name,
+        "a name of letters, digits, '_', '.', '-' (it names files and DVC stages)",
+    )
+    _require_mapping(spec, key)
+    if "model" not in spec:
+        raise ConfigError(f"{key}.model: missing; give {{name: <model>, <arguments>...}}")
+    model_raw = spec["model"]
+    if isinstance(model_raw, str):
+        model_raw = {"name": model_raw}
+    _require_mapping(model_raw, f"{key}.model")
+    if not isinstance(model_raw.get("name"), str):
+        raise ConfigError(f"{key}.model.name: missing; name a registered model")
+    args = {k: v for k, v in model_raw.items() if k != "name"}
+    model = ModelSpec(model_raw["name"], types.MappingProxyType(args))
+    overrides = {k: v for k, v in spec.items() if k != "model"}
+    merged = _deep_merge(train_raw, overrides)
+    train = _build(TrainConfig, merged, key)
+    train.validate(key)
+    return Variant(name, model, train)
+
+
+def _deep_merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        if isinstance(v, Mapping) and isinstance(out.get(k), Mapping):
+            out[k] = _deep_merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def _build(cls: type, raw: Any, prefix: str) -> Any:
+    """Instantiate dataclass `cls` from a mapping, checking keys and types."""
+    _require_mapping(raw, prefix)
+    hints = typing.get_type_hints(cls)
+    _reject_unknown(raw, {f.name for f in dataclasses.fields(cls)}, prefix)
+    return cls(**{k: _coerce(v, hints[k], f"{prefix}.{k}") for k, v in raw.items()})
+
+
+def _coerce(value: Any, hint: Any, key: str) -> Any:
+    origin = get_origin(hint)
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, key)
+    if origin is Literal:
+        allowed = get_args(hint)
+        _check(value in allowed, key, value, ", ".join(map(str, allowed)))
+        return value
+    if origin is tuple:
+        (item,) = {a for a in get_args(hint) if a is not Ellipsis}
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{key}: {value!r} is not a list")
+        return tuple(_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value))
+    if hint is bool:
+        _check(isinstance(value, bool), key, value, "true or false")
+        return value
+    if hint is int:
+        _check(isinstance(value, int) and not isinstance(value, bool), key, value, "an integer")
+        return value
+    if hint is float:
+        # YAML reads "1e-4" (no dot) as a string; accept it as the number it plainly is.
+        if isinstance(value, str):
+            with contextlib.suppress(ValueError):
+                value = float(value)
+        _check(
+            isinstance(value, int | float) and not isinstance(value, bool), key, value, "a number"
+        )
+        return float(value)
+    if hint is str:
+        _check(isinstance(value, str), key, value, "a string")
+        return value
+    raise TypeError(f"unsupported config type {hint} for {key}")  # programming error
+
+
+def _plain(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj):
+        return {f.name: _plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, tuple | list):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, Mapping):
+        return {k: _plain(v) for k, v in obj.items()}
+    return obj
+
+
+def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested dicts as dotted keys: {"train": {"lr": 0.1}} -> {"train.lr": 0.1}."""
+    if dataclasses.is_dataclass(obj):
+        obj = _plain(obj)
+    out: dict[str, Any] = {}
+    for k, v in obj.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping):
+            out.update(flatten(v, f"{key}."))
+        else:
+            out[key] = v
+    return out
+
+
+def _require_mapping(value: Any, key: str) -> None:
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{key}: expected a mapping of keys to values, got {value!r}")
+
+
+def _reject_unknown(raw: Mapping[str, Any], allowed: set[str], prefix: str) -> None:
+    unknown = sorted(set(map(str, raw)) - allowed)
+    if unknown:
+        where = f"{prefix}." if prefix else ""
+        raise ConfigError(
+            f"{where}{unknown[0]}: unknown key; allowed keys{' in ' + prefix if prefix else ''}: "
+            + ", ".join(sorted(allowed))
+        )
+
+
+def _check(ok: bool, key: str, value: Any, allowed: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}: {value!r} is not allowed; expected {allowed}")

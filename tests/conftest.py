@@ -1,0 +1,30 @@
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from cifar_archive import make_archive
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_CIFAR = REPO.parent / "shared" / "data" / "cifar10"
+
+
+@pytest.fixture(scope="session")
+def tiny_archive(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """A CIFAR-format archive of 300 train + 100 test random images, and its md5."""
+    path = tmp_path_factory.mktemp("mirror") / "cifar-10-python.tar.gz"
+    return path, make_archive(path)
+
+
+@pytest.fixture(scope="session")
+def tiny_prepared(tiny_archive, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Prepared arrays from the tiny archive: 250 train, 50 val, 100 test."""
+    from resnetlab.data import prepare, read_archive, save_prepared
+
+    out = tmp_path_factory.mktemp("prepared")
+    save_prepared(prepare(read_archive(tiny_archive[0]), val_size=50, subset=0, seed=0), out)
+    return out

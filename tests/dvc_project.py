@@ -1,0 +1,69 @@
+"""A throwaway DVC project (temp git repo) running this checkout's real dvc.yaml on tiny data."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+class DvcProject:
+    def __init__(self, root: Path, params: dict[str, Any]):
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+        shutil.copy(REPO / "dvc.yaml", root / "dvc.yaml")
+        # Code deps (dvc.yaml lists src/ files) must exist in the project for DVC to hash them.
+        shutil.copytree(REPO / "src", root / "src", ignore=shutil.ignore_patterns("__pycache__"))
+        self.write_params(params)
+        self.env = {
+            **os.environ,
+            # The stages call `resnetlab`: the console script beside this interpreter.
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+            "DVC_NO_ANALYTICS": "1",
+            "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}",
+            "GIT_AUTHOR_NAME": "t",
+            "GIT_AUTHOR_EMAIL": "t@t",
+            "GIT_COMMITTER_NAME": "t",
+            "GIT_COMMITTER_EMAIL": "t@t",
+        }
+        self.git("init", "-q")
+        self.dvc("init", "-q")
+        self.dvc("config", "core.analytics", "false")
+        (root / ".gitignore").write_text("mlflow.db\nmlartifacts/\n")
+        self.commit("init")
+
+    def write_params(self, params: dict[str, Any]) -> None:
+        (self.root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+    def params(self) -> dict[str, Any]:
+        return yaml.safe_load((self.root / "params.yaml").read_text())
+
+    def run(self, *cmd: str, check: bool = True) -> subprocess.CompletedProcess:
+        res = subprocess.run(cmd, cwd=self.root, env=self.env, capture_output=True, text=True)
+        if check and res.returncode != 0:
+            raise AssertionError(f"{' '.join(cmd)} failed:\n{res.stdout}\n{res.stderr}")
+        return res
+
+    def git(self, *args: str) -> str:
+        return self.run("git", *args).stdout
+
+    def dvc(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        return self.run(str(Path(sys.executable).parent / "dvc"), *args, check=check)
+
+    def repro(self, *targets: str) -> list[str]:
+        """Run `dvc repro`; returns the names of the stages that actually ran."""
+        out = self.dvc("repro", *targets).stdout
+        return [
+            line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage '")
+        ]
+
+    def commit(self, message: str) -> None:
+        self.git("add", "-A")
+        self.git("commit", "-q", "--allow-empty", "-m", message)
