@@ -67,3 +67,17 @@ class DvcProject:
     def commit(self, message: str) -> None:
         self.git("add", "-A")
         self.git("commit", "-q", "--allow-empty", "-m", message)
+
+
+def tiny_params(archive: Path, md5: str, **data: Any) -> dict[str, Any]:
+    """The shipped params.yaml, shrunk: the tiny mirror, two 8-layer variants, 2 epochs."""
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["data"].update(url=str(archive), md5=md5, val_size=50, **data)
+    params["mlflow"]["experiment"] = "e2e"
+    params["train"].update(epochs=2, batch_size=64, precision="fp32", eval_batch_size=500)
+    params["variants"] = {
+        "plain8": {"model": {"name": "plain", "depth": 8}},
+        "resnet8": {"model": {"name": "resnet_v1", "depth": 8}},
+    }
+    params["compare"]["gradient_depths"] = [8]
+    return params

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from dvc_project import DvcProject
+from dvc_project import DvcProject, tiny_params
 
 pytestmark = pytest.mark.slow
 
 
 def test_dvc_repro_download_prepare(tiny_archive, tmp_path):
     archive, md5 = tiny_archive
-    params = {"data": {"url": str(archive), "md5": md5, "val_size": 50, "seed": 0, "subset": 0}}
+    params = tiny_params(archive, md5)
     project = DvcProject(tmp_path / "proj", params)
 
     assert project.repro("prepare") == ["download", "prepare"]

@@ -7,6 +7,7 @@ Layout of `params.yaml`::
 
     data:      {url, md5, val_size, seed, subset}
     mlflow:    {experiment}
+    compare:   {gradient_depths, seed}
     train:     {epochs, batch_size, optimizer, lr, ..., augment: {crop_padding, flip, ...}}
     variants:
       <name>:
@@ -94,6 +95,24 @@ class AugmentConfig:
             0 <= self.cutout_size <= 32, f"{prefix}.cutout_size", self.cutout_size, "0..32 pixels"
         )
         _check(self.cutout_count >= 1, f"{prefix}.cutout_count", self.cutout_count, "an int >= 1")
+
+
+@dataclass(frozen=True)
+class CompareConfig:
+    # Depths of the plain and resnet_v1 nets whose per-layer gradient norms at initialisation
+    # the compare stage plots (He et al.'s 20, 56, 110); empty = skip that figure.
+    gradient_depths: tuple[int, ...] = (20, 56, 110)
+    seed: int = 0  # seeds those nets' weights and the random batch
+
+    def validate(self) -> None:
+        for d in self.gradient_depths:
+            _check(
+                d >= 8 and (d - 2) % 6 == 0,
+                "compare.gradient_depths",
+                list(self.gradient_depths),
+                "depths of the form 6n+2 (8, 14, 20, 56, 110, ...)",
+            )
+        _check(self.seed >= 0, "compare.seed", self.seed, "an integer >= 0")
 
 
 Optimizer = Literal["sgd", "adamw"]
@@ -209,6 +228,7 @@ class Params:
     mlflow: MlflowConfig
     train: TrainConfig
     variants: Mapping[str, Variant]
+    compare: CompareConfig = field(default_factory=CompareConfig)
 
     def variant(self, name: str) -> Variant:
         if name not in self.variants:
@@ -235,7 +255,7 @@ def load_params(path: str | Path) -> Params:
 
 def parse_params(raw: Mapping[str, Any]) -> Params:
     _require_mapping(raw, "params")
-    _reject_unknown(raw, {"data", "mlflow", "train", "variants"}, "")
+    _reject_unknown(raw, {"data", "mlflow", "train", "variants", "compare"}, "")
     data = _build(DataConfig, raw.get("data", {}), "data")
     data.validate()
     mlflow = _build(MlflowConfig, raw.get("mlflow", {}), "mlflow")
@@ -249,7 +269,9 @@ def parse_params(raw: Mapping[str, Any]) -> Params:
     variants = {
         name: _parse_variant(str(name), spec, train_raw) for name, spec in variants_raw.items()
     }
-    return Params(data, mlflow, train, types.MappingProxyType(variants))
+    compare = _build(CompareConfig, raw.get("compare", {}), "compare")
+    compare.validate()
+    return Params(data, mlflow, train, types.MappingProxyType(variants), compare)
 
 
 def _parse_variant(name: str, spec: Any, train_raw: Mapping[str, Any]) -> Variant:

@@ -1,0 +1,275 @@
+"""Training and evaluation loops over device-resident tensors. No file I/O, no MLflow.
+
+The whole split lives on the device as uint8; each step indexes a batch, augments it there
+(`resnetlab.augment`) and runs the model. Per-step host synchronisation is avoided: losses and
+accuracies accumulate on the device and are read every `sync_every` steps (progress, non-finite
+check) and at the end of the epoch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from resnetlab.augment import Normalizer, augment_batch
+from resnetlab.config import TrainConfig
+from resnetlab.errors import ResnetlabError
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` = cuda, then mps, then cpu; anything else is taken as given (and checked)."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ResnetlabError(f"train.device={name!r} but CUDA is not available; use auto or cpu")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ResnetlabError(f"train.device={name!r} but MPS is not available; use auto or cpu")
+    return device
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for `precision` (None = plain fp32)."""
+    if precision == "auto":
+        return torch.bfloat16 if device.type == "cuda" else None
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(
+            params,
+            lr=cfg.lr,
+            momentum=cfg.momentum,
+            nesterov=cfg.nesterov,
+            weight_decay=cfg.weight_decay,
+        )
+    return torch.optim.AdamW(
+        params, lr=cfg.lr, betas=(cfg.momentum, 0.999), weight_decay=cfg.weight_decay
+    )
+
+
+def lr_factor(step: int, cfg: TrainConfig, steps_per_epoch: int) -> float:
+    """Learning rate at optimiser step `step` (0-based) as a multiple of `cfg.lr`.
+
+    Warm-up ramps linearly from `warmup_lr` to `lr` over `warmup_epochs`; the schedule then runs
+    on whole epochs (multistep, step) or on the remaining steps (cosine, onecycle).
+    """
+    total = cfg.epochs * steps_per_epoch
+    warmup = round(cfg.warmup_epochs * steps_per_epoch)
+    if step < warmup:
+        start = cfg.warmup_lr / cfg.lr
+        return start + (1.0 - start) * step / warmup
+    epoch = step // steps_per_epoch
+    if cfg.schedule == "multistep":
+        return cfg.gamma ** sum(epoch >= m for m in cfg.milestone_epochs())
+    if cfg.schedule == "step":
+        return cfg.gamma ** (epoch // cfg.step_size)
+    t = (step - warmup) / max(1, total - warmup)  # progress through the post-warm-up steps
+    if cfg.schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * t))
+    if cfg.schedule == "onecycle":
+        # Smith & Topin: linear rise from lr/25 to lr over 30% of training, cosine decay to ~0.
+        if t < 0.3:
+            return 0.04 + 0.96 * t / 0.3
+        return 0.5 * (1.0 + math.cos(math.pi * (t - 0.3) / 0.7))
+    return 1.0  # constant
+
+
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """A per-step scheduler; its state (the step count) goes into checkpoints."""
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(step, cfg, steps_per_epoch)
+    )
+
+
+def build_ema(model: nn.Module, decay: float) -> torch.optim.swa_utils.AveragedModel | None:
+    """Exponential moving average of weights and BatchNorm buffers, updated every step."""
+    if not decay:
+        return None
+    return torch.optim.swa_utils.AveragedModel(
+        model,
+        multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(decay),
+        use_buffers=True,
+    )
+
+
+class NonFiniteLossError(ResnetlabError):
+    def __init__(self, step: int, value: float):
+        self.step = step
+        self.value = value
+        super().__init__(f"loss became {value} at step {step}")
+
+
+@dataclass
+class EpochStats:
+    loss: float  # mean cross-entropy over the epoch's training images (with label smoothing)
+    accuracy: float  # on the augmented training images
+    images: int  # images processed by this process
+    seconds: float
+    lr: float  # learning rate of the epoch's last step
+
+    @property
+    def images_per_s(self) -> float:
+        return self.images / self.seconds if self.seconds else 0.0
+
+
+@dataclass
+class Shard:
+    """Which part of every global batch this process computes (DistributedDataParallel)."""
+
+    rank: int = 0
+    world: int = 1
+
+
+def batches(n: int, batch_size: int, generator: torch.Generator, device: torch.device, world: int):
+    """Shuffled index batches over `n` items. A final batch too small to give every process an
+    image is dropped; otherwise the last partial batch is kept."""
+    perm = torch.randperm(n, generator=generator, device=device)
+    for start in range(0, n, batch_size):
+        idx = perm[start : start + batch_size]
+        if len(idx) >= world:
+            yield idx
+
+
+def steps_per_epoch(n: int, batch_size: int, world: int) -> int:
+    full, rest = divmod(n, batch_size)
+    return full + (rest >= world and rest > 0)
+
+
+def train_epoch(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    cfg: TrainConfig,
+    normalize: Normalizer,
+    generator: torch.Generator,
+    *,
+    amp_dtype: torch.dtype | None = None,
+    scaler: torch.amp.GradScaler | None = None,
+    ema: torch.optim.swa_utils.AveragedModel | None = None,
+    shard: Shard | None = None,
+    sync_every: int = 50,
+    on_progress: Callable[[int, int, float, float], None] | None = None,
+) -> EpochStats:
+    """One pass over `images` (uint8 NHWC on the device) in shuffled global batches.
+
+    Each process takes every `world`-th image of a global batch; the loss is scaled by
+    world / global_batch so that DDP's gradient average equals the gradient of the global batch's
+    mean loss, even for a last batch that does not split evenly. `on_progress(step, steps, loss,
+    accuracy)` is called every `sync_every` steps. Raises NonFiniteLossError.
+    """
+    shard = shard or Shard()
+    device = images.device
+    model.train()
+    total_steps = steps_per_epoch(len(images), cfg.batch_size, shard.world)
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    first_bad = torch.full((), -1, device=device, dtype=torch.long)  # 1-based step, -1 = none
+    seen = 0
+    lr = optimizer.param_groups[0]["lr"]
+    start = time.perf_counter()
+    for step, idx in enumerate(
+        batches(len(images), cfg.batch_size, generator, device, shard.world)
+    ):
+        local = idx[shard.rank :: shard.world]
+        # Augment the whole global batch, then keep this process's part, so the random draws
+        # are identical on every process and to a single-process run.
+        x = augment_batch(images[idx], cfg.augment, normalize, generator)[shard.rank :: shard.world]
+        y = labels[local]
+        with autocast(device, amp_dtype):
+            logits = model(x)
+            loss_items = F.cross_entropy(
+                logits.float(), y, reduction="sum", label_smoothing=cfg.label_smoothing
+            )
+        loss = loss_items * (shard.world / len(idx))
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
+        lr = optimizer.param_groups[0]["lr"]  # the rate this step used, before the update
+        scheduler.step()
+        if ema is not None:
+            ema.update_parameters(model)
+        loss_sum += loss_items.detach()
+        # Recorded on the device, read at the next sync: the error names the exact step.
+        bad_now = (first_bad < 0) & ~torch.isfinite(loss_items.detach())
+        first_bad = torch.where(bad_now, step + 1, first_bad)
+        correct += (logits.argmax(1) == y).sum()
+        seen += len(y)
+        last = step + 1 == total_steps
+        if (step + 1) % sync_every == 0 or last:
+            value = loss_sum.item()  # one host sync per window
+            if not math.isfinite(value):
+                raise NonFiniteLossError(int(first_bad.item()), value)
+            if on_progress is not None:
+                on_progress(step + 1, total_steps, value / seen, correct.item() / seen)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    seconds = time.perf_counter() - start
+    return EpochStats(
+        loss=loss_sum.item() / max(seen, 1),
+        accuracy=correct.item() / max(seen, 1),
+        images=seen,
+        seconds=seconds,
+        lr=lr,
+    )
+
+
+@torch.no_grad()
+def predict_logits(
+    model: nn.Module,
+    images: torch.Tensor,
+    normalize: Normalizer,
+    batch_size: int,
+    amp_dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    """Logits (float32, on the device) for uint8 NHWC `images`, in eval mode."""
+    model.eval()
+    out = []
+    for start in range(0, len(images), batch_size):
+        x = normalize(images[start : start + batch_size])
+        with autocast(images.device, amp_dtype):
+            out.append(model(x).float())
+    return torch.cat(out) if out else torch.empty(0, 0, device=images.device)
+
+
+def evaluate(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    normalize: Normalizer,
+    batch_size: int,
+    amp_dtype: torch.dtype | None = None,
+) -> tuple[float, float]:
+    """(mean cross-entropy, accuracy) of `model` on a labelled split."""
+    logits = predict_logits(model, images, normalize, batch_size, amp_dtype)
+    loss = F.cross_entropy(logits, labels).item()
+    accuracy = (logits.argmax(1) == labels).float().mean().item()
+    return loss, accuracy

@@ -1,0 +1,159 @@
+"""One registry for every model, so a variant in ``params.yaml`` is a name plus its arguments.
+
+Builders are plain functions registered with :func:`register_model`. :func:`build_model` checks
+the arguments against the builder's signature before calling it, so an unknown or missing
+argument fails with the list of accepted ones; the builders validate the values themselves with
+the ``check_*`` helpers below, which produce messages of the form
+``"<model>: <arg>=<value> is ...; allowed: ..."``.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from torch import nn
+
+from resnetlab.errors import ConfigError
+
+__all__ = [
+    "build_model",
+    "check_bool",
+    "check_choice",
+    "check_positive_int",
+    "count_parameters",
+    "list_models",
+    "model_depth",
+    "register_model",
+]
+
+Builder = TypeVar("Builder", bound=Callable[..., nn.Module])
+
+
+@dataclass(frozen=True)
+class _Entry:
+    builder: Callable[..., nn.Module]
+    # None: the depth is an argument (CIFAR nets); otherwise the fixed nominal depth.
+    depth: int | None
+
+
+_REGISTRY: dict[str, _Entry] = {}
+
+
+def register_model(name: str, *, depth: int | None = None) -> Callable[[Builder], Builder]:
+    """Register ``builder`` under ``name``; registering a name twice raises :class:`ConfigError`.
+
+    ``depth`` is the nominal depth reported by :func:`model_depth` for models whose depth is not
+    an argument (e.g. 18 for ``resnet18``); leave it ``None`` when the builder takes ``depth``.
+    """
+    if not isinstance(name, str) or not name:
+        raise ConfigError(f"model name must be a non-empty string, got {name!r}")
+
+    def decorator(builder: Builder) -> Builder:
+        if name in _REGISTRY:
+            previous = _REGISTRY[name].builder
+            raise ConfigError(
+                f"model {name!r} is already registered "
+                f"(by {previous.__module__}.{previous.__qualname__})"
+            )
+        if depth is None and "depth" not in inspect.signature(builder).parameters:
+            raise ConfigError(f"model {name!r}: give depth= or make 'depth' an argument")
+        _REGISTRY[name] = _Entry(builder=builder, depth=depth)
+        return builder
+
+    return decorator
+
+
+def list_models() -> list[str]:
+    """Names of all registered models, sorted."""
+    return sorted(_REGISTRY)
+
+
+def _entry(name: str) -> _Entry:
+    if not isinstance(name, str) or name not in _REGISTRY:
+        raise ConfigError(f"unknown model {name!r}; allowed: {', '.join(list_models())}")
+    return _REGISTRY[name]
+
+
+def _describe_arguments(builder: Callable[..., nn.Module]) -> str:
+    parts = []
+    for param in inspect.signature(builder).parameters.values():
+        if param.default is inspect.Parameter.empty:
+            parts.append(f"{param.name} (required)")
+        else:
+            parts.append(f"{param.name}={param.default!r}")
+    return ", ".join(parts)
+
+
+def build_model(name: str, **kwargs: Any) -> nn.Module:
+    """Build the model registered as ``name`` with ``kwargs``.
+
+    Raises :class:`ConfigError` for an unknown name (listing the registered ones), an unknown or
+    missing argument (listing the accepted ones) or an invalid value (saying what is allowed).
+    """
+    entry = _entry(name)
+    params = inspect.signature(entry.builder).parameters
+    accepts_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    unknown = sorted(set(kwargs) - set(params))
+    if unknown and not accepts_any:
+        raise ConfigError(
+            f"{name}: unknown argument{'s' if len(unknown) > 1 else ''} "
+            f"{', '.join(unknown)}; accepted: {_describe_arguments(entry.builder)}"
+        )
+    missing = [
+        p.name
+        for p in params.values()
+        if p.default is inspect.Parameter.empty
+        and p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+        and p.name not in kwargs
+    ]
+    if missing:
+        raise ConfigError(
+            f"{name}: missing required argument {', '.join(missing)}; "
+            f"accepted: {_describe_arguments(entry.builder)}"
+        )
+    return entry.builder(**kwargs)
+
+
+def model_depth(name: str, kwargs: dict[str, Any]) -> int:
+    """Nominal depth for the leaderboard: ``kwargs["depth"]`` for CIFAR nets, else fixed (18...)."""
+    entry = _entry(name)
+    if entry.depth is not None:
+        return entry.depth
+    if "depth" not in kwargs:
+        raise ConfigError(f"{name}: missing required argument depth")
+    return int(kwargs["depth"])
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of parameters, trainable and frozen alike (shared parameters counted once)."""
+    return sum(p.numel() for p in model.parameters())
+
+
+# --- value checks shared by the builders -------------------------------------------------------
+
+
+def check_positive_int(model: str, arg: str, value: Any, minimum: int = 1) -> int:
+    """``value`` as an int >= ``minimum``; bools and floats (YAML ``1.0``) are rejected."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"{model}: {arg}={value!r} is invalid; allowed: an integer >= {minimum}")
+    return value
+
+
+def check_bool(model: str, arg: str, value: Any) -> bool:
+    """``value`` as a bool; strings such as ``"false"`` are rejected rather than read as true."""
+    if not isinstance(value, bool):
+        raise ConfigError(f"{model}: {arg}={value!r} is invalid; allowed: true, false")
+    return value
+
+
+def check_choice(model: str, arg: str, value: Any, allowed: Iterable[Any]) -> Any:
+    """``value`` if it is one of ``allowed``."""
+    allowed = list(allowed)
+    if value not in allowed:
+        raise ConfigError(
+            f"{model}: {arg}={value!r} is invalid; allowed: {', '.join(repr(a) for a in allowed)}"
+        )
+    return value

@@ -1,0 +1,244 @@
+"""ImageNet-family ResNets on CIFAR: ``resnet18/34/50`` adapted to 32x32, and ``resnet50_imagenet``.
+
+The adapted nets reuse torchvision's ``BasicBlock`` and ``Bottleneck`` and change only the stem:
+a 3x3 stride-1 convolution and no max-pool, so the four stages work on 32/16/8/4 maps instead
+of shrinking a 32x32 image to 1x1 (He et al. 2015 use the 7x7 stride-2 stem + max-pool for
+224x224 inputs). ``resnet50_imagenet`` is torchvision's unmodified ResNet-50 for transfer
+learning: the input is up-sampled inside the model to the size its ImageNet weights expect.
+"""
+
+from __future__ import annotations
+
+import os
+from urllib.parse import urlparse
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchvision.models import ResNet, ResNet50_Weights
+from torchvision.models import resnet50 as tv_resnet50
+from torchvision.models.resnet import BasicBlock, Bottleneck
+
+from resnetlab.errors import ConfigError, ResnetlabError
+from resnetlab.models.cifar import he_init
+from resnetlab.models.registry import check_bool, check_positive_int, register_model
+
+__all__ = [
+    "IMAGENET_WEIGHTS",
+    "CifarAdaptedResNet",
+    "ImageNetTransferResNet50",
+    "imagenet_weights_path",
+    "resnet18",
+    "resnet34",
+    "resnet50",
+    "resnet50_imagenet",
+]
+
+# Pinned rather than ResNet50_Weights.DEFAULT so an upgrade of torchvision cannot silently change
+# the starting point of the transfer experiment. V1 is the original release (76.1% top-1).
+IMAGENET_WEIGHTS = ResNet50_Weights.IMAGENET1K_V1
+
+_STAGE_FILTERS = (64, 128, 256, 512)
+
+
+class CifarAdaptedResNet(nn.Module):
+    """torchvision's ResNet layout with a 3x3 stride-1 stem and no max-pool.
+
+    Module names follow torchvision (``conv1``, ``bn1``, ``layer1``..``layer4``, ``fc``).
+    Down-sampling shortcuts are 1x1 projections + BN (option B), as in torchvision.
+    """
+
+    def __init__(
+        self,
+        block: type[BasicBlock | Bottleneck],
+        layers: list[int],
+        stage_filters: tuple[int, ...],
+        num_classes: int = 10,
+        zero_init_residual: bool = False,
+    ) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, stage_filters[0], 3, stride=1, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(stage_filters[0])
+        self.relu = nn.ReLU(inplace=True)
+        in_channels = stage_filters[0]
+        stages = []
+        for index, (planes, count) in enumerate(zip(stage_filters, layers, strict=True)):
+            stride = 1 if index == 0 else 2
+            out_channels = planes * block.expansion
+            downsample = None
+            if stride != 1 or in_channels != out_channels:
+                downsample = nn.Sequential(
+                    nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False),
+                    nn.BatchNorm2d(out_channels),
+                )
+            blocks = [block(in_channels, planes, stride, downsample)]
+            blocks += [block(out_channels, planes) for _ in range(count - 1)]
+            stages.append(nn.Sequential(*blocks))
+            in_channels = out_channels
+        self.layer1, self.layer2, self.layer3, self.layer4 = stages
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(in_channels, num_classes)
+
+        he_init(self)
+        if zero_init_residual:
+            for module in self.modules():
+                if isinstance(module, Bottleneck):
+                    nn.init.zeros_(module.bn3.weight)
+                elif isinstance(module, BasicBlock):
+                    nn.init.zeros_(module.bn2.weight)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.relu(self.bn1(self.conv1(x)))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.fc(self.avgpool(x).flatten(1))
+
+
+def _stage_filters(model: str, width: object) -> tuple[int, ...]:
+    if isinstance(width, bool) or not isinstance(width, (int, float)) or width <= 0:
+        raise ConfigError(f"{model}: width={width!r} is invalid; allowed: a number >= 1/64")
+    filters = tuple(round(f * width) for f in _STAGE_FILTERS)
+    if filters[0] < 1:
+        raise ConfigError(
+            f"{model}: width={width!r} leaves the first stage with no channels; "
+            "allowed: a number >= 1/64 (64 * width is rounded)"
+        )
+    return filters
+
+
+def _adapted(
+    model: str,
+    block: type[BasicBlock | Bottleneck],
+    layers: list[int],
+    num_classes: int,
+    width: float,
+    zero_init_residual: bool,
+) -> CifarAdaptedResNet:
+    return CifarAdaptedResNet(
+        block,
+        layers,
+        _stage_filters(model, width),
+        num_classes=check_positive_int(model, "num_classes", num_classes),
+        zero_init_residual=check_bool(model, "zero_init_residual", zero_init_residual),
+    )
+
+
+@register_model("resnet18", depth=18)
+def resnet18(
+    num_classes: int = 10, width: float = 1, zero_init_residual: bool = False
+) -> CifarAdaptedResNet:
+    """ResNet-18 for 32x32 inputs: basic blocks 2-2-2-2 on 64/128/256/512 x ``width`` filters."""
+    return _adapted("resnet18", BasicBlock, [2, 2, 2, 2], num_classes, width, zero_init_residual)
+
+
+@register_model("resnet34", depth=34)
+def resnet34(
+    num_classes: int = 10, width: float = 1, zero_init_residual: bool = False
+) -> CifarAdaptedResNet:
+    """ResNet-34 for 32x32 inputs: basic blocks 3-4-6-3."""
+    return _adapted("resnet34", BasicBlock, [3, 4, 6, 3], num_classes, width, zero_init_residual)
+
+
+@register_model("resnet50", depth=50)
+def resnet50(
+    num_classes: int = 10, width: float = 1, zero_init_residual: bool = False
+) -> CifarAdaptedResNet:
+    """ResNet-50 for 32x32 inputs: bottleneck blocks 3-4-6-3, stages output 4x the filters."""
+    return _adapted("resnet50", Bottleneck, [3, 4, 6, 3], num_classes, width, zero_init_residual)
+
+
+# --- transfer learning from ImageNet -----------------------------------------------------------
+
+
+def imagenet_weights_path() -> str:
+    """Where torchvision looks for the pinned weights: ``<torch hub dir>/checkpoints/<file>``.
+
+    The hub dir is ``$TORCH_HOME/hub`` (default ``~/.cache/torch/hub``) or whatever
+    ``torch.hub.set_dir`` set.
+    """
+    filename = os.path.basename(urlparse(IMAGENET_WEIGHTS.url).path)
+    return os.path.join(torch.hub.get_dir(), "checkpoints", filename)
+
+
+def _load_pretrained_resnet50() -> ResNet:
+    path = imagenet_weights_path()
+    try:
+        # Goes through torchvision's weights API: reads the cached file, or downloads it once
+        # into the hub folder (hash-checked against the file name).
+        return tv_resnet50(weights=IMAGENET_WEIGHTS, progress=True)
+    except OSError as err:  # URLError, DNS failures and timeouts are all OSErrors
+        if os.path.exists(path):
+            raise ResnetlabError(
+                f"resnet50_imagenet: could not read the cached ImageNet weights {path}: {err}"
+            ) from err
+        folder, filename = os.path.split(path)
+        raise ResnetlabError(
+            f"resnet50_imagenet: pretrained=true needs the ImageNet weights file {filename}, "
+            f"which is not in {folder} and could not be downloaded ({err}). On a machine with "
+            f"internet, download {IMAGENET_WEIGHTS.url} and copy it to {path} (the folder "
+            "follows $TORCH_HOME/hub/checkpoints), or set pretrained: false."
+        ) from err
+
+
+class ImageNetTransferResNet50(nn.Module):
+    """torchvision's ResNet-50 with a new ``num_classes`` head, fed up-sampled CIFAR images.
+
+    The 32x32 input is bilinearly resized to ``input_size`` inside the model, so the data
+    pipeline stays the same for every variant. With ``freeze_backbone`` only the head is
+    trainable and the backbone's BatchNorm layers stay in eval mode even in ``train()``: a
+    frozen feature extractor should also keep its (ImageNet) running statistics.
+    """
+
+    def __init__(
+        self,
+        num_classes: int = 10,
+        pretrained: bool = False,
+        freeze_backbone: bool = False,
+        input_size: int = 224,
+    ) -> None:
+        super().__init__()
+        self.input_size = input_size
+        self.freeze_backbone = freeze_backbone
+        # Without weights torchvision applies the same He (fan_out) initialisation as he_init.
+        self.resnet = _load_pretrained_resnet50() if pretrained else tv_resnet50(weights=None)
+        self.resnet.fc = nn.Linear(self.resnet.fc.in_features, num_classes)
+        if freeze_backbone:
+            for name, param in self.resnet.named_parameters():
+                param.requires_grad = name.startswith("fc.")
+            self.train(self.training)
+
+    def train(self, mode: bool = True) -> ImageNetTransferResNet50:
+        super().train(mode)
+        if self.freeze_backbone:
+            for module in self.resnet.modules():
+                if isinstance(module, nn.BatchNorm2d):
+                    module.eval()
+        return self
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.shape[-2:] != (self.input_size, self.input_size):
+            x = F.interpolate(
+                x, size=(self.input_size, self.input_size), mode="bilinear", align_corners=False
+            )
+        return self.resnet(x)
+
+
+@register_model("resnet50_imagenet", depth=50)
+def resnet50_imagenet(
+    num_classes: int = 10,
+    pretrained: bool = False,
+    freeze_backbone: bool = False,
+    input_size: int = 224,
+) -> ImageNetTransferResNet50:
+    """torchvision's ResNet-50 for transfer learning (see :class:`ImageNetTransferResNet50`).
+
+    ``pretrained=True`` loads :data:`IMAGENET_WEIGHTS` through torchvision's weights API (cached
+    in the torch hub folder); offline and uncached, it raises :class:`ResnetlabError` naming the
+    file and the folder to put it in. ``input_size`` must be at least 32, the stride of the net.
+    """
+    name = "resnet50_imagenet"
+    return ImageNetTransferResNet50(
+        num_classes=check_positive_int(name, "num_classes", num_classes),
+        pretrained=check_bool(name, "pretrained", pretrained),
+        freeze_backbone=check_bool(name, "freeze_backbone", freeze_backbone),
+        input_size=check_positive_int(name, "input_size", input_size, minimum=32),
+    )

@@ -1,0 +1,239 @@
+"""Figures for the reports: each ``plot_*`` writes one PNG to ``path`` and closes its figure.
+
+Rendering uses the non-interactive Agg backend, so plotting works on servers without a display
+and never opens a window. Accuracies come in as fractions in [0, 1]; figures show percentages.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.ticker import MaxNLocator
+
+__all__ = [
+    "normalize_rows",
+    "plot_confusion",
+    "plot_degradation",
+    "plot_gradient_profile",
+    "plot_history",
+    "plot_test_accuracy",
+    "text_color",
+]
+
+DPI = 120
+
+
+def _save(fig: Figure, path: Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fig.savefig(path, dpi=DPI, bbox_inches="tight")
+    finally:
+        # Figures are kept alive by pyplot until closed; a long compare run would leak them.
+        plt.close(fig)
+
+
+def normalize_rows(cm: np.ndarray) -> np.ndarray:
+    """Each row divided by its sum (the fraction of an actual class predicted as each class).
+
+    A row with no samples stays all zeros instead of becoming NaN.
+    """
+    counts = np.asarray(cm, dtype=np.float64)
+    if counts.ndim != 2:
+        raise ValueError(f"expected a 2-D matrix, got shape {counts.shape}")
+    totals = counts.sum(axis=1, keepdims=True)
+    return np.divide(counts, totals, out=np.zeros_like(counts), where=totals > 0)
+
+
+def text_color(rgba: Sequence[float]) -> str:
+    """'white' or 'black', whichever reads better on a cell of colour ``rgba``."""
+    r, g, b = rgba[:3]
+    # Relative luminance with the Rec. 709 weights; 0.5 splits dark from light cells.
+    luminance = 0.2126 * r + 0.7152 * g + 0.0722 * b
+    return "white" if luminance < 0.5 else "black"
+
+
+def plot_confusion(
+    cm: np.ndarray,
+    classes: Sequence[str],
+    path: Path,
+    normalize: bool = False,
+    title: str = "",
+) -> None:
+    """Heatmap of a confusion matrix (rows = actual, columns = predicted), every cell labelled.
+
+    With ``normalize`` each row shows fractions of that actual class (2 decimals), which makes
+    per-class recall readable on the diagonal even when classes have different supports.
+    """
+    counts = np.asarray(cm)
+    n = len(classes)
+    if counts.shape != (n, n):
+        raise ValueError(f"confusion matrix has shape {counts.shape}, expected ({n}, {n})")
+    values = normalize_rows(counts) if normalize else counts.astype(np.float64)
+
+    side = max(4.0, 0.6 * n + 2.0)  # inches; keeps 10 rotated class names legible
+    fig, ax = plt.subplots(figsize=(side + 1.0, side))
+    cmap = plt.get_cmap("Blues")
+    vmax = 1.0 if normalize else max(float(values.max()), 1.0)
+    image = ax.imshow(values, cmap=cmap, vmin=0.0, vmax=vmax, interpolation="nearest")
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+
+    fontsize = 9 if n <= 10 else 7
+    for i in range(n):
+        for j in range(n):
+            v = values[i, j]
+            label = f"{v:.2f}" if normalize else f"{int(counts[i, j])}"
+            color = text_color(cmap(image.norm(v)))
+            ax.text(j, i, label, ha="center", va="center", color=color, fontsize=fontsize)
+
+    ax.set_xticks(range(n), labels=list(classes), rotation=45, ha="right", rotation_mode="anchor")
+    ax.set_yticks(range(n), labels=list(classes))
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("actual")
+    ax.set_title(
+        title or ("confusion matrix (row-normalised)" if normalize else "confusion matrix")
+    )
+    _save(fig, path)
+
+
+def plot_test_accuracy(leaderboard: pd.DataFrame, path: Path) -> None:
+    """Horizontal bars of test accuracy (%) per variant, best at the top, values at the bar ends.
+
+    ``leaderboard`` needs the columns ``variant`` and ``test_accuracy`` (a fraction).
+    """
+    missing = {"variant", "test_accuracy"} - set(leaderboard.columns)
+    if missing:
+        raise ValueError(f"leaderboard lacks column(s) {', '.join(sorted(missing))}")
+    if leaderboard.empty:
+        raise ValueError("leaderboard has no rows to plot")
+    # Ascending, because barh draws the first row at the bottom: the best ends up on top.
+    rows = leaderboard.sort_values("test_accuracy", ascending=True, kind="stable")
+    pct = rows["test_accuracy"].to_numpy(dtype=np.float64) * 100.0
+    names = rows["variant"].astype(str).tolist()
+
+    fig, ax = plt.subplots(figsize=(7.0, max(2.0, 0.45 * len(rows) + 1.0)))
+    bars = ax.barh(names, pct, color="tab:blue")
+    ax.bar_label(bars, labels=[f"{p:.2f}%" for p in pct], padding=3, fontsize=9)
+    # Room on the right for the labels; accuracy cannot exceed 100 %.
+    ax.set_xlim(0.0, min(100.0, float(pct.max())) * 1.12 + 1.0)
+    ax.set_xlabel("test accuracy (%)")
+    ax.set_title("test accuracy per variant")
+    ax.grid(axis="x", alpha=0.3)
+    ax.set_axisbelow(True)
+    _save(fig, path)
+
+
+def plot_history(history: pd.DataFrame, path: Path, title: str = "") -> None:
+    """One variant's training curves: loss and accuracy (%) against epoch, train and val."""
+    fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(10, 3.8))
+    epoch = history["epoch"].to_numpy()
+    for split, style in (("train", "--"), ("val", "-")):
+        loss_ax.plot(epoch, history[f"{split}_loss"], style, label=split)
+        acc_ax.plot(epoch, 100.0 * history[f"{split}_accuracy"], style, label=split)
+    loss_ax.set_ylabel("cross-entropy")
+    acc_ax.set_ylabel("accuracy (%)")
+    for ax in (loss_ax, acc_ax):
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    _save(fig, path)
+
+
+def plot_degradation(
+    histories: Mapping[str, pd.DataFrame],
+    groups: Mapping[str, Sequence[str]],
+    path: Path,
+    colours: Mapping[str, Any] | None = None,
+) -> None:
+    """Error (%) against epoch, one panel per group (e.g. plain nets | ResNets), after He et al.
+    2015, Fig. 6: training error dashed, validation error bold solid, one colour per variant.
+
+    ``histories`` maps a variant to its history frame (``epoch``, ``train_accuracy`` and
+    ``val_accuracy`` as fractions); ``groups`` maps a panel title to the variants it shows. Empty
+    groups are left out. The held-out curve is the validation split, so it is labelled "val".
+    ``colours`` (variant -> matplotlib colour) pins colours, e.g. one per depth across panels;
+    by default a variant takes the colour of its position in its group.
+    """
+    panels = {title: list(names) for title, names in groups.items() if names}
+    if not panels:
+        raise ValueError("no variants to plot: every group is empty")
+    wanted = [v for names in panels.values() for v in names]
+    unknown = [v for v in wanted if v not in histories]
+    if unknown:
+        raise ValueError(f"no history for variant(s) {', '.join(unknown)}")
+    for v in wanted:
+        lacking = {"epoch", "train_accuracy", "val_accuracy"} - set(histories[v].columns)
+        if lacking:
+            raise ValueError(f"history of {v} lacks column(s) {', '.join(sorted(lacking))}")
+
+    fig, axes = plt.subplots(
+        1, len(panels), figsize=(5.5 * len(panels), 4.2), sharey=True, squeeze=False
+    )
+    palette = plt.get_cmap("tab10").colors
+    for ax, (title, names) in zip(axes[0], panels.items(), strict=True):
+        # Colours restart per panel so e.g. plain-20 and ResNet-20 share a colour, as in Fig. 6.
+        for k, v in enumerate(names):
+            h = histories[v]
+            colour = colours[v] if colours and v in colours else palette[k % len(palette)]
+            epoch = h["epoch"].to_numpy()
+            ax.plot(epoch, 100.0 * (1.0 - h["train_accuracy"]), "--", color=colour, lw=1.0)
+            ax.plot(epoch, 100.0 * (1.0 - h["val_accuracy"]), "-", color=colour, lw=2.2, label=v)
+        style = [
+            Line2D([], [], color="grey", ls="--", lw=1.0, label="train"),
+            Line2D([], [], color="grey", ls="-", lw=2.2, label="val"),
+        ]
+        handles, _ = ax.get_legend_handles_labels()
+        ax.legend(handles=handles + style, fontsize=8, loc="upper right")
+        ax.set_title(title)
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("error (%)")
+    axes[0][0].set_ylim(bottom=0.0)
+    fig.suptitle("training (dashed) and validation (bold) error")
+    _save(fig, path)
+
+
+def plot_gradient_profile(
+    profiles: Mapping[str, Sequence[float]],
+    path: Path,
+    title: str = "",
+    colours: Mapping[str, Any] | None = None,
+) -> None:
+    """Gradient norm per layer (log scale) from input (layer 1) to output, one line per label.
+
+    Labels starting with "plain" are drawn dashed, the others solid, so plain and residual nets
+    of one depth can share a colour (``colours``: label -> matplotlib colour; by default each
+    line takes the next colour). Non-positive norms cannot sit on a log axis and are left out.
+    """
+    if not profiles:
+        raise ValueError("no gradient profiles to plot")
+    fig, ax = plt.subplots(figsize=(8.0, 4.5))
+    for k, (label, norms) in enumerate(profiles.items()):
+        y = np.asarray(norms, dtype=np.float64)
+        if y.size == 0:
+            raise ValueError(f"gradient profile {label!r} is empty")
+        ls = "--" if str(label).startswith("plain") else "-"
+        colour = colours[label] if colours and label in colours else f"C{k % 10}"
+        ax.plot(np.arange(1, y.size + 1), y, ls, color=colour, lw=1.4, label=str(label))
+    ax.set_yscale("log", nonpositive="mask")
+    ax.set_xlabel("layer (input → output)")
+    ax.set_ylabel("gradient norm")
+    ax.set_title(title or "per-layer gradient norm")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8, ncols=2)
+    _save(fig, path)

@@ -1,0 +1,151 @@
+"""Every figure is written as a PNG of a sensible size; the confusion plot's numbers and colours."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from resnetlab import plots
+
+CIFAR10 = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    assert path.stat().st_size > 0
+    with Image.open(path) as im:
+        assert im.format == "PNG"
+        return im.size
+
+
+def history(epochs: int, final_train: float, final_val: float) -> pd.DataFrame:
+    e = np.arange(1, epochs + 1)
+    ramp = 1 - np.exp(-e / 3)
+    return pd.DataFrame(
+        {
+            "epoch": e,
+            "train_loss": 2.3 * (1 - ramp) + 0.1,
+            "train_accuracy": 0.1 + (final_train - 0.1) * ramp,
+            "val_loss": 2.3 * (1 - ramp) + 0.3,
+            "val_accuracy": 0.1 + (final_val - 0.1) * ramp,
+            "lr": 0.1,
+            "epoch_time_s": 10.0,
+            "images_per_s": 4500.0,
+        }
+    )
+
+
+def test_normalize_rows() -> None:
+    cm = np.array([[3, 1, 0], [0, 0, 0], [2, 2, 4]])
+    n = plots.normalize_rows(cm)
+    np.testing.assert_allclose(n[0], [3 / 4, 1 / 4, 0])
+    np.testing.assert_allclose(n[2], [2 / 8, 2 / 8, 4 / 8])
+    np.testing.assert_array_equal(n[1], [0, 0, 0])  # no samples: zeros, not NaN
+    np.testing.assert_allclose(n[[0, 2]].sum(axis=1), 1.0)
+
+
+def test_text_color() -> None:
+    assert plots.text_color((0.03, 0.19, 0.42, 1.0)) == "white"  # dark blue
+    assert plots.text_color((0.97, 0.98, 1.0, 1.0)) == "black"  # near white
+
+
+@pytest.mark.parametrize("normalize", [False, True])
+def test_plot_confusion_cifar10(tmp_path: Path, monkeypatch, normalize: bool) -> None:
+    rng = np.random.default_rng(0)
+    cm = rng.integers(0, 20, (10, 10)) + np.diag(np.full(10, 900))
+    cm[3] = 0  # a class with no samples must not break the normalised plot
+    figures = []
+    save = plots._save
+    monkeypatch.setattr(plots, "_save", lambda fig, path: (figures.append(fig), save(fig, path)))
+
+    path = tmp_path / "cm.png"
+    plots.plot_confusion(cm, CIFAR10, path, normalize=normalize, title="test")
+    w, h = png_size(path)
+    assert 600 < w < 2500 and 500 < h < 2500
+
+    ax = figures[0].axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == list(CIFAR10)
+    assert [t.get_text() for t in ax.get_yticklabels()] == list(CIFAR10)
+    texts = {(round(t.get_position()[1]), round(t.get_position()[0])): t for t in ax.texts}
+    assert len(texts) == 100  # every cell labelled
+    top_left, off_diag = texts[(0, 0)], texts[(0, 1)]
+    if normalize:
+        assert top_left.get_text() == f"{cm[0, 0] / cm[0].sum():.2f}"
+        assert texts[(3, 3)].get_text() == "0.00"
+    else:
+        assert top_left.get_text() == str(cm[0, 0])
+    # Diagonal cells are dark, off-diagonal ones pale: the text colour follows.
+    assert top_left.get_color() == "white"
+    assert off_diag.get_color() == "black"
+
+
+def test_plot_confusion_rejects_wrong_shape(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="expected"):
+        plots.plot_confusion(np.zeros((3, 3)), ["a", "b"], tmp_path / "x.png")
+
+
+def test_plot_test_accuracy(tmp_path: Path) -> None:
+    def board(n: int) -> pd.DataFrame:
+        return pd.DataFrame({"variant": [f"v{i}" for i in range(n)], "test_accuracy": 0.9})
+
+    small, big = tmp_path / "small.png", tmp_path / "big.png"
+    plots.plot_test_accuracy(board(2), small)
+    plots.plot_test_accuracy(board(12), big)
+    (w1, h1), (_, h2) = png_size(small), png_size(big)
+    assert w1 > h1  # bars run horizontally
+    assert h2 > h1  # more variants, taller figure
+    with pytest.raises(ValueError, match="test_accuracy"):
+        plots.plot_test_accuracy(pd.DataFrame({"variant": ["a"]}), tmp_path / "bad.png")
+
+
+def test_plot_degradation(tmp_path: Path) -> None:
+    histories = {
+        "plain20": history(10, 0.92, 0.88),
+        "plain56": history(10, 0.88, 0.85),
+        "resnet20": history(10, 0.95, 0.91),
+        "resnet56": history(10, 0.97, 0.93),
+    }
+    two = tmp_path / "two.png"
+    plots.plot_degradation(
+        histories, {"plain": ["plain20", "plain56"], "ResNet": ["resnet20", "resnet56"]}, two
+    )
+    one = tmp_path / "one.png"
+    plots.plot_degradation(histories, {"plain": ["plain20", "plain56"], "ResNet": []}, one)
+    (w2, h2), (w1, h1) = png_size(two), png_size(one)
+    assert w2 > 1.6 * w1  # two panels side by side; the empty group is left out
+    assert abs(h2 - h1) < 0.2 * h1
+    with pytest.raises(ValueError, match="resnet110"):
+        plots.plot_degradation(histories, {"ResNet": ["resnet110"]}, tmp_path / "bad.png")
+
+
+def test_plot_gradient_profile(tmp_path: Path) -> None:
+    path = tmp_path / "grad.png"
+    profiles = {
+        "plain-20": list(np.geomspace(10.0, 0.5, 20)),
+        "resnet_v1-20": list(np.linspace(0.6, 3.0, 20)),
+        "plain-56": [*np.geomspace(1e3, 0.6, 55), 0.0],  # a zero norm is masked, not fatal
+    }
+    plots.plot_gradient_profile(profiles, path)
+    w, h = png_size(path)
+    assert w > h > 300
+
+
+def test_plot_history(tmp_path: Path) -> None:
+    history = pd.DataFrame(
+        {
+            "epoch": [1, 2, 3],
+            "train_loss": [2.0, 1.5, 1.0],
+            "val_loss": [2.1, 1.7, 1.4],
+            "train_accuracy": [0.2, 0.4, 0.6],
+            "val_accuracy": [0.2, 0.35, 0.5],
+        }
+    )
+    path = tmp_path / "curves.png"
+    plots.plot_history(history, path, title="tiny")
+    with Image.open(path) as im:
+        assert im.format == "PNG" and im.size[0] > 1.5 * im.size[1]  # two panels side by side
+    with pytest.raises(KeyError):
+        plots.plot_history(history.drop(columns=["val_loss"]), tmp_path / "bad.png")
