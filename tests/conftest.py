@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -11,6 +13,19 @@ from cifar_archive import make_archive
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_CIFAR = REPO.parent / "shared" / "data" / "cifar10"
+
+
+@pytest.fixture(autouse=True)
+def _no_inherited_mlflow_run() -> Iterator[None]:
+    """mlflow.set_experiment() exports MLFLOW_EXPERIMENT_ID into this process's environment;
+    left over from one test, it would steer the next test's MLflow calls and subprocesses."""
+    names = ("MLFLOW_EXPERIMENT_ID", "MLFLOW_RUN_ID")
+    saved = {name: os.environ.pop(name, None) for name in names}
+    yield
+    for name in names:
+        os.environ.pop(name, None)
+        if saved[name] is not None:
+            os.environ[name] = saved[name]
 
 
 @pytest.fixture(scope="session")

@@ -36,7 +36,7 @@ class DvcProject:
         self.git("init", "-q")
         self.dvc("init", "-q")
         self.dvc("config", "core.analytics", "false")
-        (root / ".gitignore").write_text("mlflow.db\nmlartifacts/\n")
+        shutil.copy(REPO / ".gitignore", root / ".gitignore")  # mlflow.db, checkpoints, ...
         self.commit("init")
 
     def write_params(self, params: dict[str, Any]) -> None:

@@ -190,6 +190,7 @@ def test_cli_compare_logs_a_run_to_mlflow(fake_run, tmp_path: Path, monkeypatch)
     params_path.write_text(yaml.safe_dump(params))
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.chdir(tmp_path)  # MLflow's artifact store defaults to ./mlruns
 
     out = tmp_path / "reports"
     argv = ["compare", "--params", str(params_path), "--metrics", str(metrics), "--out", str(out)]

@@ -11,7 +11,7 @@ import logging
 import os
 import subprocess
 import tempfile
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -140,10 +140,15 @@ def log_metrics(metrics: Mapping[str, float], step: int) -> None:
 
 
 def log_trained_model(
-    model: torch.nn.Module, input_example: np.ndarray, history: pd.DataFrame, files: Iterable[Path]
+    model: torch.nn.Module,
+    input_example: np.ndarray,
+    history: pd.DataFrame,
+    files: Iterable[Path],
+    classes: Sequence[str] | None = None,
 ) -> None:
-    """Log the best model (pyfunc-servable on N x 3 x 32 x 32 float arrays), the history table
-    and extra files into the active run."""
+    """Log the best model (pyfunc-servable on N x 3 x 32 x 32 float arrays in [0, 1]; output:
+    logits in the order of `classes`, kept in the model's metadata), the history table and extra
+    files into the active run."""
     mlflow = _mlflow()
     from mlflow.models import infer_signature
 
@@ -159,6 +164,7 @@ def log_trained_model(
         name="model",
         signature=infer_signature(input_example, output),
         input_example=input_example,
+        metadata={"classes": list(classes)} if classes is not None else None,
         # The package's code travels with the model, so loading it needs no resnetlab install;
         # explicit requirements skip MLflow's slow inference of them.
         code_paths=[str(Path(resnetlab.__file__).parent)],
@@ -172,6 +178,31 @@ def log_trained_model(
     mlflow.log_table(history, artifact_file="history.json")
     for path in files:
         mlflow.log_artifact(str(path))
+
+
+def load_logged_model(model_uri: str) -> tuple[torch.nn.Module, list[str] | None]:
+    """The PyTorch model logged at `model_uri` (`runs:/<id>/model`, `models:/<name>/<version>`,
+    a local path, ...), as `log_trained_model` logged it: [0, 1] images in, logits out; and its
+    class names when the model's metadata has them."""
+    mlflow = _mlflow()
+    # The artifact download's progress bar (one line per file) would bury `predict`'s output.
+    quiet = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
+    saved = os.environ.get(quiet)
+    os.environ.setdefault(quiet, "false")
+    try:
+        # Not .eval()'d here: MLflow already does for pickled models, and the torch.export'ed
+        # module it returns for the default pt2 format refuses train()/eval() calls.
+        model = mlflow.pytorch.load_model(model_uri)
+        metadata = mlflow.models.get_model_info(model_uri).metadata or {}
+        return model, metadata.get("classes")
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        raise ResnetlabError(
+            f"cannot load the MLflow model {model_uri} (tracking store {tracking_uri()}): {first}"
+        ) from None
+    finally:
+        if saved is None:
+            os.environ.pop(quiet, None)
 
 
 def log_evaluation(run_id: str, metrics: Mapping[str, float], files: Iterable[Path]) -> None:

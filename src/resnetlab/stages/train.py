@@ -311,6 +311,7 @@ def _write_outputs(variant, data, n_params, progress, out_dir, metrics_dir) -> d
         example,
         history,
         [metrics_dir / name for name in ("train.json", "history.csv", "curves.png")],
+        classes=data.classes,
     )
     tracking.log_metrics(
         {"best_val_accuracy": progress.best_val_accuracy, "best_epoch": progress.best_epoch},

@@ -1,0 +1,106 @@
+"""MLproject and python_env.yaml, read by MLflow's own project loader; one real `mlflow run`."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from dvc_project import REPO, DvcProject, tiny_params
+from mlflow.exceptions import ExecutionException
+from mlflow.projects._project_spec import load_project
+from mlflow.utils.environment import _PythonEnv
+from mlflow.utils.requirements_utils import _parse_requirements
+
+# `mlflow run` gives the command its own run; the stages must not adopt it (see MLproject).
+UNSET = "unset MLFLOW_RUN_ID MLFLOW_EXPERIMENT_ID && "
+
+
+@pytest.fixture(scope="module")
+def project():
+    return load_project(str(REPO))
+
+
+def test_entry_points_and_parameter_types(project) -> None:
+    assert project.name == "resnetlab"
+    assert set(project._entry_points) == {"main", "train", "evaluate"}
+    assert project.get_entry_point("main").parameters == {}
+    for name in ("train", "evaluate"):
+        params = project.get_entry_point(name).parameters
+        assert set(params) == {"variant"}
+        assert params["variant"].type == "string"
+        assert params["variant"].default is None  # required
+
+
+def test_commands_reproduce_dvc_stages(project) -> None:
+    assert project.get_entry_point("main").compute_command({}, None) == UNSET + "dvc repro"
+    for name in ("train", "evaluate"):
+        entry = project.get_entry_point(name)
+        command = entry.compute_command({"variant": "resnet56"}, None)
+        assert command == f"{UNSET}dvc repro {name}@resnet56"
+        with pytest.raises(ExecutionException, match="variant"):
+            entry.compute_command({}, None)
+
+
+def test_stage_names_exist_in_dvc_yaml() -> None:
+    """`train@<variant>` and `evaluate@<variant>` are foreach stages over params.yaml's variants."""
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    for name in ("train", "evaluate"):
+        assert stages[name]["foreach"] == "${variants}"
+    assert "resnet56" in yaml.safe_load((REPO / "params.yaml").read_text())["variants"]
+
+
+def test_python_env_installs_the_locked_project(project) -> None:
+    assert project.env_type == "python_env"
+    assert Path(project.env_config_path).resolve() == REPO / "python_env.yaml"
+    env = _PythonEnv.from_yaml(project.env_config_path)
+    assert env.python == "3.11"
+    # MLflow resolves `-c requirements.lock` against the project folder, as pip will.
+    reqs = list(_parse_requirements(env.dependencies, is_constraint=False, base_dir=str(REPO)))
+    constraints = {r.req_str for r in reqs if r.is_constraint}
+    installs = [r.req_str for r in reqs if not r.is_constraint]
+    assert installs == ["-e ."]
+    import mlflow
+    import torch
+
+    assert f"mlflow=={mlflow.__version__}" in constraints
+    assert f"torch=={torch.__version__.split('+')[0]}" in constraints
+
+
+@pytest.mark.slow
+def test_mlflow_run_train_entry_point(tiny_archive, tmp_path) -> None:
+    """`mlflow run . -e train -P variant=... --env-manager local` on tiny data (one variant)."""
+    from mlflow.tracking import MlflowClient
+
+    archive, md5 = tiny_archive
+    dvc = DvcProject(tmp_path / "proj", tiny_params(archive, md5))
+    # Other tests' in-process mlflow.set_experiment() exports MLFLOW_EXPERIMENT_ID (an id in
+    # their stores); `mlflow run` would then look for that experiment in this one.
+    for name in ("MLFLOW_EXPERIMENT_ID", "MLFLOW_RUN_ID"):
+        dvc.env.pop(name, None)
+    for name in ("MLproject", "python_env.yaml"):
+        shutil.copy(REPO / name, dvc.root / name)
+    dvc.commit("mlproject")
+
+    mlflow_bin = str(Path(sys.executable).parent / "mlflow")
+    argv = ["run", str(dvc.root), "-e", "train", "-P", "variant=resnet8", "--env-manager", "local"]
+    res = dvc.run(mlflow_bin, *argv)
+    assert "Running stage 'train@resnet8'" in res.stdout
+    assert "train@plain8" not in res.stdout  # one variant only
+    assert (dvc.root / "models/resnet8/model.pt").exists()
+
+    client = MlflowClient(dvc.env["MLFLOW_TRACKING_URI"])
+    (launch,) = client.search_runs([client.get_experiment_by_name("Default").experiment_id])
+    assert launch.info.status == "FINISHED"
+    assert launch.data.params == {"variant": "resnet8"}
+    # The stage recorded a run of its own, in params.yaml's experiment.
+    (train,) = client.search_runs([client.get_experiment_by_name("e2e").experiment_id])
+    assert train.info.run_name == "resnet8" and train.info.status == "FINISHED"
+    assert train.data.tags["stage"] == "train" and train.info.run_id != launch.info.run_id
+
+    # Up to date: DVC skips the training, and `mlflow run` still succeeds.
+    res = dvc.run(mlflow_bin, *argv)
+    assert "Running stage 'train@resnet8'" not in res.stdout
+    assert len(client.search_runs([client.get_experiment_by_name("e2e").experiment_id])) == 1
