@@ -338,5 +338,5 @@ def test_default_models_dir_is_dvc_yamls() -> None:
 
     repo = Path(__file__).resolve().parents[1]
     (dvc_vars,) = yaml.safe_load((repo / "dvc.yaml").read_text())["vars"]
-    args = build_parser().parse_args(["predict", "--variant", "v", "x.png"])
+    args = build_parser("predict").parse_args(["predict", "--variant", "v", "x.png"])
     assert args.models_dir == Path(dvc_vars["models"])

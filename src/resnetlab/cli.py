@@ -9,32 +9,49 @@ import sys
 
 from resnetlab.errors import ResnetlabError
 
-# Sub-command -> module under resnetlab.stages. Imported lazily: `resnetlab download` should not
-# pay for importing MLflow.
-STAGES = ("download", "prepare", "train", "evaluate", "compare", "predict")
+# Sub-command -> one-line help. Each lives in the module resnetlab.stages.<name> (with
+# `add_arguments(parser)` and `run(args)`), imported only when that command runs: torch,
+# torchvision, scikit-learn and MLflow take seconds to import, and a stage needs few of them.
+STAGES = {
+    "download": "fetch cifar-10-python.tar.gz from data.url and check data.md5",
+    "prepare": "split the archive into train/val/test arrays under --out",
+    "train": "train one variant (resumes an interrupted run)",
+    "evaluate": "evaluate a trained variant on the test set",
+    "compare": "leaderboard and figures over every variant",
+    "predict": "classify image files with a trained variant or an MLflow model",
+}
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(stage: str | None = None) -> argparse.ArgumentParser:
+    """The parser; `stage`'s own arguments are added (importing its module) when given."""
     parser = argparse.ArgumentParser(
         prog="resnetlab", description="Residual networks on CIFAR-10: the pipeline's stages."
     )
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
     sub = parser.add_subparsers(dest="stage", required=True, metavar="STAGE")
-    for name in STAGES:
-        try:
-            module = importlib.import_module(f"resnetlab.stages.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name == f"resnetlab.stages.{name}":
-                continue  # stage not part of this build
-            raise
-        p = sub.add_parser(name, help=module.HELP, description=module.__doc__)
+    for name, help_text in STAGES.items():
+        if name != stage:
+            sub.add_parser(name, help=help_text, add_help=False)
+            continue
+        module = importlib.import_module(f"resnetlab.stages.{name}")
+        p = sub.add_parser(
+            name,
+            help=help_text,
+            description=module.__doc__,
+            formatter_class=argparse.RawDescriptionHelpFormatter,  # keep the docstring's layout
+        )
         module.add_arguments(p)
         p.set_defaults(_run=module.run)
     return parser
 
 
+def _chosen_stage(argv: list[str]) -> str | None:
+    return next((a for a in argv if not a.startswith("-")), None)
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(_chosen_stage(argv)).parse_args(argv)
     logging.basicConfig(
         level=logging.WARNING if args.quiet else logging.INFO,
         format="%(message)s",

@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sklearn.model_selection import train_test_split
 
 from resnetlab.errors import ResnetlabError
 
@@ -197,6 +196,8 @@ def split_indices(
         raise ResnetlabError(
             f"data.val_size={val_size} must be at least {NUM_CLASSES} (one image per class)"
         )
+    from sklearn.model_selection import train_test_split  # 1 s to import; only prepare needs it
+
     train_idx, val_idx = train_test_split(
         np.arange(n), test_size=val_size, stratify=labels, random_state=seed, shuffle=True
     )

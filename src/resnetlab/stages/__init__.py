@@ -1,4 +1,5 @@
 """Thin CLI entry points, one per pipeline stage: parse arguments, do the I/O, call the library.
 
-Each module exposes `HELP`, `add_arguments(parser)` and `run(args)`; `resnetlab.cli` wires them up.
+Each module exposes `add_arguments(parser)` and `run(args)`; `resnetlab.cli` wires them up and
+holds their one-line help.
 """

@@ -19,7 +19,6 @@ if TYPE_CHECKING:
     import pandas as pd
 
 log = logging.getLogger(__name__)
-HELP = "leaderboard and comparison figures of all variants under --out"
 
 # Columns of leaderboard.csv; accuracies and errors are fractions in [0, 1], times in seconds.
 LEADERBOARD_COLUMNS = (

@@ -8,8 +8,6 @@ from pathlib import Path
 from resnetlab.config import load_params
 from resnetlab.download import fetch_archive
 
-HELP = "fetch cifar-10-python.tar.gz from data.url and check data.md5"
-
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file")

@@ -23,7 +23,6 @@ from resnetlab.data import load_prepared
 from resnetlab.inference import load_model_file
 
 log = logging.getLogger(__name__)
-HELP = "evaluate a trained variant on the test set"
 
 # eval.json keys logged to MLflow as test_<key>.
 LOGGED = ("accuracy", "error", "loss", "macro_f1", "weighted_f1", "macro_precision", "macro_recall")

@@ -25,8 +25,6 @@ import torch
 
 from resnetlab.errors import ResnetlabError
 
-HELP = "classify image files with a trained variant or an MLflow model"
-
 # CIFAR-10's label names in label order (the archive's `batches.meta`). Only a fallback for
 # `--model-uri` models logged without class names in their metadata.
 CIFAR10_CLASSES = (

@@ -13,7 +13,6 @@ from resnetlab.data import prepare, read_archive, save_prepared
 from resnetlab.download import ARCHIVE_NAME
 
 log = logging.getLogger(__name__)
-HELP = "split the archive into train/val/test arrays under --out"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

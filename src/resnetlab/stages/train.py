@@ -35,7 +35,6 @@ from resnetlab.inference import load_classifier, model_record
 from resnetlab.models import build_model, count_parameters, model_depth
 
 log = logging.getLogger(__name__)
-HELP = "train one variant (resumes an interrupted run)"
 
 HISTORY_COLUMNS = (
     "epoch",
