@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from resnetlab.config import Params, load_params
 from resnetlab.errors import ResnetlabError
+from resnetlab.metrics import HISTORY_COLUMNS
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -61,16 +62,6 @@ TRAIN_KEYS = (
     "images_per_s",
 )
 EVAL_KEYS = ("accuracy", "macro_f1")
-HISTORY_COLUMNS = (
-    "epoch",
-    "train_loss",
-    "train_accuracy",
-    "val_loss",
-    "val_accuracy",
-    "lr",
-    "epoch_time_s",
-    "images_per_s",
-)
 
 # The gradient profile contrasts plain and residual nets of He et al.'s CIFAR depths.
 GRADIENT_DEPTHS = (20, 56, 110)

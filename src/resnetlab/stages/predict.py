@@ -129,7 +129,7 @@ def _load(args: argparse.Namespace) -> tuple[torch.nn.Module, Sequence[str]]:
     from resnetlab import tracking
 
     model, classes = tracking.load_logged_model(args.model_uri)
-    # Models logged before the class names were kept in their metadata: CIFAR-10's order.
+    # A model logged without class names in its metadata: assume CIFAR-10's label order.
     return model, classes or CIFAR10_CLASSES
 
 

@@ -32,20 +32,10 @@ from resnetlab.config import Variant, flatten, load_params
 from resnetlab.data import load_prepared
 from resnetlab.errors import ResnetlabError
 from resnetlab.inference import load_classifier, model_record
+from resnetlab.metrics import HISTORY_COLUMNS
 from resnetlab.models import build_model, count_parameters, model_depth
 
 log = logging.getLogger(__name__)
-
-HISTORY_COLUMNS = (
-    "epoch",
-    "train_loss",
-    "train_accuracy",
-    "val_loss",
-    "val_accuracy",
-    "lr",
-    "epoch_time_s",
-    "images_per_s",
-)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
