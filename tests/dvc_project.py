@@ -23,9 +23,12 @@ class DvcProject:
         shutil.copytree(REPO / "src", root / "src", ignore=shutil.ignore_patterns("__pycache__"))
         self.write_params(params)
         self.env = {
-            **os.environ,
+            **{k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"},
             # The stages call `resnetlab`: the console script beside this interpreter.
             "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+            # ... importing the project's copy of the package, as in a real checkout (so its
+            # bytecode caches appear beside the sources DVC hashes).
+            "PYTHONPATH": str(root / "src"),
             "DVC_NO_ANALYTICS": "1",
             "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}",
             "GIT_AUTHOR_NAME": "t",
@@ -37,6 +40,7 @@ class DvcProject:
         self.dvc("init", "-q")
         self.dvc("config", "core.analytics", "false")
         shutil.copy(REPO / ".gitignore", root / ".gitignore")  # mlflow.db, checkpoints, ...
+        shutil.copy(REPO / ".dvcignore", root / ".dvcignore")
         self.commit("init")
 
     def write_params(self, params: dict[str, Any]) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pandas as pd
 import pytest
@@ -50,7 +51,13 @@ def test_pipeline_reruns_exactly_what_changed(tiny_archive, tmp_path):
     assert "metrics/resnet8/eval.json" in status
     project.commit("baseline")
 
-    assert project.repro() == []  # nothing changed, nothing runs
+    # Nothing changed, nothing runs; not even in a fresh clone, which has no bytecode caches
+    # beside the sources (.dvcignore keeps them out of the code dependencies' hashes).
+    caches = list((root / "src").rglob("__pycache__"))
+    assert caches, "the stages imported the project's own copy of the package"
+    for cache in caches:
+        shutil.rmtree(cache)
+    assert project.repro() == []
 
     # One variant's recipe: only its train and evaluate stages, and compare.
     params["variants"]["resnet8"]["lr"] = 0.05
