@@ -73,7 +73,7 @@ def git_commit() -> str | None:
         )
     except (OSError, subprocess.SubprocessError):
         return None
-    return res.stdout.strip() or None if res.returncode == 0 else None
+    return (res.stdout.strip() or None) if res.returncode == 0 else None
 
 
 def run_tags(variant: str, device: torch.device) -> dict[str, str]:

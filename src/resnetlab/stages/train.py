@@ -181,11 +181,15 @@ def train_variant(
                     on_progress=bar.update,
                 )
             except engine.NonFiniteLossError as exc:
+                kept = (
+                    f"The checkpoint of epoch {epoch - 1} is intact."
+                    if epoch > 1
+                    else "No checkpoint was written."
+                )
                 raise ResnetlabError(
                     f"{variant.name}: the loss became {exc.value} at epoch {epoch}, step "
-                    f"{exc.step}; training stopped. The checkpoint of epoch {epoch - 1} is "
-                    f"intact. Lower the learning rate (lr={cfg.lr}) or add a warm-up "
-                    "(warmup_epochs) for this variant."
+                    f"{exc.step}; training stopped. {kept} Lower the learning rate "
+                    f"(lr={cfg.lr}) or add a warm-up (warmup_epochs) for this variant."
                 ) from None
             finally:
                 bar.close()
