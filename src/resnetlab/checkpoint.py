@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 
@@ -18,20 +19,27 @@ from resnetlab.errors import ResnetlabError
 FORMAT = 1  # bump when the checkpoint layout changes; older checkpoints are then not resumed
 
 
-def save_atomic(obj: dict[str, Any], path: Path) -> None:
-    """Write `obj` to `path` so that a crash at any moment leaves the old file or the new one."""
+def write_atomic(path: Path, write: Callable[[BinaryIO], None]) -> None:
+    """Call `write` on a temporary file beside `path`, then rename it into place, so that a crash
+    at any moment leaves the old file or the complete new one (and at worst a `.*.tmp` file,
+    which `remove_stale_temporaries` clears)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
-            torch.save(obj, fh)
+            write(fh)
             fh.flush()
             os.fsync(fh.fileno())
         os.chmod(tmp, 0o644)  # mkstemp creates 0600; outputs are ordinary readable files
         os.replace(tmp, path)
     finally:
         Path(tmp).unlink(missing_ok=True)
+
+
+def save_atomic(obj: dict[str, Any], path: Path) -> None:
+    """`torch.save(obj)` to `path`, atomically (see `write_atomic`)."""
+    write_atomic(path, lambda fh: torch.save(obj, fh))
 
 
 def load(path: Path) -> dict[str, Any]:

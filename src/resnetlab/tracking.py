@@ -10,7 +10,7 @@ import json
 import logging
 import os
 import subprocess
-import tempfile
+import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from resnetlab.checkpoint import write_atomic
 from resnetlab.errors import ResnetlabError
 
 log = logging.getLogger(__name__)
@@ -241,19 +242,13 @@ def log_comparison(experiment: str, leaderboard: pd.DataFrame, files: Iterable[P
 
 
 def _now_ms() -> int:
-    import time
-
     return int(time.time() * 1000)
 
 
 def write_run_file(path: Path, run_id: str, experiment: str) -> None:
     """The run id, as a stage output: evaluate logs into the same run."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as fh:
-        json.dump({"run_id": run_id, "experiment": experiment}, fh, indent=2)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
+    blob = json.dumps({"run_id": run_id, "experiment": experiment}, indent=2).encode()
+    write_atomic(path, lambda fh: fh.write(blob))
 
 
 def read_run_file(path: Path) -> dict[str, str]:
