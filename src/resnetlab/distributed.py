@@ -48,15 +48,6 @@ def local_device(device: torch.device, info: DistInfo) -> torch.device:
     return device
 
 
-def broadcast_object(obj, info: DistInfo):
-    """`obj` from the main process, on every process."""
-    if not info.enabled:
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
 def barrier(info: DistInfo) -> None:
     if info.enabled:
         dist.barrier()
