@@ -133,7 +133,7 @@ def test_stale_temporary_from_a_killed_run_is_removed(tiny_archive, tmp_path):
     archive, md5 = tiny_archive
     out = tmp_path / "raw"
     out.mkdir()
-    (out / f".{ARCHIVE_NAME}.abc123.part").write_bytes(b"half a download")
+    (out / f".{ARCHIVE_NAME}.abc123.tmp").write_bytes(b"half a download")
     fetch_archive(str(archive), md5, out)
     assert only_archive(out) == [ARCHIVE_NAME]
 

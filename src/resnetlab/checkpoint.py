@@ -6,39 +6,19 @@ Everything written here is plain tensors, numbers, strings, lists and dicts, so 
 
 from __future__ import annotations
 
-import os
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import torch
 
+from resnetlab.atomic import write_atomic
 from resnetlab.errors import ResnetlabError
 
 FORMAT = 1  # bump when the checkpoint layout changes; older checkpoints are then not resumed
 
 
-def write_atomic(path: Path, write: Callable[[BinaryIO], None]) -> None:
-    """Call `write` on a temporary file beside `path`, then rename it into place, so that a crash
-    at any moment leaves the old file or the complete new one (and at worst a `.*.tmp` file,
-    which `remove_stale_temporaries` clears)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; outputs are ordinary readable files
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-
-
 def save_atomic(obj: dict[str, Any], path: Path) -> None:
-    """`torch.save(obj)` to `path`, atomically (see `write_atomic`)."""
+    """`torch.save(obj)` to `path`, atomically (see `resnetlab.atomic`)."""
     write_atomic(path, lambda fh: torch.save(obj, fh))
 
 
@@ -47,12 +27,6 @@ def load(path: Path) -> dict[str, Any]:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise ResnetlabError(f"{path}: not a readable checkpoint ({exc})") from None
-
-
-def remove_stale_temporaries(folder: Path) -> None:
-    """Temporaries are left only by a process killed mid-write; they are never complete."""
-    for tmp in Path(folder).glob(".*.tmp"):
-        tmp.unlink(missing_ok=True)
 
 
 def rng_state() -> dict[str, Any]:

@@ -11,10 +11,8 @@ from __future__ import annotations
 import errno
 import hashlib
 import logging
-import os
 import shutil
 import sys
-import tempfile
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -25,14 +23,13 @@ from typing import BinaryIO
 from torchvision.datasets.utils import check_integrity
 from tqdm import tqdm
 
+from resnetlab.atomic import remove_stale_temporaries, write_atomic
 from resnetlab.errors import ResnetlabError
 
 log = logging.getLogger(__name__)
 
 ARCHIVE_NAME = "cifar-10-python.tar.gz"
 CHUNK = 1 << 20  # bytes read per iteration
-_TMP_PREFIX = f".{ARCHIVE_NAME}."
-_TMP_SUFFIX = ".part"
 
 
 def fetch_archive(url: str, md5: str, dest_dir: Path, *, progress: bool | None = None) -> Path:
@@ -44,27 +41,26 @@ def fetch_archive(url: str, md5: str, dest_dir: Path, *, progress: bool | None =
     dest_dir = Path(dest_dir)
     dest_dir.mkdir(parents=True, exist_ok=True)
     dest = dest_dir / ARCHIVE_NAME
-    _remove_stale_temporaries(dest_dir)
+    remove_stale_temporaries(dest_dir)
     if dest.exists() and check_integrity(str(dest), md5):
         log.info("%s already present with md5 %s; nothing to fetch", dest, md5)
         return dest
     if progress is None:
         progress = sys.stderr.isatty()
 
-    fd, tmp_name = tempfile.mkstemp(prefix=_TMP_PREFIX, suffix=_TMP_SUFFIX, dir=dest_dir)
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as out, _open_source(url) as (src, total):
-            log.info("fetching %s", url)
-            actual = _copy_with_md5(src, out, total, progress)
-            out.flush()
-            os.fsync(out.fileno())
+    def fetch_verified(out: BinaryIO) -> None:
+        # Raising here discards the temporary file: only a verified archive is renamed into place.
+        actual = _copy_with_md5(src, out, total, progress)
         if actual != md5:
             raise ResnetlabError(
                 f"md5 mismatch for {url}: expected {md5}, got {actual}. The file is corrupt or "
                 "truncated, or data.md5 does not belong to this archive; nothing was kept."
             )
-        os.replace(tmp, dest)  # atomic: readers see the old file or the complete new one
+
+    try:
+        with _open_source(url) as (src, total):
+            log.info("fetching %s", url)
+            write_atomic(dest, fetch_verified)
     except OSError as exc:
         if exc.errno == errno.ENOSPC:
             free = shutil.disk_usage(dest_dir).free
@@ -73,16 +69,8 @@ def fetch_archive(url: str, md5: str, dest_dir: Path, *, progress: bool | None =
                 "the archive needs about 163 MiB"
             ) from None
         raise
-    finally:
-        tmp.unlink(missing_ok=True)
     log.info("saved %s (md5 %s)", dest, md5)
     return dest
-
-
-def _remove_stale_temporaries(dest_dir: Path) -> None:
-    # Left behind only by a process killed mid-download (kill -9 skips the cleanup above).
-    for stale in dest_dir.glob(f"{_TMP_PREFIX}*{_TMP_SUFFIX}"):
-        stale.unlink(missing_ok=True)
 
 
 @contextmanager

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from resnetlab.checkpoint import write_atomic
+from resnetlab.atomic import write_atomic
 from resnetlab.errors import ResnetlabError
 
 log = logging.getLogger(__name__)

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from resnetlab import checkpoint, distributed, engine, tracking
+from resnetlab.atomic import remove_stale_temporaries
 from resnetlab.augment import Normalizer
 from resnetlab.config import Variant, flatten, load_params
 from resnetlab.data import load_prepared
@@ -95,7 +96,7 @@ def train_variant(
         tracking.ensure_reachable(experiment)  # fail now, not after hours of training
         out_dir.mkdir(parents=True, exist_ok=True)
         metrics_dir.mkdir(parents=True, exist_ok=True)
-        checkpoint.remove_stale_temporaries(out_dir)
+        remove_stale_temporaries(out_dir)
     distributed.barrier(dist)
 
     ckpt_path = out_dir / "checkpoint.pt"
