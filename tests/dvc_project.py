@@ -68,6 +68,11 @@ class DvcProject:
             line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage '")
         ]
 
+    def edit_code(self, relative: str, text: str = "\n# edited\n") -> None:
+        """Append `text` to the project's copy of a source file (e.g. `resnetlab/engine.py`)."""
+        path = self.root / "src" / relative
+        path.write_text(path.read_text() + text)
+
     def commit(self, message: str) -> None:
         self.git("add", "-A")
         self.git("commit", "-q", "--allow-empty", "-m", message)
@@ -83,5 +88,5 @@ def tiny_params(archive: Path, md5: str, **data: Any) -> dict[str, Any]:
         "plain8": {"model": {"name": "plain", "depth": 8}},
         "resnet8": {"model": {"name": "resnet_v1", "depth": 8}},
     }
-    params["compare"]["gradient_depths"] = [8]
+    params["diagnose"]["gradient_depths"] = [8]
     return params

@@ -12,7 +12,7 @@ import yaml
 from PIL import Image
 
 from resnetlab.cli import main
-from resnetlab.config import Params, parse_params
+from resnetlab.config import parse_params
 from resnetlab.errors import ResnetlabError
 from resnetlab.stages import compare
 
@@ -52,11 +52,19 @@ def write_metrics(metrics: Path, variants: dict[str, tuple]) -> None:
             "accuracy": test_acc,
             "error": 1 - test_acc,
             "loss": 1.0 - test_acc,
+            "macro_precision": test_acc,
+            "macro_recall": test_acc,
             "macro_f1": test_acc - 0.01,
+            "weighted_precision": test_acc,
+            "weighted_recall": test_acc,
             "weighted_f1": test_acc - 0.005,
             "per_class": {},
         }
         (folder / "eval.json").write_text(json.dumps(evaluation))
+        classes = ["cat", "dog"]
+        pd.DataFrame(
+            [[40, 10], [5, 45]], index=pd.Index(classes, name="actual"), columns=classes
+        ).to_csv(folder / "confusion.csv")
         e = np.arange(1, 4)
         pd.DataFrame(
             {
@@ -73,14 +81,14 @@ def write_metrics(metrics: Path, variants: dict[str, tuple]) -> None:
 
 
 @pytest.fixture
-def fake_run(tmp_path: Path) -> tuple[Params, Path]:
+def fake_run(tmp_path: Path) -> tuple[list[str], Path]:
     write_metrics(tmp_path / "metrics", FAKE)
-    return parse_params(make_params(FAKE)), tmp_path / "metrics"
+    return list(parse_params(make_params(FAKE)).variants), tmp_path / "metrics"
 
 
 def test_build_leaderboard(fake_run) -> None:
-    params, metrics = fake_run
-    board = compare.build_leaderboard(params, metrics)
+    variants, metrics = fake_run
+    board = compare.build_leaderboard(variants, metrics)
     assert list(board.columns) == list(compare.LEADERBOARD_COLUMNS)
     assert board["variant"].tolist() == ["resnet14", "resnet8", "plain8"]  # best test acc first
     row = board.set_index("variant").loc["plain8"]
@@ -101,17 +109,22 @@ def test_degradation_groups(fake_run) -> None:
 
 
 def test_write_reports(fake_run, tmp_path: Path) -> None:
-    params, metrics = fake_run
-    board = compare.build_leaderboard(params, metrics)
-    histories = compare.load_histories(params, metrics)
+    variants, metrics = fake_run
+    board = compare.build_leaderboard(variants, metrics)
+    histories = compare.load_histories(variants, metrics)
     out = tmp_path / "reports"
-    written = compare.write_reports(board, histories, out, depths=())
-    names = {p.name for p in written}
-    assert names == {"leaderboard.csv", "leaderboard.md", "test_accuracy.png", "degradation.png"}
+    written = compare.write_reports(board, histories, out)
+    names = {p.relative_to(out).as_posix() for p in written}
+    assert names == {
+        "leaderboard.csv",
+        "leaderboard.md",
+        "figures/test_accuracy.png",
+        "figures/degradation.png",
+    }
     for p in written:
         assert p.is_file() and p.stat().st_size > 0
     for png in ("test_accuracy.png", "degradation.png"):
-        with Image.open(out / png) as im:
+        with Image.open(out / "figures" / png) as im:
             assert im.format == "PNG"
 
     csv = pd.read_csv(out / "leaderboard.csv")
@@ -130,75 +143,81 @@ def test_write_reports(fake_run, tmp_path: Path) -> None:
 
 
 def test_write_reports_without_plain_skips_degradation(fake_run, tmp_path: Path) -> None:
-    params, metrics = fake_run
-    board = compare.build_leaderboard(params, metrics)
+    variants, metrics = fake_run
+    board = compare.build_leaderboard(variants, metrics)
     board = board[board["model"] != "plain"]
     out = tmp_path / "reports"
-    out.mkdir()
-    (out / "degradation.png").write_bytes(b"stale")
-    written = compare.write_reports(board, compare.load_histories(params, metrics), out, depths=())
+    (out / "figures").mkdir(parents=True)
+    (out / "figures/degradation.png").write_bytes(b"stale")
+    written = compare.write_reports(board, compare.load_histories(variants, metrics), out)
     assert "degradation.png" not in {p.name for p in written}
-    assert not (out / "degradation.png").exists()  # a stale figure would mislead
+    assert not (out / "figures/degradation.png").exists()  # a stale figure would mislead
 
 
 def test_missing_eval_json_names_the_file(fake_run) -> None:
-    params, metrics = fake_run
+    variants, metrics = fake_run
     (metrics / "resnet8" / "eval.json").unlink()
     with pytest.raises(ResnetlabError) as err:
-        compare.build_leaderboard(params, metrics)
+        compare.build_leaderboard(variants, metrics)
     assert str(metrics / "resnet8" / "eval.json") in str(err.value)
     assert "dvc repro evaluate@resnet8" in str(err.value)
 
 
 def test_missing_history_and_bad_json(fake_run) -> None:
-    params, metrics = fake_run
+    variants, metrics = fake_run
     (metrics / "plain8" / "train.json").write_text('{"model": "plain"}')
-    with pytest.raises(ResnetlabError, match=r"missing key.*depth"):
-        compare.build_leaderboard(params, metrics)
+    with pytest.raises(ResnetlabError, match=r"train.json: missing field 'variant'"):
+        compare.build_leaderboard(variants, metrics)
     (metrics / "plain8" / "history.csv").unlink()
     with pytest.raises(ResnetlabError, match=r"plain8.history\.csv: not found"):
-        compare.load_histories(params, metrics)
+        compare.load_histories(variants, metrics)
 
 
-def test_gradient_profile(tmp_path: Path) -> None:
-    written = compare.write_gradient_profile(tmp_path, depths=(8, 14))
-    assert {p.name for p in written} == {"gradient_profile.csv", "gradient_profile.png"}
-    frame = pd.read_csv(tmp_path / "gradient_profile.csv")
-    assert list(frame.columns) == ["label", "layer_index", "layer", "grad_norm"]
-    labels = ["plain-8", "resnet_v1-8", "plain-14", "resnet_v1-14"]
-    assert frame["label"].unique().tolist() == labels
-    # A plain net of depth d has d weight layers (convolutions + the classifier), 1-based.
-    for d in (8, 14):
-        layers = frame[frame["label"] == f"plain-{d}"]
-        assert layers["layer_index"].tolist() == list(range(1, d + 1))
-    assert (frame["grad_norm"] > 0).all()
-    # Same seed, same numbers: the figure is reproducible.
-    again = compare.gradient_profiles(depths=(8,))
-    first = frame[frame["label"] == "plain-8"]["grad_norm"].to_numpy()
-    np.testing.assert_allclose(list(again["plain-8"].values()), first, rtol=1e-6)
-    with Image.open(tmp_path / "gradient_profile.png") as im:
-        assert im.format == "PNG"
+def test_variant_figures_replace_stale_folders(fake_run, tmp_path: Path) -> None:
+    variants, metrics = fake_run
+    figures = tmp_path / "figures"
+    (figures / "gone").mkdir(parents=True)
+    histories = compare.load_histories(variants, metrics)
+    confusions = {v: compare.load_confusion(metrics / v / "confusion.csv", v) for v in variants}
+    written = compare.write_variant_figures(histories, confusions, figures)
+    assert sorted(written) == sorted(variants)
+    assert not (figures / "gone").exists()  # a removed variant's figures would mislead
+    for v in variants:
+        for name in compare.VARIANT_PNGS:
+            with Image.open(figures / v / name) as im:
+                assert im.format == "PNG"
+    (metrics / "plain8" / "confusion.csv").write_text("a,b\n1,2\n")
+    with pytest.raises(ResnetlabError, match=r"confusion.csv: not a square confusion matrix"):
+        compare.load_confusion(metrics / "plain8" / "confusion.csv", "plain8")
 
 
-def test_cli_compare_logs_a_run_to_mlflow(fake_run, tmp_path: Path, monkeypatch) -> None:
+def test_cli_compare_draws_and_logs_to_mlflow(fake_run, tmp_path: Path, monkeypatch) -> None:
     from mlflow.tracking import MlflowClient
 
+    from resnetlab.records import RunFile
+
     _, metrics = fake_run
-    params = make_params(FAKE)
-    params["compare"] = {"gradient_depths": [8]}
     params_path = tmp_path / "params.yaml"
-    params_path.write_text(yaml.safe_dump(params))
+    params_path.write_text(yaml.safe_dump(make_params(FAKE)))
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.chdir(tmp_path)  # MLflow's artifact store defaults to ./mlruns
+    client = MlflowClient(uri)
+    # A training run of resnet8, as the train stage would have left it.
+    experiment_id = client.create_experiment("compare-test")
+    train_run = client.create_run(experiment_id, run_name="resnet8").info.run_id
+    RunFile(train_run, "compare-test").write(tmp_path / "models/resnet8/mlflow_run.json")
+    gradients = tmp_path / "reports" / "gradient_profile.csv"
+    assert main(["diagnose", "--params", str(params_path), "--out", str(gradients)]) == 0
 
     out = tmp_path / "reports"
-    argv = ["compare", "--params", str(params_path), "--metrics", str(metrics), "--out", str(out)]
+    argv = ["compare", "--params", str(params_path), "--metrics", str(metrics)]
+    argv += ["--gradients", str(gradients), "--models", str(tmp_path / "models")]
+    argv += ["--out", str(out)]
     assert main(argv) == 0
-    client = MlflowClient(uri)
-    experiment = client.get_experiment_by_name("compare-test")
-    (run,) = client.search_runs([experiment.experiment_id])
-    assert run.info.run_name == "compare" and run.data.tags["stage"] == "compare"
+    runs = client.search_runs([experiment_id], filter_string="tags.stage = 'compare'")
+    (run,) = runs
+    assert run.info.run_name == "compare" and run.info.status == "FINISHED"
     logged = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert logged >= {
         "leaderboard.csv",
@@ -206,13 +225,16 @@ def test_cli_compare_logs_a_run_to_mlflow(fake_run, tmp_path: Path, monkeypatch)
         "leaderboard.json",
         "test_accuracy.png",
         "degradation.png",
-        "gradient_profile.csv",
         "gradient_profile.png",
     }
+    # The variant's own figures went into its training run.
+    figures = {a.path for a in client.list_artifacts(train_run, "figures")}
+    assert figures == {f"figures/{name}" for name in compare.VARIANT_PNGS}
     board = pd.read_csv(out / "leaderboard.csv")
     assert board["variant"].tolist() == ["resnet14", "resnet8", "plain8"]
+    assert (out / "figures/plain8/curves.png").is_file()
 
     # A missing variant is a one-line error (exit 1), not a traceback, and nothing is logged.
     (metrics / "resnet14" / "train.json").unlink()
     assert main(argv) == 1
-    assert len(client.search_runs([experiment.experiment_id])) == 1  # nothing logged
+    assert len(client.search_runs([experiment_id], filter_string="tags.stage = 'compare'")) == 1

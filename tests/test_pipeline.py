@@ -11,15 +11,8 @@ from dvc_project import DvcProject, tiny_params
 
 pytestmark = pytest.mark.slow
 
-ALL = [
-    "download",
-    "prepare",
-    "train@plain8",
-    "train@resnet8",
-    "evaluate@plain8",
-    "evaluate@resnet8",
-    "compare",
-]
+TRAIN_ON = ["train@plain8", "train@resnet8", "evaluate@plain8", "evaluate@resnet8", "compare"]
+ALL = ["download", "prepare", "diagnose", *TRAIN_ON]
 
 
 def mlflow_train_runs(project: DvcProject) -> list:
@@ -40,8 +33,11 @@ def test_pipeline_reruns_exactly_what_changed(tiny_archive, tmp_path):
     assert sorted(project.repro()) == sorted(ALL)
     board = pd.read_csv(root / "reports/leaderboard.csv")
     assert sorted(board["variant"]) == ["plain8", "resnet8"]
-    for name in ("leaderboard.md", "test_accuracy.png", "degradation.png", "gradient_profile.png"):
+    for name in ("leaderboard.md", "gradient_profile.csv", "figures/test_accuracy.png"):
         assert (root / "reports" / name).is_file()
+    for name in ("degradation.png", "gradient_profile.png", "resnet8/curves.png"):
+        assert (root / "reports/figures" / name).is_file()
+    assert (root / "reports/figures/plain8/confusion_normalized.png").is_file()
     ev = json.loads((root / "metrics/resnet8/eval.json").read_text())
     assert {"accuracy", "loss", "macro_f1", "weighted_f1", "per_class"} <= set(ev)
     assert len(ev["per_class"]) == 10
@@ -73,14 +69,27 @@ def test_pipeline_reruns_exactly_what_changed(tiny_archive, tmp_path):
     # The shared training defaults: every variant retrains.
     params["train"]["label_smoothing"] = 0.1
     project.write_params(params)
-    assert sorted(project.repro()) == sorted(ALL[2:])
+    assert sorted(project.repro()) == sorted(TRAIN_ON)
     project.commit("label smoothing")
 
     # The validation split: prepare and everything downstream, but no download.
     params["data"]["val_size"] = 100
     project.write_params(params)
-    assert sorted(project.repro()) == sorted(ALL[1:])
+    assert sorted(project.repro()) == sorted(["prepare", *TRAIN_ON])
     project.commit("bigger val split")
+
+    # Code changes re-run exactly the stages that run that code. The learning-rate schedule:
+    # every variant retrains (and is evaluated and compared again); data and diagnostics stay.
+    project.edit_code("resnetlab/engine.py")
+    assert sorted(project.repro()) == sorted(TRAIN_ON)
+    # A figure: only the drawing stage.
+    project.edit_code("resnetlab/plots.py")
+    assert project.repro() == ["compare"]
+    # The gradient diagnostics: only their stage (its table comes out the same, so compare
+    # has nothing new to draw).
+    project.edit_code("resnetlab/diagnostics.py")
+    assert project.repro() == ["diagnose"]
+    project.commit("code edits")
 
     # A new variant trains alone (then compare takes it in).
     params["variants"]["resnet14"] = {"model": {"name": "resnet_v1", "depth": 14}}
@@ -99,14 +108,14 @@ def test_pipeline_reruns_exactly_what_changed(tiny_archive, tmp_path):
     assert "short" in rows
     assert "variants.plain8.epochs" in shown.splitlines()[0]
 
-    # MLflow: one run per executed train stage (2 + 1 + 2 + 2 + 1 + 1 = 9), with its params.
+    # MLflow: one run per executed train stage (2 + 1 + 2 + 2 + 2 + 1 + 1 = 11), with its params.
     runs = mlflow_train_runs(project)
-    assert len(runs) == 9
+    assert len(runs) == 11
     assert all(r.info.status == "FINISHED" for r in runs)
     plain8 = sorted(
         (r for r in runs if r.info.run_name == "plain8"), key=lambda r: r.info.start_time
     )
-    assert [r.data.params["train.epochs"] for r in plain8] == ["2", "2", "2", "1"]
+    assert [r.data.params["train.epochs"] for r in plain8] == ["2", "2", "2", "2", "1"]
     assert plain8[-1].data.tags["dvc_exp_name"] == "short"
     assert plain8[-1].data.params["train.label_smoothing"] == "0.1"
     # Evaluation logged into the same run as the training.

@@ -1,7 +1,12 @@
-"""Every figure is written as a PNG of a sensible size; the confusion plot's numbers and colours."""
+"""Every figure is written as a PNG of a sensible size; the confusion plot's numbers and colours;
+plotting leaves matplotlib's global state (backend, pyplot) alone; a one-epoch run is visible."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -149,3 +154,121 @@ def test_plot_history(tmp_path: Path) -> None:
         assert im.format == "PNG" and im.size[0] > 1.5 * im.size[1]  # two panels side by side
     with pytest.raises(KeyError):
         plots.plot_history(history.drop(columns=["val_loss"]), tmp_path / "bad.png")
+
+
+# Run in a fresh interpreter with a headless backend other than Agg, so that a module-level
+# matplotlib.use("Agg") or an import of pyplot (directly or via a plot function) is caught.
+NO_GLOBAL_STATE = textwrap.dedent(
+    """
+    import sys
+    from pathlib import Path
+
+    import matplotlib
+
+    before = matplotlib.get_backend()
+    assert before.lower() == "svg", before
+    import numpy as np
+    import pandas as pd
+
+    import resnetlab.plots as plots
+
+    assert "matplotlib.pyplot" not in sys.modules, "importing plots imported pyplot"
+    assert matplotlib.get_backend() == before, "importing plots switched the backend"
+
+    out = Path(sys.argv[1])
+    h = pd.DataFrame(
+        {
+            "epoch": [1, 2],
+            "train_loss": [2.0, 1.0],
+            "val_loss": [2.1, 1.2],
+            "train_accuracy": [0.3, 0.6],
+            "val_accuracy": [0.25, 0.5],
+        }
+    )
+    plots.plot_confusion(np.eye(3) * 5, ["a", "b", "c"], out / "cm.png", normalize=True)
+    plots.plot_test_accuracy(
+        pd.DataFrame({"variant": ["x", "y"], "test_accuracy": [0.9, 0.8]}), out / "acc.png"
+    )
+    plots.plot_history(h, out / "hist.png")
+    plots.plot_degradation({"x": h, "y": h}, {"plain": ["x"], "res": ["y"]}, out / "deg.png")
+    plots.plot_gradient_profile({"plain-3": [3.0, 2.0, 1.0]}, out / "grad.png")
+    assert "matplotlib.pyplot" not in sys.modules, "a plot function imported pyplot"
+    assert matplotlib.get_backend() == before, "a plot function switched the backend"
+    for name in ("cm", "acc", "hist", "deg", "grad"):
+        assert (out / f"{name}.png").read_bytes()[:8] == b"\\x89PNG\\r\\n\\x1a\\n", name
+    print("ok")
+    """
+)
+
+
+def test_plots_leave_matplotlib_global_state_alone(tmp_path: Path) -> None:
+    src = str(Path(plots.__file__).resolve().parents[1])
+    env = {**os.environ, "MPLBACKEND": "svg", "MPLCONFIGDIR": str(tmp_path / "mplconfig")}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH")) if p)
+    result = subprocess.run(
+        [sys.executable, "-c", NO_GLOBAL_STATE, str(tmp_path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"
+
+
+def coloured_pixels(path: Path) -> np.ndarray:
+    """Mask of clearly coloured pixels: not white, black or grey (text, spines and grid are)."""
+    with Image.open(path) as im:
+        rgb = np.asarray(im.convert("RGB"), dtype=np.int16)
+    return (rgb.max(axis=2) - rgb.min(axis=2)) > 80
+
+
+def one_epoch(**values: float) -> pd.DataFrame:
+    return pd.DataFrame({"epoch": [1], **{k: [v] for k, v in values.items()}})
+
+
+def test_plot_history_one_epoch_is_visible(tmp_path: Path, monkeypatch) -> None:
+    """A single epoch is one point per curve: it must show as a marker, not as empty axes."""
+    figures = []
+    save = plots._save
+
+    def save_without_legends(fig, path):
+        # The legend's line samples are coloured too; only the curves themselves may count.
+        figures.append(fig)
+        for ax in fig.axes:
+            ax.get_legend().remove()
+        save(fig, path)
+
+    monkeypatch.setattr(plots, "_save", save_without_legends)
+    path = tmp_path / "one.png"
+    history = one_epoch(train_loss=2.0, val_loss=2.1, train_accuracy=0.3, val_accuracy=0.25)
+    plots.plot_history(history, path)
+
+    coloured = coloured_pixels(path)
+    half = coloured.shape[1] // 2
+    assert coloured[:, :half].sum() > 20, "loss panel shows no curve"
+    assert coloured[:, half:].sum() > 20, "accuracy panel shows no curve"
+    for ax in figures[0].axes:
+        assert ax.get_xlim() == pytest.approx((0.5, 1.5))
+        assert list(ax.get_xticks()) == [1]
+        assert all(line.get_marker() not in (None, "None", "") for line in ax.get_lines())
+
+
+def test_plot_degradation_one_epoch_is_visible(tmp_path: Path, monkeypatch) -> None:
+    figures = []
+    save = plots._save
+
+    def save_without_legends(fig, path):
+        figures.append(fig)
+        for ax in fig.axes:
+            ax.get_legend().remove()
+        save(fig, path)
+
+    monkeypatch.setattr(plots, "_save", save_without_legends)
+    path = tmp_path / "deg.png"
+    h = one_epoch(train_accuracy=0.3, val_accuracy=0.25)
+    plots.plot_degradation({"plain20": h, "resnet20": h}, {"plain": ["plain20"]}, path)
+    assert coloured_pixels(path).sum() > 20
+    (ax,) = figures[0].axes
+    assert ax.get_xlim() == pytest.approx((0.5, 1.5))
+    assert list(ax.get_xticks()) == [1]

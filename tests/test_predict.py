@@ -16,11 +16,12 @@ import pytest
 import torch
 from PIL import Image
 
-from resnetlab import checkpoint, tracking
+from resnetlab import tracking
 from resnetlab.cli import main
 from resnetlab.config import parse_params
-from resnetlab.inference import load_classifier, model_record
+from resnetlab.inference import load_classifier
 from resnetlab.models import build_model
+from resnetlab.records import ModelRecord
 from resnetlab.stages.predict import CIFAR10_CLASSES, load_image
 
 # One result line: `<path>: <class> <p>%, <class> <p>%, ...`
@@ -38,15 +39,18 @@ def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     with torch.no_grad():
         net.fc.weight.mul_(30.0)
     config = parse_params({"variants": {"tiny": {"model": {"name": "resnet_v1", "depth": 8}}}})
-    record = model_record(
-        net.state_dict(),
-        config.variant("tiny").to_dict(),
-        CIFAR10_CLASSES,
+    record = ModelRecord(
+        state_dict=net.state_dict(),
+        variant=config.variant("tiny"),
+        classes=CIFAR10_CLASSES,
         mean=(0.49, 0.48, 0.45),
         std=(0.25, 0.24, 0.26),
+        parameters=0,
+        best_epoch=0,
+        best_val_accuracy=0.0,
     )
     root = tmp_path_factory.mktemp("predict") / "models"
-    checkpoint.save_atomic(record, root / "tiny" / "model.pt")
+    record.write(root / "tiny" / "model.pt")
     return root
 
 
@@ -243,22 +247,18 @@ def logged(models_dir, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, s
     # Batch of 4: MLflow exports the model with torch.export, which makes the batch dimension
     # dynamic only when the example's is > 1 (as in the train stage).
     example = np.random.default_rng(0).random((4, 3, 32, 32), dtype=np.float32)
-    saved_experiment = os.environ.get("MLFLOW_EXPERIMENT_ID")
+    before = dict(os.environ)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MLFLOW_TRACKING_URI", uri)
         mp.chdir(root)  # the default artifact root is relative to the working directory
-        try:
-            with tracking.training_run("predict-test", "tiny", {"variant": "tiny"}, {}) as run_id:
-                history = pd.DataFrame({"epoch": [1], "val_accuracy": [0.1]})
-                tracking.log_trained_model(clf, example, history, [], classes=record["classes"])
-        finally:
-            # set_experiment() exports MLFLOW_EXPERIMENT_ID for child processes; left set, it
-            # would send a later test's `mlflow run` to an experiment id of this store.
-            if saved_experiment is None:
-                os.environ.pop("MLFLOW_EXPERIMENT_ID", None)
-            else:
-                os.environ["MLFLOW_EXPERIMENT_ID"] = saved_experiment
-    return uri, f"runs:/{run_id}/model"
+        with tracking.TrainingRun("predict-test", "tiny", {"variant": "tiny"}, {}) as run:
+            run.log_model(clf, example, record.classes)
+            run.log_table(pd.DataFrame({"epoch": [1], "val_accuracy": [0.1]}), "history.json")
+        # Tracking goes through an explicit client: no MLflow variable is left behind.
+        assert {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"} == {
+            k: v for k, v in before.items() if k != "MLFLOW_TRACKING_URI"
+        }
+    return uri, f"runs:/{run.run_id}/model"
 
 
 def test_predict_model_uri_matches_variant(models_dir, images, logged, monkeypatch, capsys):

@@ -9,7 +9,7 @@ is exactly torch's channels_last format, so no copy is made.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -54,36 +54,14 @@ def cutout(x: torch.Tensor, size: int, count: int, generator: torch.Generator) -
     return x.mul_(keep)  # in place: keeps the channels_last layout
 
 
-class Normalizer:
-    """uint8 NHWC -> normalised float NCHW, on the device, with the train split's statistics."""
-
-    def __init__(
-        self,
-        mean: Sequence[float],
-        std: Sequence[float],
-        device: torch.device,
-        channels_last: bool = True,
-    ):
-        # Folded into one multiply-add: (x / 255 - mean) / std = x * scale + shift.
-        std_t = torch.tensor(std, dtype=torch.float32, device=device)
-        mean_t = torch.tensor(mean, dtype=torch.float32, device=device)
-        self.scale = (1.0 / (255.0 * std_t)).view(1, 3, 1, 1)
-        self.shift = (-mean_t / std_t).view(1, 3, 1, 1)
-        self.channels_last = channels_last
-
-    def __call__(self, x_uint8_nhwc: torch.Tensor) -> torch.Tensor:
-        x = x_uint8_nhwc.permute(0, 3, 1, 2).float()  # NCHW shape, NHWC memory
-        x = torch.addcmul(self.shift, x, self.scale)  # keeps x's memory format
-        return x if self.channels_last else x.contiguous()
-
-
 def augment_batch(
     x_uint8_nhwc: torch.Tensor,
     cfg: AugmentConfig,
-    normalize: Normalizer,
+    normalize: Callable[[torch.Tensor], torch.Tensor],
     generator: torch.Generator,
 ) -> torch.Tensor:
-    """Crop, flip, normalise and Cutout one uint8 NHWC batch; returns float NCHW."""
+    """Crop, flip, normalise (`normalize`: uint8 NHWC -> float NCHW, e.g.
+    `resnetlab.inference.Normalizer`) and Cutout one uint8 NHWC batch; returns float NCHW."""
     x = random_crop(x_uint8_nhwc, cfg.crop_padding, generator)
     if cfg.flip:
         x = random_flip(x, generator)

@@ -17,7 +17,8 @@ STAGES = {
     "prepare": "split the archive into train/val/test arrays under --out",
     "train": "train one variant (resumes an interrupted run)",
     "evaluate": "evaluate a trained variant on the test set",
-    "compare": "leaderboard and figures over every variant",
+    "diagnose": "per-layer gradient norms of plain vs residual nets at initialisation",
+    "compare": "leaderboard and every figure, over all variants",
     "predict": "classify image files with a trained variant or an MLflow model",
 }
 

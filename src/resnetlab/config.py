@@ -7,7 +7,7 @@ Layout of `params.yaml`::
 
     data:      {url, md5, val_size, seed, subset}
     mlflow:    {experiment}
-    compare:   {gradient_depths, seed}
+    diagnose:  {gradient_depths, seed}
     train:     {epochs, batch_size, optimizer, lr, ..., augment: {crop_padding, flip, ...}}
     variants:
       <name>:
@@ -33,7 +33,8 @@ from typing import Any, Literal, get_args, get_origin
 
 import yaml
 
-from resnetlab.errors import ConfigError
+from resnetlab.depths import BASIC_DEPTHS, basic_blocks
+from resnetlab.errors import ConfigError, invalid
 
 OFFICIAL_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 OFFICIAL_MD5 = "c58f30108f718f92721af3b95e74349a"
@@ -98,21 +99,17 @@ class AugmentConfig:
 
 
 @dataclass(frozen=True)
-class CompareConfig:
+class DiagnoseConfig:
     # Depths of the plain and resnet_v1 nets whose per-layer gradient norms at initialisation
-    # the compare stage plots (He et al.'s 20, 56, 110); empty = skip that figure.
+    # the diagnose stage measures (He et al.'s 20, 56, 110); empty = no profile.
     gradient_depths: tuple[int, ...] = (20, 56, 110)
     seed: int = 0  # seeds those nets' weights and the random batch
 
     def validate(self) -> None:
-        for d in self.gradient_depths:
-            _check(
-                d >= 8 and (d - 2) % 6 == 0,
-                "compare.gradient_depths",
-                list(self.gradient_depths),
-                "depths of the form 6n+2 (8, 14, 20, 56, 110, ...)",
-            )
-        _check(self.seed >= 0, "compare.seed", self.seed, "an integer >= 0")
+        for i, d in enumerate(self.gradient_depths):
+            # Both nets compared (plain and resnet_v1) have basic blocks.
+            _check(basic_blocks(d) is not None, f"diagnose.gradient_depths[{i}]", d, BASIC_DEPTHS)
+        _check(self.seed >= 0, "diagnose.seed", self.seed, "an integer >= 0")
 
 
 Optimizer = Literal["sgd", "adamw"]
@@ -192,10 +189,6 @@ class TrainConfig:
         _check(0 <= self.ema_decay < 1, f"{prefix}.ema_decay", self.ema_decay, "0 (off) or (0, 1)")
         _check(self.eval_batch_size >= 1, f"{prefix}.eval_batch_size", self.eval_batch_size, ">= 1")
 
-    def milestone_epochs(self) -> list[int]:
-        """Milestones as epoch numbers (fractions of `epochs` rounded to the nearest epoch)."""
-        return sorted(round(m * self.epochs) if m < 1 else int(m) for m in self.milestones)
-
 
 @dataclass(frozen=True)
 class ModelSpec:
@@ -228,7 +221,7 @@ class Params:
     mlflow: MlflowConfig
     train: TrainConfig
     variants: Mapping[str, Variant]
-    compare: CompareConfig = field(default_factory=CompareConfig)
+    diagnose: DiagnoseConfig = field(default_factory=DiagnoseConfig)
 
     def variant(self, name: str) -> Variant:
         if name not in self.variants:
@@ -255,7 +248,7 @@ def load_params(path: str | Path) -> Params:
 
 def parse_params(raw: Mapping[str, Any]) -> Params:
     _require_mapping(raw, "params")
-    _reject_unknown(raw, {"data", "mlflow", "train", "variants", "compare"}, "")
+    _reject_unknown(raw, {"data", "mlflow", "train", "variants", "diagnose"}, "")
     data = _build(DataConfig, raw.get("data", {}), "data")
     data.validate()
     mlflow = _build(MlflowConfig, raw.get("mlflow", {}), "mlflow")
@@ -269,9 +262,9 @@ def parse_params(raw: Mapping[str, Any]) -> Params:
     variants = {
         name: _parse_variant(str(name), spec, train_raw) for name, spec in variants_raw.items()
     }
-    compare = _build(CompareConfig, raw.get("compare", {}), "compare")
-    compare.validate()
-    return Params(data, mlflow, train, types.MappingProxyType(variants), compare)
+    diagnose = _build(DiagnoseConfig, raw.get("diagnose", {}), "diagnose")
+    diagnose.validate()
+    return Params(data, mlflow, train, types.MappingProxyType(variants), diagnose)
 
 
 def _parse_variant(name: str, spec: Any, train_raw: Mapping[str, Any]) -> Variant:
@@ -329,7 +322,7 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
     if origin is tuple:
         (item,) = {a for a in get_args(hint) if a is not Ellipsis}
         if not isinstance(value, list | tuple):
-            raise ConfigError(f"{key}: {value!r} is not a list")
+            raise invalid(key, value, "a list")
         return tuple(_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value))
     if hint is bool:
         _check(isinstance(value, bool), key, value, "true or false")
@@ -378,7 +371,7 @@ def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
 
 def _require_mapping(value: Any, key: str) -> None:
     if not isinstance(value, Mapping):
-        raise ConfigError(f"{key}: expected a mapping of keys to values, got {value!r}")
+        raise invalid(key, value, "a mapping of keys to values")
 
 
 def _reject_unknown(raw: Mapping[str, Any], allowed: set[str], prefix: str) -> None:
@@ -393,4 +386,23 @@ def _reject_unknown(raw: Mapping[str, Any], allowed: set[str], prefix: str) -> N
 
 def _check(ok: bool, key: str, value: Any, allowed: str) -> None:
     if not ok:
-        raise ConfigError(f"{key}: {value!r} is not allowed; expected {allowed}")
+        raise invalid(key, value, allowed)
+
+
+def variant_from_dict(data: Any) -> Variant:
+    """The typed `Variant` back from `Variant.to_dict()` (e.g. read from a model file)."""
+    _require_mapping(data, "config")
+    _reject_unknown(data, {"variant", "model", "train"}, "config")
+    for key in ("variant", "model", "train"):
+        if key not in data:
+            raise ConfigError(f"config.{key}: missing")
+    model_raw = data["model"]
+    _require_mapping(model_raw, "config.model")
+    if not isinstance(model_raw.get("name"), str):
+        raise ConfigError("config.model.name: missing")
+    args = {k: v for k, v in model_raw.items() if k != "name"}
+    train = _build(TrainConfig, data["train"], "config.train")
+    train.validate("config.train")
+    return Variant(
+        str(data["variant"]), ModelSpec(model_raw["name"], types.MappingProxyType(args)), train
+    )

@@ -1,4 +1,5 @@
-"""Training and evaluation loops over device-resident tensors. No file I/O, no MLflow.
+"""The training step loop over device-resident tensors: optimiser, schedule, EMA, one epoch.
+No file I/O, no MLflow; `resnetlab.training` drives it epoch by epoch.
 
 The whole split lives on the device as uint8; each step indexes a batch, augments it there
 (`resnetlab.augment`) and runs the model. Per-step host synchronisation is avoided: losses and
@@ -8,7 +9,6 @@ check) and at the end of the epoch.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from collections.abc import Callable
@@ -18,38 +18,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from resnetlab.augment import Normalizer, augment_batch
+from resnetlab.augment import augment_batch
 from resnetlab.config import TrainConfig
+from resnetlab.device import autocast
 from resnetlab.errors import ResnetlabError
-
-
-def resolve_device(name: str) -> torch.device:
-    """`auto` = cuda, then mps, then cpu; anything else is taken as given (and checked)."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ResnetlabError(f"train.device={name!r} but CUDA is not available; use auto or cpu")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise ResnetlabError(f"train.device={name!r} but MPS is not available; use auto or cpu")
-    return device
-
-
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for `precision` (None = plain fp32)."""
-    if precision == "auto":
-        return torch.bfloat16 if device.type == "cuda" else None
-    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-
-
-def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -67,6 +39,11 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer
     )
 
 
+def milestone_epochs(cfg: TrainConfig) -> list[int]:
+    """`cfg.milestones` as epoch numbers: fractions of `epochs` rounded to the nearest epoch."""
+    return sorted(round(m * cfg.epochs) if m < 1 else int(m) for m in cfg.milestones)
+
+
 def lr_factor(step: int, cfg: TrainConfig, steps_per_epoch: int) -> float:
     """Learning rate at optimiser step `step` (0-based) as a multiple of `cfg.lr`.
 
@@ -80,7 +57,7 @@ def lr_factor(step: int, cfg: TrainConfig, steps_per_epoch: int) -> float:
         return start + (1.0 - start) * step / warmup
     epoch = step // steps_per_epoch
     if cfg.schedule == "multistep":
-        return cfg.gamma ** sum(epoch >= m for m in cfg.milestone_epochs())
+        return cfg.gamma ** sum(epoch >= m for m in milestone_epochs(cfg))
     if cfg.schedule == "step":
         return cfg.gamma ** (epoch // cfg.step_size)
     t = (step - warmup) / max(1, total - warmup)  # progress through the post-warm-up steps
@@ -164,7 +141,7 @@ def train_epoch(
     images: torch.Tensor,
     labels: torch.Tensor,
     cfg: TrainConfig,
-    normalize: Normalizer,
+    normalize: Callable[[torch.Tensor], torch.Tensor],
     generator: torch.Generator,
     *,
     amp_dtype: torch.dtype | None = None,
@@ -240,36 +217,3 @@ def train_epoch(
         seconds=seconds,
         lr=lr,
     )
-
-
-@torch.no_grad()
-def predict_logits(
-    model: nn.Module,
-    images: torch.Tensor,
-    normalize: Normalizer,
-    batch_size: int,
-    amp_dtype: torch.dtype | None = None,
-) -> torch.Tensor:
-    """Logits (float32, on the device) for uint8 NHWC `images`, in eval mode."""
-    model.eval()
-    out = []
-    for start in range(0, len(images), batch_size):
-        x = normalize(images[start : start + batch_size])
-        with autocast(images.device, amp_dtype):
-            out.append(model(x).float())
-    return torch.cat(out) if out else torch.empty(0, 0, device=images.device)
-
-
-def evaluate(
-    model: nn.Module,
-    images: torch.Tensor,
-    labels: torch.Tensor,
-    normalize: Normalizer,
-    batch_size: int,
-    amp_dtype: torch.dtype | None = None,
-) -> tuple[float, float]:
-    """(mean cross-entropy, accuracy) of `model` on a labelled split."""
-    logits = predict_logits(model, images, normalize, batch_size, amp_dtype)
-    loss = F.cross_entropy(logits, labels).item()
-    accuracy = (logits.argmax(1) == labels).sum().item() / max(len(labels), 1)
-    return loss, accuracy

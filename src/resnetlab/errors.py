@@ -7,3 +7,14 @@ class ResnetlabError(Exception):
 
 class ConfigError(ResnetlabError):
     """Invalid configuration: the message names the key, the value and what is allowed."""
+
+
+def invalid(key: str, value: object, expected: str) -> ConfigError:
+    """The error for an invalid value, in the one shape every validation message has::
+
+        <key>: <value> is not allowed; expected <what is allowed>
+
+    ``key`` is the dotted path of the setting (``train.lr``, or ``<model>.<argument>`` such as
+    ``resnet_v1.depth`` for a model argument). Raise the result.
+    """
+    return ConfigError(f"{key}: {value!r} is not allowed; expected {expected}")

@@ -1,24 +1,46 @@
-"""The trained model file (`models/<variant>/model.pt`) and a self-contained classifier.
+"""Running a trained network: normalisation, forward passes over device-resident splits, and
+the self-contained `Classifier` rebuilt from a model file. No training code, no file writing.
 
-`model.pt` holds the best weights (a state dict), the resolved config and the data statistics; it
-loads with `torch.load(..., weights_only=True)`. `Classifier` puts the normalisation inside the
-module, so it takes float images in [0, 1] (N x 3 x 32 x 32): what MLflow serves and `predict`
-feeds it.
+`Classifier` puts the normalisation inside the module, so it takes float images in [0, 1]
+(N x 3 x 32 x 32): what MLflow serves and `predict` feeds it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from resnetlab.device import autocast
 from resnetlab.errors import ResnetlabError
 from resnetlab.models import build_model
+from resnetlab.records import ModelRecord
 
-MODEL_FILE_FORMAT = 1
+
+class Normalizer:
+    """uint8 NHWC -> normalised float NCHW, on the device, with the train split's statistics."""
+
+    def __init__(
+        self,
+        mean: Sequence[float],
+        std: Sequence[float],
+        device: torch.device,
+        channels_last: bool = True,
+    ):
+        # Folded into one multiply-add: (x / 255 - mean) / std = x * scale + shift.
+        std_t = torch.tensor(std, dtype=torch.float32, device=device)
+        mean_t = torch.tensor(mean, dtype=torch.float32, device=device)
+        self.scale = (1.0 / (255.0 * std_t)).view(1, 3, 1, 1)
+        self.shift = (-mean_t / std_t).view(1, 3, 1, 1)
+        self.channels_last = channels_last
+
+    def __call__(self, x_uint8_nhwc: torch.Tensor) -> torch.Tensor:
+        x = x_uint8_nhwc.permute(0, 3, 1, 2).float()  # NCHW shape, NHWC memory
+        x = torch.addcmul(self.shift, x, self.scale)  # keeps x's memory format
+        return x if self.channels_last else x.contiguous()
 
 
 class Classifier(nn.Module):
@@ -34,42 +56,55 @@ class Classifier(nn.Module):
         return self.net((images - self.mean) / self.std)
 
 
-def model_record(
-    state_dict: dict[str, torch.Tensor],
-    config: dict[str, Any],
-    classes: Sequence[str],
-    mean: Sequence[float],
-    std: Sequence[float],
-    **extra: Any,
-) -> dict[str, Any]:
-    return {
-        "format": MODEL_FILE_FORMAT,
-        "state_dict": state_dict,
-        "config": config,
-        "classes": list(classes),
-        "mean": list(mean),
-        "std": list(std),
-        **extra,
-    }
-
-
-def load_model_file(path: Path) -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild the network saved in `path`; returns it (eval mode, CPU) and the whole record."""
-    path = Path(path)
-    if not path.exists():
-        raise ResnetlabError(f"{path}: no trained model (run `dvc repro train@<variant>` first)")
-    try:
-        record = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ResnetlabError(f"{path}: not a readable model file ({exc})") from None
-    spec = dict(record["config"]["model"])
+def build_network(record: ModelRecord, path: Path | str = "model file") -> nn.Module:
+    """The network `record` describes, with its saved weights, in eval mode on the CPU."""
+    spec = record.variant.model.to_dict()
     name = spec.pop("name")
     spec.pop("pretrained", None)  # the saved weights replace any pretrained ones
     net = build_model(name, **spec)
-    net.load_state_dict(record["state_dict"])
-    return net.eval(), record
+    missing, unexpected = net.load_state_dict(record.state_dict, strict=False)
+    if missing or unexpected:
+        what = []
+        if missing:
+            what.append(f"missing {len(missing)} tensor(s) (e.g. {missing[0]})")
+        if unexpected:
+            what.append(f"{len(unexpected)} unexpected tensor(s) (e.g. {unexpected[0]})")
+        raise ResnetlabError(
+            f"{path}: weights do not fit model {name!r}: {'; '.join(what)}; "
+            f"re-run `dvc repro train@{record.variant.name}`"
+        )
+    return net.eval()
 
 
-def load_classifier(path: Path) -> tuple[Classifier, dict[str, Any]]:
-    net, record = load_model_file(path)
-    return Classifier(net, record["mean"], record["std"]).eval(), record
+def load_classifier(path: Path) -> tuple[Classifier, ModelRecord]:
+    """The model file at `path` as a [0, 1]-images-in, logits-out `Classifier`, and its record."""
+    record = ModelRecord.read(path)
+    net = build_network(record, path)
+    return Classifier(net, record.mean, record.std).eval(), record
+
+
+@torch.inference_mode()
+def predict_logits(
+    model: nn.Module,
+    images: torch.Tensor,
+    normalize: Normalizer,
+    batch_size: int,
+    amp_dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    """Logits (float32, on the device) for uint8 NHWC `images`, in eval mode."""
+    was_training = model.training
+    model.eval()
+    out = []
+    for start in range(0, len(images), batch_size):
+        x = normalize(images[start : start + batch_size])
+        with autocast(images.device, amp_dtype):
+            out.append(model(x).float())
+    model.train(was_training)
+    return torch.cat(out) if out else torch.empty(0, 0, device=images.device)
+
+
+def loss_and_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
+    """(mean cross-entropy, accuracy) of `logits` against integer `labels`."""
+    loss = F.cross_entropy(logits, labels).item()
+    accuracy = (logits.argmax(1) == labels).sum().item() / max(len(labels), 1)
+    return loss, accuracy

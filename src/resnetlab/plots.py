@@ -1,7 +1,11 @@
-"""Figures for the reports: each ``plot_*`` writes one PNG to ``path`` and closes its figure.
+"""Figures for the reports: each ``plot_*`` writes one PNG to ``path``.
 
-Rendering uses the non-interactive Agg backend, so plotting works on servers without a display
-and never opens a window. Accuracies come in as fractions in [0, 1]; figures show percentages.
+Figures are built as bare ``matplotlib.figure.Figure`` objects, never through
+``matplotlib.pyplot``: saving a PNG renders with the Agg canvas directly, so plotting works on
+servers without a display, never opens a window, and importing this module neither switches the
+caller's matplotlib backend nor registers figures in pyplot's global figure list (a figure is
+freed once the last reference to it goes). Accuracies come in as fractions in [0, 1]; figures
+show percentages.
 """
 
 from __future__ import annotations
@@ -11,10 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib
-
-matplotlib.use("Agg")
-
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
@@ -32,16 +32,39 @@ __all__ = [
 ]
 
 DPI = 120
+# Curves with at most this many points also mark each point, so that a short run (one epoch is
+# a single point, which a line alone would not draw at all) still shows its values.
+MARKER_MAX_POINTS = 15
 
 
 def _save(fig: Figure, path: Path) -> None:
+    # A bare Figure (no pyplot) is not in any global registry, so nothing needs closing: it is
+    # garbage once the caller's reference goes. PNG output renders through the Agg canvas.
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        fig.savefig(path, dpi=DPI, bbox_inches="tight")
-    finally:
-        # Figures are kept alive by pyplot until closed; a long compare run would leak them.
-        plt.close(fig)
+    fig.savefig(path, dpi=DPI, bbox_inches="tight")
+
+
+def _markers(n_points: int) -> dict[str, Any]:
+    """Line style keywords that mark every point of a short curve (none for a long one)."""
+    if n_points > MARKER_MAX_POINTS:
+        return {}
+    return {"marker": "o", "markersize": 6.0 if n_points <= 1 else 3.5}
+
+
+def _epoch_axis(ax: Any, epochs: Sequence[Any]) -> None:
+    """Whole-number ticks on an epoch axis; a single epoch gets one tick centred in 0.5 margins.
+
+    Without this a lone point gets matplotlib's fallback limits (e.g. 0.945 to 1.050).
+    """
+    ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
+    values = np.unique(np.asarray(epochs, dtype=np.float64))
+    values = values[np.isfinite(values)]
+    if values.size == 1:
+        e = float(values[0])
+        ax.set_xlim(e - 0.5, e + 0.5)
+        ax.set_xticks([e], labels=[f"{e:g}"])
 
 
 def normalize_rows(cm: np.ndarray) -> np.ndarray:
@@ -83,8 +106,9 @@ def plot_confusion(
     values = normalize_rows(counts) if normalize else counts.astype(np.float64)
 
     side = max(4.0, 0.6 * n + 2.0)  # inches; keeps 10 rotated class names legible
-    fig, ax = plt.subplots(figsize=(side + 1.0, side))
-    cmap = plt.get_cmap("Blues")
+    fig = Figure(figsize=(side + 1.0, side))
+    ax = fig.subplots()
+    cmap = matplotlib.colormaps["Blues"]
     vmax = 1.0 if normalize else max(float(values.max()), 1.0)
     image = ax.imshow(values, cmap=cmap, vmin=0.0, vmax=vmax, interpolation="nearest")
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
@@ -122,7 +146,8 @@ def plot_test_accuracy(leaderboard: pd.DataFrame, path: Path) -> None:
     pct = rows["test_accuracy"].to_numpy(dtype=np.float64) * 100.0
     names = rows["variant"].astype(str).tolist()
 
-    fig, ax = plt.subplots(figsize=(7.0, max(2.0, 0.45 * len(rows) + 1.0)))
+    fig = Figure(figsize=(7.0, max(2.0, 0.45 * len(rows) + 1.0)))
+    ax = fig.subplots()
     bars = ax.barh(names, pct, color="tab:blue")
     ax.bar_label(bars, labels=[f"{p:.2f}%" for p in pct], padding=3, fontsize=9)
     # Room on the right for the labels; accuracy cannot exceed 100 %.
@@ -136,16 +161,17 @@ def plot_test_accuracy(leaderboard: pd.DataFrame, path: Path) -> None:
 
 def plot_history(history: pd.DataFrame, path: Path, title: str = "") -> None:
     """One variant's training curves: loss and accuracy (%) against epoch, train and val."""
-    fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(10, 3.8))
+    fig = Figure(figsize=(10, 3.8))
+    loss_ax, acc_ax = fig.subplots(1, 2)
     epoch = history["epoch"].to_numpy()
+    marks = _markers(len(epoch))
     for split, style in (("train", "--"), ("val", "-")):
-        loss_ax.plot(epoch, history[f"{split}_loss"], style, label=split)
-        acc_ax.plot(epoch, 100.0 * history[f"{split}_accuracy"], style, label=split)
+        loss_ax.plot(epoch, history[f"{split}_loss"], style, label=split, **marks)
+        acc_ax.plot(epoch, 100.0 * history[f"{split}_accuracy"], style, label=split, **marks)
     loss_ax.set_ylabel("cross-entropy")
     acc_ax.set_ylabel("accuracy (%)")
     for ax in (loss_ax, acc_ax):
-        ax.set_xlabel("epoch")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        _epoch_axis(ax, epoch)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     if title:
@@ -180,27 +206,39 @@ def plot_degradation(
         if lacking:
             raise ValueError(f"history of {v} lacks column(s) {', '.join(sorted(lacking))}")
 
-    fig, axes = plt.subplots(
-        1, len(panels), figsize=(5.5 * len(panels), 4.2), sharey=True, squeeze=False
-    )
-    palette = plt.get_cmap("tab10").colors
+    fig = Figure(figsize=(5.5 * len(panels), 4.2))
+    axes = fig.subplots(1, len(panels), sharey=True, squeeze=False)
+    palette = matplotlib.colormaps["tab10"].colors
     for ax, (title, names) in zip(axes[0], panels.items(), strict=True):
         # Colours restart per panel so e.g. plain-20 and ResNet-20 share a colour, as in Fig. 6.
+        panel_epochs = []
+        marked = False  # whether any curve in this panel marks its points
         for k, v in enumerate(names):
             h = histories[v]
             colour = colours[v] if colours and v in colours else palette[k % len(palette)]
             epoch = h["epoch"].to_numpy()
-            ax.plot(epoch, 100.0 * (1.0 - h["train_accuracy"]), "--", color=colour, lw=1.0)
-            ax.plot(epoch, 100.0 * (1.0 - h["val_accuracy"]), "-", color=colour, lw=2.2, label=v)
+            panel_epochs.append(epoch)
+            marks = _markers(len(epoch))
+            marked = marked or bool(marks)
+            train_err, val_err = (
+                100.0 * (1.0 - h["train_accuracy"]),
+                100.0 * (1.0 - h["val_accuracy"]),
+            )
+            # Hollow train markers tell a lone train point from the val point of one variant.
+            hollow = {"markerfacecolor": "white"} if marks else {}
+            ax.plot(epoch, train_err, "--", color=colour, lw=1.0, **marks, **hollow)
+            ax.plot(epoch, val_err, "-", color=colour, lw=2.2, label=v, **marks)
+        key = {"marker": "o", "markersize": 5.0} if marked else {}
         style = [
-            Line2D([], [], color="grey", ls="--", lw=1.0, label="train"),
-            Line2D([], [], color="grey", ls="-", lw=2.2, label="val"),
+            Line2D(
+                [], [], color="grey", ls="--", lw=1.0, label="train", markerfacecolor="white", **key
+            ),
+            Line2D([], [], color="grey", ls="-", lw=2.2, label="val", **key),
         ]
         handles, _ = ax.get_legend_handles_labels()
         ax.legend(handles=handles + style, fontsize=8, loc="upper right")
         ax.set_title(title)
-        ax.set_xlabel("epoch")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
+        _epoch_axis(ax, np.concatenate(panel_epochs))
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("error (%)")
     axes[0][0].set_ylim(bottom=0.0)
@@ -222,7 +260,8 @@ def plot_gradient_profile(
     """
     if not profiles:
         raise ValueError("no gradient profiles to plot")
-    fig, ax = plt.subplots(figsize=(8.0, 4.5))
+    fig = Figure(figsize=(8.0, 4.5))
+    ax = fig.subplots()
     for k, (label, norms) in enumerate(profiles.items()):
         y = np.asarray(norms, dtype=np.float64)
         if y.size == 0:

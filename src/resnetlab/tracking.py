@@ -1,7 +1,12 @@
-"""Everything that talks to MLflow. Other modules call these functions and never import mlflow.
+"""Everything that talks to MLflow. Other modules call these and never import mlflow.
 
-Tracking URI: `MLFLOW_TRACKING_URI` when set, else the SQLite store `mlflow.db` in the current
-directory (the project root when DVC runs a stage), which `mlflow ui` opens by default.
+MLflow is reached through an explicit `MlflowClient` on `tracking_uri()`: `MLFLOW_TRACKING_URI`
+when set, else the SQLite store `mlflow.db` in the current directory (the project root when DVC
+runs a stage), which `mlflow ui` opens by default. Nothing here sets MLflow's global tracking
+URI or active experiment, and nothing writes to `os.environ`.
+
+Output-neutral by design: what is recorded here mirrors what the stages write to disk; no DVC
+output depends on this module's code.
 """
 
 from __future__ import annotations
@@ -10,25 +15,32 @@ import json
 import logging
 import os
 import subprocess
+import tempfile
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+import urllib.request
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlparse
 
-import numpy as np
-import pandas as pd
-import torch
-
-from resnetlab.atomic import write_atomic
 from resnetlab.errors import ResnetlabError
+
+if TYPE_CHECKING:
+    import numpy as np
+    import pandas as pd
+    import torch
+    from mlflow.tracking import MlflowClient
+
+    from resnetlab.records import HistoryRow
+    from resnetlab.training import EpochEnd, RunStart, StepProgress
 
 log = logging.getLogger(__name__)
 
 # MLflow's param values are limited in length; longer ones (none expected) are cut.
 _PARAM_MAX = 6000
-# For the start-up check: a dead server answers in seconds, not after minutes of retries.
-_FAST_FAIL = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+_BATCH = 100  # MLflow accepts at most 100 params per log_batch call
+_PROBE_TIMEOUT_S = 10  # a dead server answers a health probe in seconds, not minutes of retries
 
 
 def tracking_uri() -> str:
@@ -38,33 +50,48 @@ def tracking_uri() -> str:
     return f"sqlite:///{Path.cwd() / 'mlflow.db'}"
 
 
-def _mlflow():
-    import mlflow
+def client() -> MlflowClient:
+    from mlflow.tracking import MlflowClient
 
-    mlflow.set_tracking_uri(tracking_uri())
-    return mlflow
+    uri = tracking_uri()
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
 
 
 def ensure_reachable(experiment: str) -> str:
-    """Fail fast (before any training) if the tracking store cannot be used. Returns the URI."""
+    """Fail fast (before any work) if the tracking store cannot be used; returns the id of
+    `experiment`, created if missing."""
     uri = tracking_uri()
-    saved = {k: os.environ.get(k) for k in _FAST_FAIL}
-    os.environ.update(_FAST_FAIL)
     try:
-        mlflow = _mlflow()
-        mlflow.set_experiment(experiment)
-    except Exception as exc:
+        if urlparse(uri).scheme in ("http", "https"):
+            # MLflow's own client retries for minutes; a plain probe answers in seconds.
+            url = uri.rstrip("/") + "/health"
+            with urllib.request.urlopen(url, timeout=_PROBE_TIMEOUT_S) as response:
+                response.read(64)
+        return experiment_id(client(), experiment)
+    except Exception as exc:  # any failure: the message says which store and why
         raise ResnetlabError(
-            f"MLflow tracking store {uri} is not usable: {str(exc).splitlines()[0][:300]}. "
+            f"MLflow tracking store {uri} is not usable: {_first_line(exc)}. "
             "Start the server, fix MLFLOW_TRACKING_URI, or unset it to record into ./mlflow.db"
         ) from None
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-    return uri
+
+
+def experiment_id(mlflow_client: MlflowClient, name: str) -> str:
+    found = mlflow_client.get_experiment_by_name(name)
+    if found is not None:
+        return found.experiment_id
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return mlflow_client.create_experiment(name)
+    except MlflowException:  # created meanwhile by a concurrent stage
+        found = mlflow_client.get_experiment_by_name(name)
+        if found is None:
+            raise
+        return found.experiment_id
 
 
 def git_commit() -> str | None:
@@ -77,58 +104,17 @@ def git_commit() -> str | None:
     return (res.stdout.strip() or None) if res.returncode == 0 else None
 
 
-def run_tags(variant: str, device: torch.device) -> dict[str, str]:
-    tags = {
-        "variant": variant,
-        "device": str(device),
-        "torch_version": torch.__version__,
-        "stage": "train",
-    }
+def common_tags(stage: str) -> dict[str, str]:
+    """Tags every run gets: the stage, the git commit, and DVC's experiment name and baseline
+    revision while `dvc exp run` executes the stage."""
+    tags = {"stage": stage}
     if commit := git_commit():
         tags["mlflow.source.git.commit"] = commit
         tags["git_commit"] = commit
-    # Set by DVC while `dvc exp run` executes a stage.
     for env, tag in (("DVC_EXP_NAME", "dvc_exp_name"), ("DVC_EXP_BASELINE_REV", "dvc_baseline")):
         if os.environ.get(env):
             tags[tag] = os.environ[env]
     return tags
-
-
-@contextmanager
-def training_run(
-    experiment: str,
-    variant: str,
-    params: Mapping[str, Any],
-    tags: Mapping[str, str],
-    run_id: str | None = None,
-) -> Iterator[str]:
-    """Start (or, with `run_id`, continue) the variant's run; yields its id.
-
-    The run ends FINISHED on success, KILLED on Ctrl-C and FAILED on an error; a resumed training
-    re-opens the same run, so one stage execution is one run however often it was interrupted.
-    """
-    mlflow = _mlflow()
-    mlflow.set_experiment(experiment)
-    if run_id is not None:
-        try:
-            mlflow.get_run(run_id)
-        except Exception:
-            log.warning("MLflow run %s from the checkpoint is gone; starting a new run", run_id)
-            run_id = None
-    run = mlflow.start_run(run_id=run_id, run_name=variant)
-    try:
-        if run_id is None:
-            mlflow.log_params({k: _param(v) for k, v in params.items()})
-        mlflow.set_tags(dict(tags))
-        yield run.info.run_id
-    except KeyboardInterrupt:
-        mlflow.end_run("KILLED")
-        raise
-    except BaseException:
-        mlflow.end_run("FAILED")
-        raise
-    else:
-        mlflow.end_run("FINISHED")
 
 
 def _param(value: Any) -> str:
@@ -136,123 +122,261 @@ def _param(value: Any) -> str:
     return text[:_PARAM_MAX]
 
 
-def log_metrics(metrics: Mapping[str, float], step: int) -> None:
-    _mlflow().log_metrics(dict(metrics), step=step)
-
-
-def log_trained_model(
-    model: torch.nn.Module,
-    input_example: np.ndarray,
-    history: pd.DataFrame,
-    files: Iterable[Path],
-    classes: Sequence[str] | None = None,
-) -> None:
-    """Log the best model (pyfunc-servable on N x 3 x 32 x 32 float arrays in [0, 1]; output:
-    logits in the order of `classes`, kept in the model's metadata), the history table and extra
-    files into the active run."""
-    mlflow = _mlflow()
-    from mlflow.models import infer_signature
-
-    import resnetlab
-
-    model = model.cpu().eval()
-    with torch.no_grad():
-        output = model(torch.from_numpy(input_example)).numpy()
-    import torchvision
-
-    mlflow.pytorch.log_model(
-        model,
-        name="model",
-        signature=infer_signature(input_example, output),
-        input_example=input_example,
-        metadata={"classes": list(classes)} if classes is not None else None,
-        # The package's code travels with the model, so loading it needs no resnetlab install;
-        # explicit requirements skip MLflow's slow inference of them.
-        code_paths=[str(Path(resnetlab.__file__).parent)],
-        pip_requirements=[
-            f"torch=={torch.__version__.split('+')[0]}",
-            f"torchvision=={torchvision.__version__.split('+')[0]}",
-            f"numpy=={np.__version__}",
-            "pyyaml",
-        ],
-    )
-    mlflow.log_table(history, artifact_file="history.json")
-    for path in files:
-        mlflow.log_artifact(str(path))
-
-
-def load_logged_model(model_uri: str) -> tuple[torch.nn.Module, list[str] | None]:
-    """The PyTorch model logged at `model_uri` (`runs:/<id>/model`, `models:/<name>/<version>`,
-    a local path, ...), as `log_trained_model` logged it: [0, 1] images in, logits out; and its
-    class names when the model's metadata has them."""
-    mlflow = _mlflow()
-    # The artifact download's progress bar (one line per file) would bury `predict`'s output.
-    quiet = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
-    saved = os.environ.get(quiet)
-    os.environ.setdefault(quiet, "false")
-    try:
-        # Not .eval()'d here: MLflow already does for pickled models, and the torch.export'ed
-        # module it returns for the default pt2 format refuses train()/eval() calls.
-        model = mlflow.pytorch.load_model(model_uri)
-        metadata = mlflow.models.get_model_info(model_uri).metadata or {}
-        return model, metadata.get("classes")
-    except Exception as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
-        raise ResnetlabError(
-            f"cannot load the MLflow model {model_uri} (tracking store {tracking_uri()}): {first}"
-        ) from None
-    finally:
-        if saved is None:
-            os.environ.pop(quiet, None)
-
-
-def log_evaluation(run_id: str, metrics: Mapping[str, float], files: Iterable[Path]) -> None:
-    """Add test-set metrics (already `test_`-prefixed) and artifacts to a finished training run."""
-    mlflow = _mlflow()
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient()
-    try:
-        client.get_run(run_id)
-    except Exception as exc:
-        raise ResnetlabError(
-            f"MLflow run {run_id} (from the train stage) not found in {tracking_uri()}: {exc}. "
-            "Re-run the train stage (dvc repro -f train@<variant>) to record a new one."
-        ) from None
-    client.log_batch(
-        run_id,
-        metrics=[mlflow.entities.Metric(k, float(v), _now_ms(), 0) for k, v in metrics.items()],
-    )
-    for path in files:
-        client.log_artifact(run_id, str(path), artifact_path="evaluation")
-
-
-def log_comparison(experiment: str, leaderboard: pd.DataFrame, files: Iterable[Path]) -> str:
-    """Record the leaderboard and figures as a run of their own; returns its id."""
-    mlflow = _mlflow()
-    mlflow.set_experiment(experiment)
-    with mlflow.start_run(run_name="compare") as run:
-        mlflow.set_tags({"stage": "compare"})
-        if commit := git_commit():
-            mlflow.set_tags({"mlflow.source.git.commit": commit, "git_commit": commit})
-        mlflow.log_table(leaderboard, artifact_file="leaderboard.json")
-        for path in files:
-            mlflow.log_artifact(str(path))
-        return run.info.run_id
-
-
 def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def write_run_file(path: Path, run_id: str, experiment: str) -> None:
-    """The run id, as a stage output: evaluate logs into the same run."""
-    blob = json.dumps({"run_id": run_id, "experiment": experiment}, indent=2).encode()
-    write_atomic(path, lambda fh: fh.write(blob))
+class TrainingRun:
+    """A variant's MLflow run for one execution of the train stage, and a training listener.
+
+    As a context manager it starts the run (or, with `run_id`, re-opens the run an interrupted
+    execution left) and ends it FINISHED, KILLED on Ctrl-C or FAILED on an error. As a listener
+    (`resnetlab.training.TrainingListener`) it logs each epoch's metrics with step = epoch.
+    """
+
+    def __init__(
+        self,
+        experiment: str,
+        name: str,
+        params: Mapping[str, Any],
+        tags: Mapping[str, str],
+        run_id: str | None = None,
+    ):
+        self.experiment = experiment
+        self.name = name
+        self.params = dict(params)
+        self.tags = dict(tags)
+        self.run_id = run_id or ""
+        self._resume_id = run_id
+        self._client: MlflowClient | None = None
+
+    @property
+    def mlflow(self) -> MlflowClient:
+        if self._client is None:
+            self._client = client()
+        return self._client
+
+    def __enter__(self) -> TrainingRun:
+        from mlflow.entities import Param, RunTag
+
+        c = self.mlflow
+        if self._resume_id is not None:
+            try:
+                c.get_run(self._resume_id)
+                c.update_run(self._resume_id, status="RUNNING")
+            except Exception:
+                log.warning(
+                    "MLflow run %s from the checkpoint is gone; starting a new one", self._resume_id
+                )
+                self._resume_id = None
+        if self._resume_id is None:
+            exp_id = experiment_id(c, self.experiment)
+            run = c.create_run(exp_id, run_name=self.name)
+            self.run_id = run.info.run_id
+            params = [Param(k, _param(v)) for k, v in self.params.items()]
+            for start in range(0, len(params), _BATCH):
+                c.log_batch(self.run_id, params=params[start : start + _BATCH])
+        else:
+            self.run_id = self._resume_id
+        c.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in self.tags.items()])
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc_type is None:
+            status = "FINISHED"
+        elif issubclass(exc_type, KeyboardInterrupt):
+            status = "KILLED"
+        else:
+            status = "FAILED"
+        self.mlflow.set_terminated(self.run_id, status=status)
+
+    # --- listener -----------------------------------------------------------------------------
+
+    def on_start(self, event: RunStart) -> None:
+        if event.resumed_epoch == 0:
+            self.log_metrics({"parameters": float(event.parameters)}, step=0)
+            return
+        # The checkpoint is written before listeners hear of an epoch, so an interruption can
+        # leave epochs on disk that never reached the run: log those now.
+        logged = {m.step for m in self.mlflow.get_metric_history(self.run_id, "val_accuracy")}
+        for row in event.history:
+            if row.epoch not in logged:
+                self._log_row(row)
+
+    def _log_row(self, row: HistoryRow) -> None:
+        self.log_metrics({k: v for k, v in vars(row).items() if k != "epoch"}, step=row.epoch)
+
+    def on_epoch_start(self, epoch: int, epochs: int) -> None: ...
+
+    def on_step(self, event: StepProgress) -> None: ...
+
+    def on_epoch_end(self, event: EpochEnd) -> None:
+        self._log_row(event.row)
+
+    def on_stop(self) -> None: ...
+
+    # --- records ------------------------------------------------------------------------------
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        from mlflow.entities import Metric
+
+        now = _now_ms()
+        batch = [Metric(k, float(v), now, step) for k, v in metrics.items()]
+        self.mlflow.log_batch(self.run_id, metrics=batch)
+
+    def log_table(self, frame: pd.DataFrame, artifact_file: str) -> None:
+        self.mlflow.log_table(self.run_id, frame, artifact_file)
+
+    def log_files(self, paths: Iterable[Path], artifact_path: str | None = None) -> None:
+        for path in paths:
+            self.mlflow.log_artifact(self.run_id, str(path), artifact_path=artifact_path)
+
+    def log_model(
+        self, model: torch.nn.Module, input_example: np.ndarray, classes: Sequence[str]
+    ) -> None:
+        """Log `model` as the run's `model` artifact: pyfunc-servable on N x 3 x 32 x 32 float
+        arrays in [0, 1]; output: logits in the order of `classes` (kept in its metadata)."""
+        log_model_artifact(self.mlflow, self.run_id, model, input_example, classes)
 
 
-def read_run_file(path: Path) -> dict[str, str]:
+def log_model_artifact(
+    mlflow_client: MlflowClient,
+    run_id: str,
+    model: torch.nn.Module,
+    input_example: np.ndarray,
+    classes: Sequence[str],
+) -> None:
+    import mlflow.pytorch
+    import numpy as np
+    import torch
+    import torchvision
+    from mlflow.models import infer_signature
+
+    model = model.cpu().eval()
+    with torch.no_grad():
+        output = model(torch.from_numpy(input_example)).numpy()
+    with tempfile.TemporaryDirectory() as tmp:
+        local = Path(tmp) / "model"
+        mlflow.pytorch.save_model(
+            model,
+            str(local),
+            signature=infer_signature(input_example, output),
+            input_example=input_example,
+            metadata={"classes": list(classes)},
+            # torch.export's program: loading it runs no pickled code and needs no resnetlab.
+            serialization_format="pt2",
+            # Explicit requirements skip MLflow's slow inference of them.
+            pip_requirements=[
+                f"torch=={torch.__version__.split('+')[0]}",
+                f"torchvision=={torchvision.__version__.split('+')[0]}",
+                f"numpy=={np.__version__}",
+            ],
+        )
+        mlflow_client.log_artifacts(run_id, str(local), artifact_path="model")
+
+
+def _local_model_dir(mlflow_client: MlflowClient, model_uri: str) -> Path:
+    """A local folder holding the MLmodel at `model_uri`; downloads only from remote stores."""
+    parsed = urlparse(model_uri)
+    source = model_uri
+    if parsed.scheme == "runs":
+        run_id, _, path = model_uri[len("runs:/") :].partition("/")
+        source = mlflow_client.get_run(run_id).info.artifact_uri.rstrip("/") + "/" + path
+    elif parsed.scheme == "models":
+        name, _, version = model_uri[len("models:/") :].partition("/")
+        source = mlflow_client.get_model_version_download_uri(name, version)
+    local = urlparse(source)
+    if local.scheme in ("", "file"):
+        folder = Path(local.path if local.scheme else source)
+        if not (folder / "MLmodel").is_file():
+            raise ResnetlabError(f"{folder}: no MLmodel file there")
+        return folder
+    import mlflow.artifacts
+
+    return Path(
+        mlflow.artifacts.download_artifacts(artifact_uri=source, tracking_uri=tracking_uri())
+    )
+
+
+def load_logged_model(model_uri: str) -> tuple[torch.nn.Module, list[str] | None]:
+    """The PyTorch model logged at `model_uri` (`runs:/<id>/model`, `models:/<name>/<version>`,
+    a local path, ...), as `TrainingRun.log_model` logged it: [0, 1] images in, logits out; and
+    its class names when the model's metadata has them."""
     try:
-        return json.loads(Path(path).read_text())
-    except (OSError, ValueError) as exc:
-        raise ResnetlabError(f"{path}: cannot read the MLflow run id ({exc})") from None
+        import mlflow.pytorch
+        from mlflow.models import Model
+
+        folder = _local_model_dir(client(), model_uri)
+        # Not .eval()'d here: the torch.export'ed module MLflow returns for the pt2 format
+        # refuses train()/eval() calls (it is exported in eval mode).
+        model = mlflow.pytorch.load_model(str(folder))
+        metadata = Model.load(str(folder / "MLmodel")).metadata or {}
+        return model, metadata.get("classes")
+    except Exception as exc:
+        raise ResnetlabError(
+            f"cannot load the MLflow model {model_uri} (tracking store {tracking_uri()}): "
+            f"{_first_line(exc)}"
+        ) from None
+
+
+def _existing_run(mlflow_client: MlflowClient, run_id: str, what: str) -> None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        mlflow_client.get_run(run_id)
+    except MlflowException as exc:
+        raise ResnetlabError(
+            f"MLflow run {run_id} ({what}) not found in {tracking_uri()}: {_first_line(exc)}. "
+            "Re-run its train stage (dvc repro -f train@<variant>) to record a new one."
+        ) from None
+
+
+def log_evaluation(run_id: str, metrics: Mapping[str, float], files: Iterable[Path]) -> None:
+    """Add test-set metrics (already `test_`-prefixed) and files to a finished training run."""
+    from mlflow.entities import Metric
+
+    c = client()
+    _existing_run(c, run_id, "from the train stage")
+    now = _now_ms()
+    c.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()])
+    for path in files:
+        c.log_artifact(run_id, str(path), artifact_path="evaluation")
+
+
+def log_comparison(
+    experiment: str,
+    leaderboard: pd.DataFrame,
+    files: Iterable[Path],
+    variant_files: Mapping[str, Sequence[Path]] | None = None,
+) -> str:
+    """Record the leaderboard and comparison figures as a run of their own, and each variant's
+    figures into that variant's training run (`variant_files`: run id -> files); returns the
+    comparison run's id."""
+    c = client()
+    from mlflow.entities import RunTag
+
+    run = c.create_run(experiment_id(c, experiment), run_name="compare")
+    run_id = run.info.run_id
+    try:
+        c.log_batch(run_id, tags=[RunTag(k, v) for k, v in common_tags("compare").items()])
+        c.log_table(run_id, leaderboard, "leaderboard.json")
+        for path in files:
+            c.log_artifact(run_id, str(path))
+        for variant_run, paths in (variant_files or {}).items():
+            try:
+                c.get_run(variant_run)
+            except Exception:
+                log.warning("MLflow run %s is gone; its figures are not logged", variant_run)
+                continue
+            for path in paths:
+                c.log_artifact(variant_run, str(path), artifact_path="figures")
+    except BaseException:
+        c.set_terminated(run_id, status="FAILED")
+        raise
+    c.set_terminated(run_id, status="FINISHED")
+    return run_id

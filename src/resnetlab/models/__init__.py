@@ -64,7 +64,8 @@ Notes on the table:
   10-way head; it up-samples the input to ``input_size`` (default 224) inside the model.
 """
 
-from resnetlab.models import cifar, wide  # noqa: F401  (importing registers the builders)
+# Importing the builder modules registers their models.
+from resnetlab.models import cifar, imagenet_resnets  # noqa: F401
 from resnetlab.models.registry import (
     build_model,
     count_parameters,

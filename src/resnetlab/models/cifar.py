@@ -13,7 +13,14 @@ from collections.abc import Callable
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from resnetlab.errors import ConfigError
+from resnetlab.depths import (
+    BASIC_DEPTHS,
+    BASIC_RULE,
+    BOTTLENECK_DEPTHS,
+    basic_blocks,
+    bottleneck_blocks,
+)
+from resnetlab.errors import invalid
 from resnetlab.models.registry import (
     check_bool,
     check_choice,
@@ -254,31 +261,13 @@ class CifarResNet(nn.Module):
 
 # --- builders -------------------------------------------------------------------------------
 
-_V1_DEPTHS = "20, 32, 44, 56, 110, 1202 or any 6n+2 (n >= 1)"
 
-
-def _is_form(depth: object, layers_per_block: int) -> bool:
-    """Whether ``depth = 3 * layers_per_block * n + 2`` for some n >= 1."""
-    per_stage = 3 * layers_per_block
-    return (
-        isinstance(depth, int)
-        and not isinstance(depth, bool)
-        and depth >= per_stage + 2
-        and (depth - 2) % per_stage == 0
-    )
-
-
-def _blocks_for_depth(model: str, depth: object, layers_per_block: int, allowed: str) -> int:
-    """Blocks per stage for ``depth = 3 * layers_per_block * n + 2`` (stem conv + classifier)."""
-    per_stage = 3 * layers_per_block
-    if isinstance(depth, bool) or not isinstance(depth, int):
-        raise ConfigError(f"{model}: depth={depth!r} is not an integer; allowed: {allowed}")
-    if not _is_form(depth, layers_per_block):
-        n_note = " with n >= 1" if depth < per_stage + 2 else ""
-        raise ConfigError(
-            f"{model}: depth={depth} is not {per_stage}n+2{n_note}; allowed: {allowed}"
-        )
-    return (depth - 2) // per_stage
+def _basic_blocks(model: str, depth: object) -> int:
+    """Blocks per stage of a basic-block net (depth 6n+2), or a ConfigError naming ``model``."""
+    n = basic_blocks(depth)
+    if n is None:
+        raise invalid(f"{model}.depth", depth, BASIC_DEPTHS)
+    return n
 
 
 @register_model("plain")
@@ -290,13 +279,15 @@ def plain(
     ``zero_init_residual`` exists so one config key serves every CIFAR net, but only ``False`` is
     accepted: with no shortcut, a zeroed last BatchNorm would zero every block's output.
     """
-    n = _blocks_for_depth("plain", depth, 2, "20, 32, 44, 56, 110 or any 6n+2 (n >= 1)")
+    n = _basic_blocks("plain", depth)
     width = check_positive_int("plain", "width", width)
     num_classes = check_positive_int("plain", "num_classes", num_classes)
     if check_bool("plain", "zero_init_residual", zero_init_residual):
-        raise ConfigError(
-            "plain: zero_init_residual=True is invalid (a plain net has no shortcut, so it would "
-            "zero the signal of every block); allowed: false"
+        raise invalid(
+            "plain.zero_init_residual",
+            zero_init_residual,
+            "false (a plain net has no shortcut, so zeroing the last BatchNorm of a block would "
+            "zero the signal of every block)",
         )
     return CifarResNet(
         lambda cin, planes, stride: BasicBlockV1(cin, planes, stride, shortcut=None),
@@ -320,7 +311,7 @@ def resnet_v1(
     ``shortcut="A"`` (the paper's CIFAR choice) is a parameter-free identity that subsamples and
     zero-pads channels where the shape changes; ``"B"`` uses a 1x1 projection + BN there.
     """
-    n = _blocks_for_depth("resnet_v1", depth, 2, _V1_DEPTHS)
+    n = _basic_blocks("resnet_v1", depth)
     shortcut = check_choice("resnet_v1", "shortcut", shortcut, ["A", "B"])
     width = check_positive_int("resnet_v1", "width", width)
     num_classes = check_positive_int("resnet_v1", "num_classes", num_classes)
@@ -333,12 +324,6 @@ def resnet_v1(
         num_classes=num_classes,
         zero_init_residual=zero_init_residual,
     )
-
-
-_V2_DEPTHS = (
-    "6n+2 with block='basic' (20, 32, 44, 56, 110), "
-    "9n+2 with block='bottleneck' (56, 110, 164, 1001)"
-)
 
 
 @register_model("resnet_v2")
@@ -362,16 +347,21 @@ def resnet_v2(
     ``zero_init_residual`` zeroes the last convolution of each branch (pre-activation branches
     end in a convolution, not a BatchNorm), so every block starts as the identity.
     """
-    if block is None:
-        if not (_is_form(depth, 2) or _is_form(depth, 3)):
-            raise ConfigError(
-                f"resnet_v2: depth={depth!r} is neither 6n+2 nor 9n+2; allowed: {_V2_DEPTHS}"
-            )
-        block = "bottleneck" if _is_form(depth, 3) else "basic"
-    else:
+    if block is not None:
         block = check_choice("resnet_v2", "block", block, ["basic", "bottleneck"])
-    layers_per_block = 3 if block == "bottleneck" else 2
-    n = _blocks_for_depth(f"resnet_v2 (block={block!r})", depth, layers_per_block, _V2_DEPTHS)
+    n_basic, n_bottleneck = basic_blocks(depth), bottleneck_blocks(depth)
+    if block is None:
+        if n_basic is None and n_bottleneck is None:
+            raise invalid(
+                "resnet_v2.depth",
+                depth,
+                f"{BOTTLENECK_DEPTHS} for bottleneck blocks or {BASIC_RULE} for basic blocks",
+            )
+        block = "bottleneck" if n_bottleneck is not None else "basic"
+    n = n_bottleneck if block == "bottleneck" else n_basic
+    if n is None:
+        allowed = BOTTLENECK_DEPTHS if block == "bottleneck" else BASIC_DEPTHS
+        raise invalid("resnet_v2.depth", depth, f"{allowed} with block={block!r}")
     width = check_positive_int("resnet_v2", "width", width)
     num_classes = check_positive_int("resnet_v2", "num_classes", num_classes)
     zero_init_residual = check_bool("resnet_v2", "zero_init_residual", zero_init_residual)

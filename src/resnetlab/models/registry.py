@@ -3,8 +3,12 @@
 Builders are plain functions registered with :func:`register_model`. :func:`build_model` checks
 the arguments against the builder's signature before calling it, so an unknown or missing
 argument fails with the list of accepted ones; the builders validate the values themselves with
-the ``check_*`` helpers below, which produce messages of the form
-``"<model>: <arg>=<value> is ...; allowed: ..."``.
+the ``check_*`` helpers below or :func:`resnetlab.errors.invalid`. Every message names the
+argument as ``<model>.<arg>``, the key shape of :mod:`resnetlab.config`'s messages::
+
+    resnet_v1.width: 0 is not allowed; expected an integer >= 1
+    resnet_v1.foo: unknown argument; accepted: depth (required), shortcut='A', ...
+    resnet_v1.depth: missing required argument; accepted: depth (required), shortcut='A', ...
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from typing import Any, TypeVar
 
 from torch import nn
 
-from resnetlab.errors import ConfigError
+from resnetlab.errors import ConfigError, invalid
 
 __all__ = [
     "build_model",
@@ -73,7 +77,7 @@ def list_models() -> list[str]:
 
 def _entry(name: str) -> _Entry:
     if not isinstance(name, str) or name not in _REGISTRY:
-        raise ConfigError(f"unknown model {name!r}; allowed: {', '.join(list_models())}")
+        raise invalid("model", name, f"one of {', '.join(list_models())}")
     return _REGISTRY[name]
 
 
@@ -99,8 +103,9 @@ def build_model(name: str, **kwargs: Any) -> nn.Module:
     unknown = sorted(set(kwargs) - set(params))
     if unknown and not accepts_any:
         raise ConfigError(
-            f"{name}: unknown argument{'s' if len(unknown) > 1 else ''} "
-            f"{', '.join(unknown)}; accepted: {_describe_arguments(entry.builder)}"
+            f"{', '.join(f'{name}.{arg}' for arg in unknown)}: "
+            f"unknown argument{'s' if len(unknown) > 1 else ''}; "
+            f"accepted: {_describe_arguments(entry.builder)}"
         )
     missing = [
         p.name
@@ -111,7 +116,8 @@ def build_model(name: str, **kwargs: Any) -> nn.Module:
     ]
     if missing:
         raise ConfigError(
-            f"{name}: missing required argument {', '.join(missing)}; "
+            f"{', '.join(f'{name}.{arg}' for arg in missing)}: "
+            f"missing required argument{'s' if len(missing) > 1 else ''}; "
             f"accepted: {_describe_arguments(entry.builder)}"
         )
     return entry.builder(**kwargs)
@@ -123,7 +129,7 @@ def model_depth(name: str, kwargs: dict[str, Any]) -> int:
     if entry.depth is not None:
         return entry.depth
     if "depth" not in kwargs:
-        raise ConfigError(f"{name}: missing required argument depth")
+        raise ConfigError(f"{name}.depth: missing required argument")
     return int(kwargs["depth"])
 
 
@@ -138,14 +144,14 @@ def count_parameters(model: nn.Module) -> int:
 def check_positive_int(model: str, arg: str, value: Any, minimum: int = 1) -> int:
     """``value`` as an int >= ``minimum``; bools and floats (YAML ``1.0``) are rejected."""
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(f"{model}: {arg}={value!r} is invalid; allowed: an integer >= {minimum}")
+        raise invalid(f"{model}.{arg}", value, f"an integer >= {minimum}")
     return value
 
 
 def check_bool(model: str, arg: str, value: Any) -> bool:
     """``value`` as a bool; strings such as ``"false"`` are rejected rather than read as true."""
     if not isinstance(value, bool):
-        raise ConfigError(f"{model}: {arg}={value!r} is invalid; allowed: true, false")
+        raise invalid(f"{model}.{arg}", value, "true or false")
     return value
 
 
@@ -153,7 +159,5 @@ def check_choice(model: str, arg: str, value: Any, allowed: Iterable[Any]) -> An
     """``value`` if it is one of ``allowed``."""
     allowed = list(allowed)
     if value not in allowed:
-        raise ConfigError(
-            f"{model}: {arg}={value!r} is invalid; allowed: {', '.join(repr(a) for a in allowed)}"
-        )
+        raise invalid(f"{model}.{arg}", value, f"one of {', '.join(repr(a) for a in allowed)}")
     return value

@@ -1,20 +1,25 @@
-"""`resnetlab compare`: every variant's train/eval metrics -> leaderboard (CSV + Markdown) and
-figures (test accuracy, plain-vs-ResNet degradation curves, per-layer gradient norms), also
-logged to MLflow as a run of their own."""
+"""`resnetlab compare`: every variant's train/eval records -> the leaderboard (CSV + Markdown) and
+every figure of the pipeline, also logged to MLflow.
+
+Figures (under `<out>/figures/`): per variant, its training curves and its test confusion matrix
+(counts and row-normalised); across variants, test accuracy, the plain-vs-ResNet degradation
+curves (He et al. 2015, Fig. 6) and the gradient profile measured by the diagnose stage. This is
+the only stage that draws, so editing a figure re-runs nothing else.
+"""
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
-from collections.abc import Sequence
+import shutil
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from resnetlab.config import Params, load_params
+from resnetlab.config import load_params
 from resnetlab.errors import ResnetlabError
-from resnetlab.metrics import HISTORY_COLUMNS
+from resnetlab.records import EvalReport, History, RecordError, RunFile, TrainSummary
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -51,29 +56,14 @@ MARKDOWN_HEADERS = {
     "train_time_s": "train time",
     "images_per_s": "images/s",
 }
-TRAIN_KEYS = (
-    "model",
-    "depth",
-    "parameters",
-    "epochs",
-    "best_epoch",
-    "best_val_accuracy",
-    "train_time_s",
-    "images_per_s",
-)
-EVAL_KEYS = ("accuracy", "macro_f1")
-
-# The gradient profile contrasts plain and residual nets of He et al.'s CIFAR depths.
-GRADIENT_DEPTHS = (20, 56, 110)
-GRADIENT_MODELS = ("plain", "resnet_v1")
-GRADIENT_BATCH = 32
 
 LEADERBOARD_CSV = "leaderboard.csv"
 LEADERBOARD_MD = "leaderboard.md"
+FIGURES = "figures"
 TEST_ACCURACY_PNG = "test_accuracy.png"
 DEGRADATION_PNG = "degradation.png"
 GRADIENT_PNG = "gradient_profile.png"
-GRADIENT_CSV = "gradient_profile.csv"
+VARIANT_PNGS = ("curves.png", "confusion.png", "confusion_normalized.png")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -81,22 +71,27 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--metrics", type=Path, required=True, help="folder with one sub-folder per variant"
     )
+    p.add_argument("--gradients", type=Path, help="the diagnose stage's gradient_profile.csv")
+    p.add_argument(
+        "--models",
+        type=Path,
+        help="the train stages' folder; its mlflow_run.json files say which MLflow run gets "
+        "each variant's figures (read for tracking only)",
+    )
     p.add_argument("--out", type=Path, required=True, help="folder for the reports")
 
 
 def run(args: argparse.Namespace) -> None:
     params = load_params(args.params)
+    variants = _variants(list(params.variants))
     # Everything is read (and checked) before anything is written: a missing variant leaves the
     # previous reports untouched rather than half replaced.
-    leaderboard = build_leaderboard(params, args.metrics)
-    histories = load_histories(params, args.metrics)
-    files = write_reports(
-        leaderboard,
-        histories,
-        args.out,
-        depths=params.compare.gradient_depths,
-        seed=params.compare.seed,
-    )
+    leaderboard = build_leaderboard(variants, args.metrics)
+    histories = load_histories(variants, args.metrics)
+    confusions = {v: load_confusion(args.metrics / v / "confusion.csv", v) for v in variants}
+    gradients = load_gradient_profile(args.gradients) if args.gradients else None
+    files = write_reports(leaderboard, histories, args.out, gradients)
+    per_variant = write_variant_figures(histories, confusions, args.out / FIGURES)
     for line in leaderboard_markdown(leaderboard).splitlines():
         log.info("%s", line)
 
@@ -104,71 +99,64 @@ def run(args: argparse.Namespace) -> None:
     from resnetlab import tracking
 
     tracking.log_comparison(
-        experiment=params.mlflow.experiment, leaderboard=leaderboard, files=files
+        params.mlflow.experiment,
+        leaderboard,
+        files,
+        variant_files=_runs_of(per_variant, args.models),
     )
 
 
-def _missing(path: Path, variant: str) -> ResnetlabError:
-    return ResnetlabError(
-        f"{path}: not found; run `dvc repro evaluate@{variant}` (or `dvc repro`) "
-        f"to produce the metrics of variant {variant}"
-    )
+def _runs_of(
+    per_variant: Mapping[str, Sequence[Path]], models: Path | None
+) -> dict[str, Sequence[Path]]:
+    """MLflow run id -> figures, for the variants whose run file can be read."""
+    runs: dict[str, Sequence[Path]] = {}
+    for variant, paths in per_variant.items():
+        if models is None:
+            continue
+        try:
+            runs[RunFile.read(models / variant / "mlflow_run.json", variant).run_id] = paths
+        except RecordError as exc:
+            log.warning("%s: figures not logged to its MLflow run (%s)", variant, exc)
+    return runs
 
 
-def _read_json(path: Path, variant: str, keys: Sequence[str]) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise _missing(path, variant) from None
-    except json.JSONDecodeError as exc:
-        raise ResnetlabError(f"{path}: not valid JSON ({exc}); re-run its stage") from None
-    if not isinstance(data, dict):
-        raise ResnetlabError(f"{path}: expected a JSON object, got {type(data).__name__}")
-    lacking = [k for k in keys if k not in data]
-    if lacking:
-        raise ResnetlabError(
-            f"{path}: missing key(s) {', '.join(lacking)}; re-run `dvc repro evaluate@{variant}`"
-        )
-    return data
-
-
-def _variants(params: Params) -> list[str]:
-    if not params.variants:
+def _variants(names: list[str]) -> list[str]:
+    if not names:
         raise ResnetlabError("params declare no variants: nothing to compare")
-    return list(params.variants)
+    return names
 
 
-def build_leaderboard(params: Params, metrics_dir: Path) -> pd.DataFrame:
-    """One row per variant of ``params`` from ``<metrics_dir>/<variant>/{train,eval}.json``,
-    sorted by test accuracy (best first); columns :data:`LEADERBOARD_COLUMNS`.
+def build_leaderboard(variants: Sequence[str], metrics_dir: Path) -> pd.DataFrame:
+    """One row per variant from ``<metrics_dir>/<variant>/{train,eval}.json``, sorted by test
+    accuracy (best first); columns :data:`LEADERBOARD_COLUMNS`.
 
-    Raises :class:`ResnetlabError` naming the first missing or malformed file.
+    Raises :class:`RecordError` naming the first missing or malformed file.
     """
     import pandas as pd
 
     rows = []
-    for v in _variants(params):
+    for v in _variants(list(variants)):
         folder = Path(metrics_dir) / v
-        train = _read_json(folder / "train.json", v, TRAIN_KEYS)
-        evaluation = _read_json(folder / "eval.json", v, EVAL_KEYS)
-        if train.get("variant", v) != v:
-            log.warning("%s: written for variant %r", folder / "train.json", train["variant"])
-        accuracy = float(evaluation["accuracy"])
+        train = TrainSummary.read(folder / "train.json", v)
+        evaluation = EvalReport.read(folder / "eval.json", v)
+        if train.variant != v:
+            log.warning("%s: written for variant %r", folder / "train.json", train.variant)
         rows.append(
             {
                 "variant": v,
-                "model": str(train["model"]),
-                "depth": int(train["depth"]),
-                "parameters": int(train["parameters"]),
-                "epochs": int(train["epochs"]),
-                "best_epoch": int(train["best_epoch"]),
-                "best_val_accuracy": float(train["best_val_accuracy"]),
-                "test_accuracy": accuracy,
-                "test_error": 1.0 - accuracy,
-                "test_loss": float(evaluation.get("loss", math.nan)),
-                "macro_f1": float(evaluation["macro_f1"]),
-                "train_time_s": float(train["train_time_s"]),
-                "images_per_s": float(train["images_per_s"]),
+                "model": train.model,
+                "depth": train.depth,
+                "parameters": train.parameters,
+                "epochs": train.epochs,
+                "best_epoch": train.best_epoch,
+                "best_val_accuracy": train.best_val_accuracy,
+                "test_accuracy": evaluation.accuracy,
+                "test_error": 1.0 - evaluation.accuracy,
+                "test_loss": evaluation.loss,
+                "macro_f1": evaluation.macro_f1,
+                "train_time_s": train.train_time_s,
+                "images_per_s": train.images_per_s,
             }
         )
     frame = pd.DataFrame(rows, columns=list(LEADERBOARD_COLUMNS))
@@ -177,24 +165,43 @@ def build_leaderboard(params: Params, metrics_dir: Path) -> pd.DataFrame:
     return frame.reset_index(drop=True)
 
 
-def load_histories(params: Params, metrics_dir: Path) -> dict[str, pd.DataFrame]:
-    """``<metrics_dir>/<variant>/history.csv`` of every variant, checked for its columns."""
+def load_histories(variants: Sequence[str], metrics_dir: Path) -> dict[str, pd.DataFrame]:
+    """``<metrics_dir>/<variant>/history.csv`` of every variant, checked, as frames."""
+    return {v: History.read(Path(metrics_dir) / v / "history.csv", v).frame() for v in variants}
+
+
+def load_confusion(path: Path, variant: str) -> tuple[list[str], Any]:
+    """(class names, counts) from an evaluate stage's confusion.csv."""
     import pandas as pd
 
-    histories = {}
-    for v in _variants(params):
-        path = Path(metrics_dir) / v / "history.csv"
-        try:
-            frame = pd.read_csv(path)
-        except FileNotFoundError:
-            raise _missing(path, v) from None
-        except (pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
-            raise ResnetlabError(f"{path}: not a readable CSV ({exc}); re-run its stage") from None
-        lacking = [c for c in HISTORY_COLUMNS if c not in frame.columns]
-        if lacking:
-            raise ResnetlabError(f"{path}: missing column(s) {', '.join(lacking)}")
-        histories[v] = frame
-    return histories
+    path = Path(path)
+    try:
+        frame = pd.read_csv(path, index_col=0)
+    except FileNotFoundError:
+        raise RecordError(f"{path}: not found; run `dvc repro evaluate@{variant}`") from None
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        raise RecordError(f"{path}: not a readable CSV ({exc})") from None
+    if list(frame.index.astype(str)) != list(frame.columns) or not frame.shape[0]:
+        raise RecordError(f"{path}: not a square confusion matrix with class names")
+    return list(frame.columns), frame.to_numpy()
+
+
+def load_gradient_profile(path: Path) -> dict[str, list[float]]:
+    """label -> gradient norms from input to output, from the diagnose stage's CSV."""
+    import pandas as pd
+
+    try:
+        frame = pd.read_csv(path)
+    except FileNotFoundError:
+        raise RecordError(f"{path}: not found; run `dvc repro diagnose`") from None
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        raise RecordError(f"{path}: not a readable CSV ({exc})") from None
+    lacking = {"label", "layer_index", "grad_norm"} - set(frame.columns)
+    if lacking:
+        raise RecordError(f"{path}: missing column(s) {', '.join(sorted(lacking))}")
+    order = list(dict.fromkeys(frame["label"]))  # as measured: by depth, plain first
+    frame = frame.sort_values(["label", "layer_index"], kind="stable")
+    return {label: frame[frame["label"] == label]["grad_norm"].tolist() for label in order}
 
 
 def degradation_groups(leaderboard: pd.DataFrame) -> dict[str, list[str]]:
@@ -262,89 +269,32 @@ def leaderboard_markdown(leaderboard: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
-def gradient_profiles(
-    depths: Sequence[int] = GRADIENT_DEPTHS,
-    models: Sequence[str] = GRADIENT_MODELS,
-    seed: int = 0,
-) -> dict[str, dict[str, float]]:
-    """Per-layer gradient norms (input -> output) of freshly initialised ``models`` at ``depths``,
-    on one seeded random batch of CIFAR-shaped images; keys like ``"plain-20"``."""
-    import torch
-
-    from resnetlab.diagnostics import gradient_norms
-    from resnetlab.models import build_model
-
-    torch.manual_seed(seed)
-    x = torch.randn(GRADIENT_BATCH, 3, 32, 32)
-    y = torch.randint(0, 10, (GRADIENT_BATCH,))
-    profiles = {}
-    for depth in depths:
-        for name in models:
-            # Reseeded per model so each net's initial weights do not depend on the loop order.
-            torch.manual_seed(seed)
-            model = build_model(name, depth=depth)
-            profiles[f"{name}-{depth}"] = gradient_norms(model, (x, y))
-    return profiles
-
-
-def write_gradient_profile(
-    out_dir: Path, depths: Sequence[int] = GRADIENT_DEPTHS, seed: int = 0
-) -> list[Path]:
-    """``gradient_profile.csv`` (label, layer_index from 1 at the input, layer, grad_norm) and
-    ``gradient_profile.png`` under ``out_dir``; returns their paths."""
-    import pandas as pd
-
-    from resnetlab.plots import plot_gradient_profile
-
-    profiles = gradient_profiles(depths, seed=seed)
-    rows = [
-        {"label": label, "layer_index": i, "layer": layer, "grad_norm": norm}
-        for label, norms in profiles.items()
-        for i, (layer, norm) in enumerate(norms.items(), start=1)
-    ]
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    csv_path, png_path = out_dir / GRADIENT_CSV, out_dir / GRADIENT_PNG
-    pd.DataFrame(rows, columns=["label", "layer_index", "layer", "grad_norm"]).to_csv(
-        csv_path, index=False
-    )
-    # One colour per depth: the plain net dashed, its residual twin solid.
-    colours = {f"{m}-{d}": f"C{k % 10}" for k, d in enumerate(depths) for m in GRADIENT_MODELS}
-    plot_gradient_profile(
-        {label: list(norms.values()) for label, norms in profiles.items()},
-        png_path,
-        title=f"per-layer gradient norm at initialisation (batch of {GRADIENT_BATCH})",
-        colours=colours,
-    )
-    return [csv_path, png_path]
-
-
 def write_reports(
     leaderboard: pd.DataFrame,
-    histories: dict[str, pd.DataFrame],
+    histories: Mapping[str, pd.DataFrame],
     out_dir: Path,
-    depths: Sequence[int] = GRADIENT_DEPTHS,
-    seed: int = 0,
+    gradients: Mapping[str, Sequence[float]] | None = None,
 ) -> list[Path]:
-    """Write the leaderboard (CSV, Markdown) and the figures under ``out_dir``; returns the paths
-    written. ``depths`` are those of the gradient profile; empty skips it."""
-    from resnetlab.plots import plot_degradation, plot_test_accuracy
+    """The leaderboard (CSV, Markdown) under ``out_dir`` and the comparison figures under
+    ``out_dir/figures``; returns the paths written. ``gradients`` (label -> norms, as measured by
+    the diagnose stage) draws the gradient profile; None or empty skips it."""
+    from resnetlab.plots import plot_degradation, plot_gradient_profile, plot_test_accuracy
 
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    written = [out_dir / LEADERBOARD_CSV, out_dir / LEADERBOARD_MD, out_dir / TEST_ACCURACY_PNG]
+    figures = out_dir / FIGURES
+    figures.mkdir(parents=True, exist_ok=True)
+    written = [out_dir / LEADERBOARD_CSV, out_dir / LEADERBOARD_MD, figures / TEST_ACCURACY_PNG]
     leaderboard.to_csv(written[0], index=False)
     written[1].write_text(leaderboard_markdown(leaderboard))
     plot_test_accuracy(leaderboard, written[2])
 
     groups = degradation_groups(leaderboard)
-    degradation = out_dir / DEGRADATION_PNG
+    degradation = figures / DEGRADATION_PNG
     if groups:
         depth_of = dict(zip(leaderboard["variant"], leaderboard["depth"], strict=True))
         # One colour per depth in both panels, so plain-20 and ResNet-20 match as in the paper.
-        palette = [f"C{k}" for k in range(10)]
         depth_rank = {d: k for k, d in enumerate(sorted(set(depth_of.values())))}
-        colours = {v: palette[depth_rank[d] % len(palette)] for v, d in depth_of.items()}
+        colours = {v: f"C{depth_rank[d] % 10}" for v, d in depth_of.items()}
         plot_degradation(histories, groups, degradation, colours=colours)
         written.append(degradation)
         if not groups["ResNet"]:
@@ -354,6 +304,44 @@ def write_reports(
         degradation.unlink(missing_ok=True)
         log.info("skipping %s: no variant uses model 'plain'", degradation.name)
 
-    if depths:
-        written += write_gradient_profile(out_dir, depths, seed=seed)
+    gradient_png = figures / GRADIENT_PNG
+    if gradients:
+        # One colour per depth: the plain net dashed, its residual twin solid.
+        depths = list(dict.fromkeys(label.rsplit("-", 1)[-1] for label in gradients))
+        colours = {label: f"C{depths.index(label.rsplit('-', 1)[-1]) % 10}" for label in gradients}
+        plot_gradient_profile(
+            gradients,
+            gradient_png,
+            title="per-layer gradient norm at initialisation",
+            colours=colours,
+        )
+        written.append(gradient_png)
+    else:
+        gradient_png.unlink(missing_ok=True)
+    return written
+
+
+def write_variant_figures(
+    histories: Mapping[str, pd.DataFrame],
+    confusions: Mapping[str, tuple[list[str], Any]],
+    figures_dir: Path,
+) -> dict[str, list[Path]]:
+    """Per variant, under ``figures_dir/<variant>/``: training curves and the test confusion
+    matrix (counts, row-normalised). Folders of variants no longer compared are removed."""
+    from resnetlab.plots import plot_confusion, plot_history
+
+    figures_dir = Path(figures_dir)
+    if figures_dir.is_dir():
+        for stale in figures_dir.iterdir():
+            if stale.is_dir() and stale.name not in histories:
+                shutil.rmtree(stale)
+    written: dict[str, list[Path]] = {}
+    for v, history in histories.items():
+        folder = figures_dir / v
+        curves, counts, normalised = (folder / name for name in VARIANT_PNGS)
+        plot_history(history, curves, title=f"{v}: training curves")
+        classes, cm = confusions[v]
+        plot_confusion(cm, classes, counts, title=f"{v}: test confusion (counts)")
+        plot_confusion(cm, classes, normalised, normalize=True, title=f"{v}: row-normalised")
+        written[v] = [curves, counts, normalised]
     return written

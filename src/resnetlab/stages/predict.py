@@ -7,8 +7,8 @@ file that cannot be read as an image is reported on stderr, the others are still
 the exit status is 1.
 
 --variant loads `<models-dir>/<NAME>/model.pt`, the train stage's output. --model-uri loads the
-model the train stage logged to MLflow (e.g. `runs:/<run id>/model`); that model carries no class
-names, so its outputs are named with CIFAR-10's ten classes.
+model the train stage logged to MLflow (e.g. `runs:/<run id>/model`); its class names come from the
+model's MLflow metadata (CIFAR-10's ten classes, in label order, for a model logged without them).
 """
 
 from __future__ import annotations
@@ -125,7 +125,7 @@ def _load(args: argparse.Namespace) -> tuple[torch.nn.Module, Sequence[str]]:
         from resnetlab.inference import load_classifier
 
         model, record = load_classifier(args.models_dir / args.variant / "model.pt")
-        return model, list(record["classes"])
+        return model, list(record.classes)
     from resnetlab import tracking
 
     model, classes = tracking.load_logged_model(args.model_uri)

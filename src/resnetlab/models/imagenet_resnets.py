@@ -19,7 +19,7 @@ from torchvision.models import ResNet, ResNet50_Weights
 from torchvision.models import resnet50 as tv_resnet50
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
-from resnetlab.errors import ConfigError, ResnetlabError
+from resnetlab.errors import ResnetlabError, invalid
 from resnetlab.models.cifar import he_init
 from resnetlab.models.registry import check_bool, check_positive_int, register_model
 
@@ -95,12 +95,13 @@ class CifarAdaptedResNet(nn.Module):
 
 def _stage_filters(model: str, width: object) -> tuple[int, ...]:
     if isinstance(width, bool) or not isinstance(width, (int, float)) or width <= 0:
-        raise ConfigError(f"{model}: width={width!r} is invalid; allowed: a number >= 1/64")
+        raise invalid(f"{model}.width", width, "a number >= 1/64")
     filters = tuple(round(f * width) for f in _STAGE_FILTERS)
     if filters[0] < 1:
-        raise ConfigError(
-            f"{model}: width={width!r} leaves the first stage with no channels; "
-            "allowed: a number >= 1/64 (64 * width is rounded)"
+        raise invalid(
+            f"{model}.width",
+            width,
+            "a number >= 1/64 (the first stage has round(64 * width) channels, at least 1)",
         )
     return filters
 

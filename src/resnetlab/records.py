@@ -1,0 +1,345 @@
+"""What stages hand each other: small typed records, each with a validated `write` and `read`.
+
+| record          | file                          | written by | read by                 |
+|-----------------|-------------------------------|------------|-------------------------|
+| `ModelRecord`   | `models/<v>/model.pt`         | train      | evaluate, predict       |
+| `TrainSummary`  | `metrics/<v>/train.json`      | train      | compare                 |
+| `History`       | `metrics/<v>/history.csv`     | train      | compare                 |
+| `EvalReport`    | `metrics/<v>/eval.json`       | evaluate   | compare                 |
+| `RunFile`       | `models/<v>/mlflow_run.json`  | train      | evaluate, compare       |
+
+A reader gets the dataclass back or a `RecordError` naming the file and the missing or malformed
+field, with the stage to re-run; no reader lists the keys again. Accuracies are fractions in
+[0, 1], times are seconds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+
+from resnetlab.atomic import write_atomic
+from resnetlab.config import Variant, variant_from_dict
+from resnetlab.errors import ConfigError, ResnetlabError
+
+if TYPE_CHECKING:
+    import pandas as pd
+    import torch
+
+__all__ = [
+    "EvalReport",
+    "History",
+    "HistoryRow",
+    "ModelRecord",
+    "RecordError",
+    "RunFile",
+    "TrainSummary",
+]
+
+R = TypeVar("R")
+
+
+class RecordError(ResnetlabError):
+    """A stage's output file is missing or malformed; the message names file and field."""
+
+
+def _fail(path: Path, problem: str, stage: str) -> RecordError:
+    return RecordError(f"{path}: {problem}; re-run `dvc repro {stage}` to write it again")
+
+
+def _check_value(value: Any, hint: Any) -> bool:
+    if hint is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    origin = typing.get_origin(hint) or hint
+    return isinstance(value, origin)  # dict, list
+
+
+def _from_mapping(cls: type[R], data: Any, path: Path, stage: str) -> R:
+    """`cls(**data)` after checking every field is present and of its declared type."""
+    if not isinstance(data, Mapping):
+        raise _fail(path, f"expected a JSON object, got {type(data).__name__}", stage)
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        if f.name not in data:
+            raise _fail(path, f"missing field {f.name!r}", stage)
+        value = data[f.name]
+        if not _check_value(value, hints[f.name]):
+            raise _fail(path, f"field {f.name!r} is {value!r}, not a {hints[f.name]}", stage)
+        values[f.name] = float(value) if hints[f.name] is float else value
+    return cls(**values)
+
+
+def _stage(template: str, variant: str | None) -> str:
+    """`train@<variant>` with the variant's name filled in, when known."""
+    return template.replace("<variant>", variant) if variant else template
+
+
+def _read_json(path: Path, stage: str) -> Any:
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise _fail(path, "not found", stage) from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise _fail(path, f"not readable JSON ({exc})", stage) from None
+
+
+def _write_json(path: Path, data: Mapping[str, Any]) -> None:
+    blob = (json.dumps(data, indent=2) + "\n").encode()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(Path(path), lambda fh: fh.write(blob))
+
+
+@dataclass(frozen=True)
+class TrainSummary:
+    """`train.json`: how a variant's training went (DVC metrics file)."""
+
+    variant: str
+    model: str
+    model_args: dict[str, Any]
+    depth: int
+    parameters: int
+    epochs: int  # epochs completed
+    best_epoch: int  # the epoch whose weights were kept (best validation accuracy)
+    best_val_accuracy: float
+    train_time_s: float  # optimiser steps only; validation and I/O excluded
+    images_per_s: float  # training throughput over the whole run, all processes together
+
+    STAGE: ClassVar[str] = "train@<variant>"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def write(self, path: Path) -> None:
+        _write_json(path, self.to_dict())
+
+    @classmethod
+    def read(cls, path: Path, variant: str | None = None) -> TrainSummary:
+        stage = _stage(cls.STAGE, variant)
+        return _from_mapping(cls, _read_json(path, stage), Path(path), stage)
+
+
+@dataclass(frozen=True)
+class EvalReport:
+    """`eval.json`: one evaluation of the kept model on the test set (DVC metrics file)."""
+
+    accuracy: float
+    error: float
+    loss: float  # mean cross-entropy
+    macro_precision: float
+    macro_recall: float
+    macro_f1: float
+    weighted_precision: float
+    weighted_recall: float
+    weighted_f1: float
+    # class name -> {precision, recall, f1, support}
+    per_class: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    STAGE: ClassVar[str] = "evaluate@<variant>"
+    # The headline numbers, logged to MLflow as test_<name>.
+    HEADLINE: ClassVar[tuple[str, ...]] = (
+        "accuracy",
+        "error",
+        "loss",
+        "macro_f1",
+        "weighted_f1",
+        "macro_precision",
+        "macro_recall",
+    )
+
+    def headline(self) -> dict[str, float]:
+        return {name: getattr(self, name) for name in self.HEADLINE}
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def write(self, path: Path) -> None:
+        _write_json(path, self.to_dict())
+
+    @classmethod
+    def read(cls, path: Path, variant: str | None = None) -> EvalReport:
+        stage = _stage(cls.STAGE, variant)
+        return _from_mapping(cls, _read_json(path, stage), Path(path), stage)
+
+
+@dataclass(frozen=True)
+class HistoryRow:
+    """One epoch of training, measured on the main process."""
+
+    epoch: int
+    train_loss: float  # mean cross-entropy on the augmented training images
+    train_accuracy: float
+    val_loss: float
+    val_accuracy: float
+    lr: float  # learning rate of the epoch's last step
+    epoch_time_s: float
+    images_per_s: float  # all processes together
+
+
+HISTORY_COLUMNS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(HistoryRow))
+
+
+@dataclass(frozen=True)
+class History:
+    """`history.csv`: one `HistoryRow` per epoch, in order."""
+
+    rows: tuple[HistoryRow, ...]
+
+    STAGE: ClassVar[str] = "train@<variant>"
+
+    def frame(self) -> pd.DataFrame:
+        import pandas as pd
+
+        return pd.DataFrame([dataclasses.asdict(r) for r in self.rows], columns=HISTORY_COLUMNS)
+
+    def write(self, path: Path) -> None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        blob = self.frame().to_csv(index=False, float_format="%.6g").encode()
+        write_atomic(Path(path), lambda fh: fh.write(blob))
+
+    @classmethod
+    def read(cls, path: Path, variant: str | None = None) -> History:
+        import pandas as pd
+
+        path, stage = Path(path), _stage(cls.STAGE, variant)
+        try:
+            frame = pd.read_csv(path)
+        except FileNotFoundError:
+            raise _fail(path, "not found", stage) from None
+        except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
+            raise _fail(path, f"not a readable CSV ({e})", stage) from None
+        lacking = [c for c in HISTORY_COLUMNS if c not in frame.columns]
+        if lacking:
+            raise _fail(path, f"missing column(s) {', '.join(lacking)}", stage)
+        if frame[list(HISTORY_COLUMNS)].isna().any().any():
+            raise _fail(path, "empty cells", stage)
+        try:
+            rows = tuple(
+                HistoryRow(
+                    epoch=int(r["epoch"]),
+                    **{c: float(r[c]) for c in HISTORY_COLUMNS if c != "epoch"},
+                )
+                for r in frame.to_dict("records")
+            )
+        except (TypeError, ValueError) as exc:
+            raise _fail(path, f"a non-numeric cell ({exc})", stage) from None
+        return cls(rows)
+
+
+@dataclass(frozen=True)
+class RunFile:
+    """`mlflow_run.json`: the MLflow run a variant's training recorded into."""
+
+    run_id: str
+    experiment: str
+
+    STAGE: ClassVar[str] = "train@<variant>"
+
+    def write(self, path: Path) -> None:
+        _write_json(path, dataclasses.asdict(self))
+
+    @classmethod
+    def read(cls, path: Path, variant: str | None = None) -> RunFile:
+        stage = _stage(cls.STAGE, variant)
+        return _from_mapping(cls, _read_json(path, stage), Path(path), stage)
+
+
+MODEL_FILE_FORMAT = 1  # bump when ModelRecord's layout changes
+
+
+@dataclass(frozen=True)
+class ModelRecord:
+    """`model.pt`: the kept weights, the variant that made them, and the data statistics.
+
+    Plain tensors, numbers, strings, lists and dicts only, so it loads with
+    `torch.load(..., weights_only=True)`: reading a model file never runs pickled code.
+    """
+
+    state_dict: dict[str, torch.Tensor]
+    variant: Variant
+    classes: tuple[str, ...]
+    mean: tuple[float, ...]  # per channel, on the [0, 1] scale: the train split's
+    std: tuple[float, ...]
+    parameters: int
+    best_epoch: int
+    best_val_accuracy: float
+
+    STAGE: ClassVar[str] = "train@<variant>"
+
+    def write(self, path: Path) -> None:
+        import torch
+
+        blob = {
+            "format": MODEL_FILE_FORMAT,
+            "state_dict": self.state_dict,
+            "config": self.variant.to_dict(),
+            "classes": list(self.classes),
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "parameters": self.parameters,
+            "best_epoch": self.best_epoch,
+            "best_val_accuracy": self.best_val_accuracy,
+        }
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(Path(path), lambda fh: torch.save(blob, fh))
+
+    @classmethod
+    def read(cls, path: Path, variant: str | None = None) -> ModelRecord:
+        import torch
+
+        path, stage = Path(path), _stage(cls.STAGE, variant)
+        if not path.exists():
+            raise RecordError(f"{path}: no trained model (run `dvc repro {stage}` first)")
+        try:
+            blob = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            raise _fail(path, f"not a readable model file ({first})", stage) from None
+        if not isinstance(blob, Mapping):
+            raise _fail(path, "not a model record", stage)
+        for key in ("state_dict", "config", "classes", "mean", "std"):
+            if key not in blob:
+                raise _fail(path, f"missing field {key!r}", stage)
+        if blob.get("format") != MODEL_FILE_FORMAT:
+            raise _fail(path, f"format {blob.get('format')!r}, expected {MODEL_FILE_FORMAT}", stage)
+        state = blob["state_dict"]
+        if not isinstance(state, Mapping) or not all(
+            isinstance(v, torch.Tensor) for v in state.values()
+        ):
+            raise _fail(path, "field 'state_dict' is not a mapping of tensors", stage)
+        try:
+            variant = variant_from_dict(blob["config"])
+        except ConfigError as exc:
+            raise _fail(path, f"field 'config' is invalid ({exc})", stage) from None
+        stats = _triple(blob["mean"]) and _triple(blob["std"])
+        if not stats:
+            raise _fail(path, "fields 'mean'/'std' are not three finite numbers", stage)
+        return cls(
+            state_dict=dict(state),
+            variant=variant,
+            classes=tuple(str(c) for c in blob["classes"]),
+            mean=tuple(float(x) for x in blob["mean"]),
+            std=tuple(float(x) for x in blob["std"]),
+            parameters=int(blob.get("parameters", 0)),
+            best_epoch=int(blob.get("best_epoch", 0)),
+            best_val_accuracy=float(blob.get("best_val_accuracy", math.nan)),
+        )
+
+
+def _triple(values: Any) -> bool:
+    return (
+        isinstance(values, Sequence)
+        and len(values) == 3
+        and all(isinstance(v, int | float) and math.isfinite(v) for v in values)
+    )

@@ -1,0 +1,343 @@
+"""Training one variant, resumably: `Trainer(...).fit(listeners)`.
+
+The trainer sets up device, processes (DistributedDataParallel under torchrun), model, optimiser,
+schedule and data, restores a matching unfinished checkpoint, and runs the remaining epochs. After
+each epoch it validates, keeps the best-on-validation weights, writes the checkpoint, and only
+then tells its listeners (`TrainingListener`): MLflow logging and the console progress display
+listen; neither is written into the loop, and no listener runs before the epoch is safe on disk.
+
+The test set is never loaded here: model selection uses the validation split only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from resnetlab import checkpoint, distributed, engine
+from resnetlab.atomic import remove_stale_temporaries
+from resnetlab.config import Variant
+from resnetlab.data import Prepared, load_prepared
+from resnetlab.device import autocast_dtype, resolve_device
+from resnetlab.errors import ResnetlabError
+from resnetlab.inference import Normalizer, loss_and_accuracy, predict_logits
+from resnetlab.models import build_model, count_parameters, model_depth
+from resnetlab.records import History, HistoryRow, ModelRecord, TrainSummary
+
+log = logging.getLogger(__name__)
+
+
+# --- events -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunStart:
+    variant: Variant
+    device: torch.device
+    processes: int
+    parameters: int
+    steps_per_epoch: int
+    resumed_epoch: int  # epochs already done by an interrupted execution; 0 = fresh start
+    history: tuple[HistoryRow, ...]  # those epochs' rows
+
+
+@dataclass(frozen=True)
+class StepProgress:
+    epoch: int
+    epochs: int
+    step: int  # steps done in this epoch
+    steps: int
+    loss: float  # mean over the epoch so far
+    accuracy: float
+    lr: float
+
+
+@dataclass(frozen=True)
+class EpochEnd:
+    row: HistoryRow
+    epochs: int
+    is_best: bool  # this epoch's weights are now the kept model
+
+
+class TrainingListener:
+    """Receives training events on the main process; override what you need."""
+
+    def on_start(self, event: RunStart) -> None: ...
+
+    def on_epoch_start(self, epoch: int, epochs: int) -> None: ...
+
+    def on_step(self, event: StepProgress) -> None: ...
+
+    def on_epoch_end(self, event: EpochEnd) -> None: ...
+
+    def on_stop(self) -> None:
+        """Training ended, normally or not (close displays here)."""
+
+
+# --- the trainer ------------------------------------------------------------------------------
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    # Batch order and augmentation of every epoch derive from (seed, epoch) alone, so a resumed
+    # run draws exactly what the uninterrupted run would have drawn.
+    return seed * 1_000_003 + epoch
+
+
+def data_fingerprint(data_dir: Path) -> str:
+    return hashlib.sha256((Path(data_dir) / "meta.json").read_bytes()).hexdigest()[:16]
+
+
+class Trainer:
+    """One variant's training on the data in `data_dir`, checkpointed to `checkpoint_path`.
+
+    Construction reads (data, checkpoint) and builds, but writes nothing; `fit` trains.
+    """
+
+    def __init__(self, variant: Variant, data_dir: Path, checkpoint_path: Path):
+        cfg = variant.train
+        self.variant = variant
+        self.checkpoint_path = Path(checkpoint_path)
+        device = resolve_device(cfg.device)
+        self.dist = distributed.init(device)
+        self.device = distributed.local_device(device, self.dist)
+
+        torch.manual_seed(cfg.seed)
+        model = build_model(variant.model.name, **variant.model.args)  # validates the spec
+        self.parameters = count_parameters(model)
+        self.data: Prepared = load_prepared(data_dir, splits=("train", "val"))
+        self.fingerprint = f"{variant.fingerprint()}-{data_fingerprint(data_dir)}"
+        saved = checkpoint.resumable(self.checkpoint_path, self.fingerprint)
+
+        if self.dist.enabled and self.device.type == "cuda":
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # same parameter names
+        model.to(self.device)
+        if cfg.channels_last:
+            model.to(memory_format=torch.channels_last)
+        self.steps = engine.steps_per_epoch(
+            len(self.data.labels["train"]), cfg.batch_size, self.dist.world
+        )
+        if self.steps == 0:
+            raise ResnetlabError(f"{variant.name}: the training split is empty")
+        self.model = model
+        self.optimizer = engine.build_optimizer(model, cfg)
+        self.scheduler = engine.build_scheduler(self.optimizer, cfg, self.steps)
+        self.amp_dtype = autocast_dtype(cfg.precision, self.device)
+        fp16 = self.amp_dtype == torch.float16
+        self.scaler = torch.amp.GradScaler(self.device.type) if fp16 else None
+        self.ema = engine.build_ema(model, cfg.ema_decay)
+
+        self.progress = checkpoint.Progress()
+        if saved is not None:
+            self._restore(saved)
+            log.info(
+                "%s: resuming after epoch %d of %d", variant.name, self.progress.epoch, cfg.epochs
+            )
+        self.resumed_epoch = self.progress.epoch
+
+    @property
+    def is_main(self) -> bool:
+        """Only the main process writes checkpoints and outputs and notifies listeners."""
+        return self.dist.is_main
+
+    def _restore(self, saved: checkpoint.TrainingState) -> None:
+        self.model.load_state_dict(saved.model)
+        self.optimizer.load_state_dict(saved.optimizer)
+        self.scheduler.load_state_dict(saved.scheduler)
+        if self.scaler is not None and saved.scaler:
+            self.scaler.load_state_dict(saved.scaler)
+        if self.ema is not None:
+            self.ema.load_state_dict(saved.ema)
+        checkpoint.set_rng_state(saved.rng)
+        self.progress = saved.progress
+
+    def state(self, finished: bool = False) -> checkpoint.TrainingState:
+        return checkpoint.TrainingState(
+            fingerprint=self.fingerprint,
+            progress=self.progress,
+            model=checkpoint.cpu_state_dict(self.model),
+            optimizer=self.optimizer.state_dict(),
+            scheduler=self.scheduler.state_dict(),
+            scaler=self.scaler.state_dict() if self.scaler is not None else {},
+            ema=self.ema.state_dict() if self.ema is not None else {},
+            rng=checkpoint.rng_state(),
+            finished=finished,
+        )
+
+    def fit(self, listeners: Sequence[TrainingListener] = (), sync_every: int = 50) -> None:
+        """Run the remaining epochs. Listeners are notified on the main process only; the loop
+        reads losses back from the device every `sync_every` steps (progress, non-finite check).
+        Raises ResnetlabError on a non-finite loss (the last checkpoint stays intact)."""
+        cfg, dist = self.variant.train, self.dist
+        listeners = list(listeners) if self.is_main else []
+        if self.is_main:
+            self.checkpoint_path.parent.mkdir(parents=True, exist_ok=True)
+            remove_stale_temporaries(self.checkpoint_path.parent)
+        distributed.barrier(dist)
+
+        train_model: nn.Module = self.model
+        if dist.enabled:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            train_model = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+        if cfg.compile:
+            train_model = torch.compile(train_model)
+        eval_model = self.ema.module if self.ema is not None else self.model
+
+        x_train = torch.from_numpy(self.data.images["train"]).to(self.device)
+        y_train = torch.from_numpy(self.data.labels["train"]).to(self.device)
+        x_val = torch.from_numpy(self.data.images["val"]).to(self.device)
+        y_val = torch.from_numpy(self.data.labels["val"]).to(self.device)
+        normalize = Normalizer(self.data.mean, self.data.std, self.device, cfg.channels_last)
+        shard = engine.Shard(dist.rank, dist.world)
+
+        start = RunStart(
+            self.variant,
+            self.device,
+            dist.world,
+            self.parameters,
+            self.steps,
+            self.resumed_epoch,
+            self.history().rows,
+        )
+        try:
+            for listener in listeners:
+                listener.on_start(start)
+            for epoch in range(self.progress.epoch + 1, cfg.epochs + 1):
+                for listener in listeners:
+                    listener.on_epoch_start(epoch, cfg.epochs)
+                generator = torch.Generator(device=self.device).manual_seed(
+                    epoch_seed(cfg.seed, epoch)
+                )
+
+                def on_progress(
+                    step: int, steps: int, loss: float, acc: float, epoch=epoch
+                ) -> None:
+                    event = StepProgress(
+                        epoch,
+                        cfg.epochs,
+                        step,
+                        steps,
+                        loss,
+                        acc,
+                        self.optimizer.param_groups[0]["lr"],
+                    )
+                    for listener in listeners:
+                        listener.on_step(event)
+
+                stats = self._train_epoch(
+                    train_model, x_train, y_train, normalize, generator, shard, epoch,
+                    sync_every, on_progress,
+                )  # fmt: skip
+                self.progress.train_time_s += stats.seconds
+                if not self.is_main:
+                    continue
+                val_logits = predict_logits(
+                    eval_model, x_val, normalize, cfg.eval_batch_size, self.amp_dtype
+                )
+                val_loss, val_acc = loss_and_accuracy(val_logits, y_val)
+                row = HistoryRow(
+                    epoch=epoch,
+                    train_loss=stats.loss,
+                    train_accuracy=stats.accuracy,
+                    val_loss=val_loss,
+                    val_accuracy=val_acc,
+                    lr=stats.lr,
+                    epoch_time_s=stats.seconds,
+                    images_per_s=stats.images_per_s * dist.world,
+                )
+                self.progress.history.append(dataclasses.asdict(row))
+                self.progress.epoch = epoch
+                is_best = val_acc > self.progress.best_val_accuracy
+                if is_best:
+                    self.progress.best_val_accuracy, self.progress.best_epoch = val_acc, epoch
+                    self.progress.best_state = checkpoint.cpu_state_dict(eval_model)
+                # On disk before anyone hears of it: a failing listener never costs an epoch.
+                self.state().save(self.checkpoint_path)
+                for listener in listeners:
+                    listener.on_epoch_end(EpochEnd(row, cfg.epochs, is_best))
+        finally:
+            for listener in listeners:
+                listener.on_stop()
+        distributed.barrier(dist)
+
+    def _train_epoch(
+        self, model, x, y, normalize, generator, shard, epoch, sync_every, on_progress
+    ):
+        cfg = self.variant.train
+        try:
+            return engine.train_epoch(
+                model,
+                self.optimizer,
+                self.scheduler,
+                x,
+                y,
+                cfg,
+                normalize,
+                generator,
+                amp_dtype=self.amp_dtype,
+                scaler=self.scaler,
+                ema=self.ema,
+                shard=shard,
+                sync_every=sync_every,
+                on_progress=on_progress,
+            )
+        except engine.NonFiniteLossError as exc:
+            kept = (
+                f"The checkpoint of epoch {epoch - 1} is intact."
+                if epoch > 1
+                else "No checkpoint was written."
+            )
+            raise ResnetlabError(
+                f"{self.variant.name}: the loss became {exc.value} at epoch {epoch}, step "
+                f"{exc.step}; training stopped. {kept} Lower the learning rate "
+                f"(lr={cfg.lr}) or add a warm-up (warmup_epochs) for this variant."
+            ) from None
+
+    # --- what the stage writes ----------------------------------------------------------------
+
+    def history(self) -> History:
+        return History(tuple(HistoryRow(**row) for row in self.progress.history))
+
+    def model_record(self) -> ModelRecord:
+        p = self.progress
+        if p.best_state is None:
+            raise ResnetlabError(f"{self.variant.name}: no epoch completed; nothing to save")
+        return ModelRecord(
+            state_dict=p.best_state,
+            variant=self.variant,
+            classes=tuple(self.data.classes),
+            mean=tuple(self.data.mean),
+            std=tuple(self.data.std),
+            parameters=self.parameters,
+            best_epoch=p.best_epoch,
+            best_val_accuracy=p.best_val_accuracy,
+        )
+
+    def summary(self) -> TrainSummary:
+        p, model = self.progress, self.variant.model
+        images = sum(r["images_per_s"] * r["epoch_time_s"] for r in p.history)
+        return TrainSummary(
+            variant=self.variant.name,
+            model=model.name,
+            model_args=dict(model.args),
+            depth=model_depth(model.name, dict(model.args)),
+            parameters=self.parameters,
+            epochs=p.epoch,
+            best_epoch=p.best_epoch,
+            best_val_accuracy=p.best_val_accuracy,
+            train_time_s=round(p.train_time_s, 3),
+            images_per_s=round(float(images) / max(p.train_time_s, 1e-9), 1),
+        )
+
+    def finish(self) -> None:
+        """Mark the checkpoint finished (after the outputs are written): never resumed again."""
+        if self.is_main:
+            self.state(finished=True).save(self.checkpoint_path)
+        distributed.barrier(self.dist)
+        distributed.shutdown(self.dist)
