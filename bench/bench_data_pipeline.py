@@ -41,9 +41,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from resnetlab import engine
-from resnetlab.augment import Normalizer, augment_batch
+from resnetlab.augment import augment_batch
 from resnetlab.config import AugmentConfig, TrainConfig
 from resnetlab.data import load_prepared
+from resnetlab.device import autocast, autocast_dtype, resolve_device
+from resnetlab.inference import Normalizer
 from resnetlab.models import build_model
 
 MODEL = "model only (pre-made batches)"
@@ -81,7 +83,7 @@ class Bench:
     def __init__(self, args: argparse.Namespace, device: torch.device):
         self.device = device
         self.channels_last = not args.no_channels_last
-        self.amp_dtype = engine.autocast_dtype(args.precision, device)
+        self.amp_dtype = autocast_dtype(args.precision, device)
         torch.manual_seed(args.seed)
         model_args = {"depth": args.depth} if args.depth else {}
         self.model = build_model(args.model, **model_args).to(device)
@@ -107,7 +109,7 @@ class Bench:
 
     def step(self, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor) -> None:
         """One training step, as `engine.train_epoch` does it, minus the data and bookkeeping."""
-        with engine.autocast(self.device, self.amp_dtype):
+        with autocast(self.device, self.amp_dtype):
             logits = self.model(x)
             loss = F.cross_entropy(logits.float(), y, reduction="sum") * (1.0 / len(y))
         optimizer.zero_grad(set_to_none=True)
@@ -418,7 +420,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = engine.resolve_device(args.device)
+    device = resolve_device(args.device)
     n = args.batches * args.batch_size
     images, labels, mean, std = load_images(args, n)
     bench = Bench(args, device)

@@ -17,8 +17,9 @@ SHARED_CIFAR = REPO.parent / "shared" / "data" / "cifar10"
 
 @pytest.fixture(autouse=True)
 def _no_inherited_mlflow_run() -> Iterator[None]:
-    """mlflow.set_experiment() exports MLFLOW_EXPERIMENT_ID into this process's environment;
-    left over from one test, it would steer the next test's MLflow calls and subprocesses."""
+    """MLflow's fluent API (mlflow.set_experiment, as a library or a test may call it) exports
+    MLFLOW_EXPERIMENT_ID into the environment; left over, it would steer the next test's
+    subprocesses (`mlflow run`)."""
     names = ("MLFLOW_EXPERIMENT_ID", "MLFLOW_RUN_ID")
     saved = {name: os.environ.pop(name, None) for name in names}
     yield

@@ -11,10 +11,10 @@ import pytest
 import yaml
 from PIL import Image
 
+from resnetlab import figures, leaderboard
 from resnetlab.cli import main
 from resnetlab.config import parse_params
 from resnetlab.errors import ResnetlabError
-from resnetlab.stages import compare
 
 # variant -> (model, depth, test accuracy, best val accuracy)
 FAKE = {
@@ -88,8 +88,8 @@ def fake_run(tmp_path: Path) -> tuple[list[str], Path]:
 
 def test_build_leaderboard(fake_run) -> None:
     variants, metrics = fake_run
-    board = compare.build_leaderboard(variants, metrics)
-    assert list(board.columns) == list(compare.LEADERBOARD_COLUMNS)
+    board = leaderboard.build_leaderboard(variants, metrics)
+    assert list(board.columns) == list(leaderboard.LEADERBOARD_COLUMNS)
     assert board["variant"].tolist() == ["resnet14", "resnet8", "plain8"]  # best test acc first
     row = board.set_index("variant").loc["plain8"]
     assert row["model"] == "plain" and row["depth"] == 8 and row["parameters"] == 8000
@@ -101,19 +101,20 @@ def test_build_leaderboard(fake_run) -> None:
 
 
 def test_degradation_groups(fake_run) -> None:
-    board = compare.build_leaderboard(*fake_run)
+    board = leaderboard.build_leaderboard(*fake_run)
     # resnet14 has no plain twin of its depth, so it stays out.
-    assert compare.degradation_groups(board) == {"plain": ["plain8"], "ResNet": ["resnet8"]}
+    assert leaderboard.degradation_groups(board) == {"plain": ["plain8"], "ResNet": ["resnet8"]}
     no_plain = board[board["model"] != "plain"]
-    assert compare.degradation_groups(no_plain) == {}
+    assert leaderboard.degradation_groups(no_plain) == {}
 
 
-def test_write_reports(fake_run, tmp_path: Path) -> None:
+def test_leaderboard_and_comparison_figures(fake_run, tmp_path: Path) -> None:
     variants, metrics = fake_run
-    board = compare.build_leaderboard(variants, metrics)
-    histories = compare.load_histories(variants, metrics)
+    board = leaderboard.build_leaderboard(variants, metrics)
+    histories = leaderboard.load_histories(variants, metrics)
     out = tmp_path / "reports"
-    written = compare.write_reports(board, histories, out)
+    written = leaderboard.write_leaderboard(board, out)
+    written += figures.write_comparison_figures(board, histories, out / "figures")
     names = {p.relative_to(out).as_posix() for p in written}
     assert names == {
         "leaderboard.csv",
@@ -128,7 +129,7 @@ def test_write_reports(fake_run, tmp_path: Path) -> None:
             assert im.format == "PNG"
 
     csv = pd.read_csv(out / "leaderboard.csv")
-    assert list(csv.columns) == list(compare.LEADERBOARD_COLUMNS)
+    assert list(csv.columns) == list(leaderboard.LEADERBOARD_COLUMNS)
     assert csv["variant"].tolist() == ["resnet14", "resnet8", "plain8"]
     assert csv["test_accuracy"].tolist() == pytest.approx([0.83, 0.78, 0.71])
 
@@ -142,14 +143,15 @@ def test_write_reports(fake_run, tmp_path: Path) -> None:
     assert all(len(r.split("|")) == len(md[0].split("|")) for r in md)
 
 
-def test_write_reports_without_plain_skips_degradation(fake_run, tmp_path: Path) -> None:
+def test_comparison_figures_without_plain_skip_degradation(fake_run, tmp_path: Path) -> None:
     variants, metrics = fake_run
-    board = compare.build_leaderboard(variants, metrics)
+    board = leaderboard.build_leaderboard(variants, metrics)
     board = board[board["model"] != "plain"]
     out = tmp_path / "reports"
     (out / "figures").mkdir(parents=True)
     (out / "figures/degradation.png").write_bytes(b"stale")
-    written = compare.write_reports(board, compare.load_histories(variants, metrics), out)
+    histories = leaderboard.load_histories(variants, metrics)
+    written = figures.write_comparison_figures(board, histories, out / "figures")
     assert "degradation.png" not in {p.name for p in written}
     assert not (out / "figures/degradation.png").exists()  # a stale figure would mislead
 
@@ -158,7 +160,7 @@ def test_missing_eval_json_names_the_file(fake_run) -> None:
     variants, metrics = fake_run
     (metrics / "resnet8" / "eval.json").unlink()
     with pytest.raises(ResnetlabError) as err:
-        compare.build_leaderboard(variants, metrics)
+        leaderboard.build_leaderboard(variants, metrics)
     assert str(metrics / "resnet8" / "eval.json") in str(err.value)
     assert "dvc repro evaluate@resnet8" in str(err.value)
 
@@ -167,28 +169,28 @@ def test_missing_history_and_bad_json(fake_run) -> None:
     variants, metrics = fake_run
     (metrics / "plain8" / "train.json").write_text('{"model": "plain"}')
     with pytest.raises(ResnetlabError, match=r"train.json: missing field 'variant'"):
-        compare.build_leaderboard(variants, metrics)
+        leaderboard.build_leaderboard(variants, metrics)
     (metrics / "plain8" / "history.csv").unlink()
     with pytest.raises(ResnetlabError, match=r"plain8.history\.csv: not found"):
-        compare.load_histories(variants, metrics)
+        leaderboard.load_histories(variants, metrics)
 
 
 def test_variant_figures_replace_stale_folders(fake_run, tmp_path: Path) -> None:
     variants, metrics = fake_run
-    figures = tmp_path / "figures"
-    (figures / "gone").mkdir(parents=True)
-    histories = compare.load_histories(variants, metrics)
-    confusions = {v: compare.load_confusion(metrics / v / "confusion.csv", v) for v in variants}
-    written = compare.write_variant_figures(histories, confusions, figures)
+    folder = tmp_path / "figures"
+    (folder / "gone").mkdir(parents=True)
+    histories = leaderboard.load_histories(variants, metrics)
+    confusions = {v: figures.load_confusion(metrics / v / "confusion.csv", v) for v in variants}
+    written = figures.write_variant_figures(histories, confusions, folder)
     assert sorted(written) == sorted(variants)
-    assert not (figures / "gone").exists()  # a removed variant's figures would mislead
+    assert not (folder / "gone").exists()  # a removed variant's figures would mislead
     for v in variants:
-        for name in compare.VARIANT_PNGS:
-            with Image.open(figures / v / name) as im:
+        for name in figures.VARIANT_PNGS:
+            with Image.open(folder / v / name) as im:
                 assert im.format == "PNG"
     (metrics / "plain8" / "confusion.csv").write_text("a,b\n1,2\n")
     with pytest.raises(ResnetlabError, match=r"confusion.csv: not a square confusion matrix"):
-        compare.load_confusion(metrics / "plain8" / "confusion.csv", "plain8")
+        figures.load_confusion(metrics / "plain8" / "confusion.csv", "plain8")
 
 
 def test_cli_compare_draws_and_logs_to_mlflow(fake_run, tmp_path: Path, monkeypatch) -> None:
@@ -228,8 +230,8 @@ def test_cli_compare_draws_and_logs_to_mlflow(fake_run, tmp_path: Path, monkeypa
         "gradient_profile.png",
     }
     # The variant's own figures went into its training run.
-    figures = {a.path for a in client.list_artifacts(train_run, "figures")}
-    assert figures == {f"figures/{name}" for name in compare.VARIANT_PNGS}
+    logged_figures = {a.path for a in client.list_artifacts(train_run, "figures")}
+    assert logged_figures == {f"figures/{name}" for name in figures.VARIANT_PNGS}
     board = pd.read_csv(out / "leaderboard.csv")
     assert board["variant"].tolist() == ["resnet14", "resnet8", "plain8"]
     assert (out / "figures/plain8/curves.png").is_file()

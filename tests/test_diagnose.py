@@ -9,6 +9,7 @@ import pandas as pd
 import yaml
 
 from resnetlab.cli import main
+from resnetlab.diagnostics import gradient_profiles
 from resnetlab.stages import diagnose
 
 
@@ -24,7 +25,7 @@ def test_gradient_profile_table(tmp_path: Path) -> None:
         assert layers["layer_index"].tolist() == list(range(1, d + 1))
     assert (frame["grad_norm"] > 0).all()
     # Same seed, same numbers: the profile is reproducible.
-    again = diagnose.gradient_profiles(depths=(8,))
+    again = gradient_profiles(depths=(8,))
     first = frame[frame["label"] == "plain-8"]["grad_norm"].to_numpy()
     np.testing.assert_allclose(list(again["plain-8"].values()), first, rtol=1e-6)
 

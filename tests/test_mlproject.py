@@ -76,8 +76,8 @@ def test_mlflow_run_train_entry_point(tiny_archive, tmp_path) -> None:
 
     archive, md5 = tiny_archive
     dvc = DvcProject(tmp_path / "proj", tiny_params(archive, md5))
-    # Other tests' in-process mlflow.set_experiment() exports MLFLOW_EXPERIMENT_ID (an id in
-    # their stores); `mlflow run` would then look for that experiment in this one.
+    # An MLFLOW_EXPERIMENT_ID inherited from the caller (an id in another store) would make
+    # `mlflow run` look for that experiment in this one.
     for name in ("MLFLOW_EXPERIMENT_ID", "MLFLOW_RUN_ID"):
         dvc.env.pop(name, None)
     for name in ("MLproject", "python_env.yaml"):

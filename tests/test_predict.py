@@ -17,12 +17,12 @@ import torch
 from PIL import Image
 
 from resnetlab import tracking
+from resnetlab.classify import CIFAR10_CLASSES, load_image
 from resnetlab.cli import main
 from resnetlab.config import parse_params
 from resnetlab.inference import load_classifier
 from resnetlab.models import build_model
 from resnetlab.records import ModelRecord
-from resnetlab.stages.predict import CIFAR10_CLASSES, load_image
 
 # One result line: `<path>: <class> <p>%, <class> <p>%, ...`
 LINE = re.compile(r"^(?P<path>.+?): (?P<pairs>\w+ \d+\.\d%(?:, \w+ \d+\.\d%)*)$")
@@ -296,14 +296,14 @@ def test_predict_bad_model_uri(images, logged, monkeypatch, capsys) -> None:
     assert "Traceback" not in err
 
 
-def test_pyfunc_predicts_batches(models_dir, logged, monkeypatch) -> None:
+def test_pyfunc_predicts_batches(models_dir, logged) -> None:
     """What `mlflow models predict` and `mlflow models serve` call."""
+    import mlflow.artifacts
     import mlflow.pyfunc
 
     uri, model_uri = logged
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    mlflow.set_tracking_uri(uri)
-    model = mlflow.pyfunc.load_model(model_uri)
+    local = mlflow.artifacts.download_artifacts(artifact_uri=model_uri, tracking_uri=uri)
+    model = mlflow.pyfunc.load_model(local)
     x = np.random.default_rng(1).random((2, 3, 32, 32), dtype=np.float32)
     out = model.predict(x)
     assert isinstance(out, np.ndarray) and out.shape == (2, 10)

@@ -113,9 +113,14 @@ def test_trains_records_and_writes_outputs(tiny_prepared, workdir):
     assert {"history.json", "train.json", "history.csv", "model"} <= artifacts
     assert not (workdir / "metrics/tiny/curves.png").exists()  # figures are the compare stage's
 
-    import mlflow
+    import mlflow.artifacts
+    import mlflow.pyfunc
 
-    model = mlflow.pyfunc.load_model(f"runs:/{run_id}/model")
+    # Downloaded with an explicit tracking URI: MLflow's global one may point anywhere.
+    local = mlflow.artifacts.download_artifacts(
+        artifact_uri=f"runs:/{run_id}/model", tracking_uri=os.environ["MLFLOW_TRACKING_URI"]
+    )
+    model = mlflow.pyfunc.load_model(local)
     out = model.predict(np.random.rand(2, 3, 32, 32).astype(np.float32))
     assert np.asarray(out).shape == (2, 10)
 

@@ -11,13 +11,19 @@ the residual twin's stays within a small factor.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["first_layer_grad_norm", "gradient_norms"]
+from resnetlab.models import build_model
+
+__all__ = ["first_layer_grad_norm", "gradient_norms", "gradient_profiles"]
+
+# The profile contrasts plain and residual nets of He et al.'s CIFAR depths.
+GRADIENT_MODELS = ("plain", "resnet_v1")
+GRADIENT_BATCH = 32  # images in the one random batch the gradients are taken on
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 
@@ -98,3 +104,21 @@ def first_layer_grad_norm(
     if not norms:
         raise ValueError("the model has no trainable convolution or linear weight")
     return next(iter(norms.values()))
+
+
+def gradient_profiles(
+    depths: Sequence[int], models: Sequence[str] = GRADIENT_MODELS, seed: int = 0
+) -> dict[str, dict[str, float]]:
+    """Per-layer gradient norms (input -> output) of freshly initialised ``models`` at ``depths``,
+    on one seeded random batch of CIFAR-shaped images; keys like ``"plain-20"``."""
+    torch.manual_seed(seed)
+    x = torch.randn(GRADIENT_BATCH, 3, 32, 32)
+    y = torch.randint(0, 10, (GRADIENT_BATCH,))
+    profiles = {}
+    for depth in depths:
+        for name in models:
+            # Reseeded per model so each net's initial weights do not depend on the loop order.
+            torch.manual_seed(seed)
+            model = build_model(name, depth=depth)
+            profiles[f"{name}-{depth}"] = gradient_norms(model, (x, y))
+    return profiles

@@ -20,19 +20,6 @@ __all__ = ["classification_report", "confusion_matrix", "mean_std", "per_class_f
 
 PER_CLASS_COLUMNS = ("class", "precision", "recall", "f1", "support")
 
-# Columns of metrics/<variant>/history.csv, one row per epoch (accuracies as fractions, times in
-# seconds): written by the train stage, read by compare.
-HISTORY_COLUMNS = (
-    "epoch",
-    "train_loss",
-    "train_accuracy",
-    "val_loss",
-    "val_accuracy",
-    "lr",
-    "epoch_time_s",
-    "images_per_s",
-)
-
 
 def _check_labels(y_true: Any, y_pred: Any, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
     t = np.asarray(y_true).reshape(-1)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -81,7 +81,26 @@ class TrainingListener:
         """Training ended, normally or not (close displays here)."""
 
 
+def _notify(listeners: Sequence[TrainingListener], event: str, *args: object) -> None:
+    for listener in listeners:
+        getattr(listener, event)(*args)
+
+
 # --- the trainer ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Loop:
+    """What the epoch loop runs on, built once per `fit`."""
+
+    train_model: nn.Module  # possibly DDP- and compile-wrapped
+    eval_model: nn.Module  # the EMA copy when EMA is on
+    x_train: torch.Tensor  # uint8 NHWC, on the device
+    y_train: torch.Tensor
+    x_val: torch.Tensor
+    y_val: torch.Tensor
+    normalize: Normalizer
+    shard: engine.Shard
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -174,116 +193,84 @@ class Trainer:
         """Run the remaining epochs. Listeners are notified on the main process only; the loop
         reads losses back from the device every `sync_every` steps (progress, non-finite check).
         Raises ResnetlabError on a non-finite loss (the last checkpoint stays intact)."""
-        cfg, dist = self.variant.train, self.dist
+        epochs = self.variant.train.epochs
         listeners = list(listeners) if self.is_main else []
         if self.is_main:
             self.checkpoint_path.parent.mkdir(parents=True, exist_ok=True)
             remove_stale_temporaries(self.checkpoint_path.parent)
-        distributed.barrier(dist)
-
-        train_model: nn.Module = self.model
-        if dist.enabled:
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            train_model = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
-        if cfg.compile:
-            train_model = torch.compile(train_model)
-        eval_model = self.ema.module if self.ema is not None else self.model
-
-        x_train = torch.from_numpy(self.data.images["train"]).to(self.device)
-        y_train = torch.from_numpy(self.data.labels["train"]).to(self.device)
-        x_val = torch.from_numpy(self.data.images["val"]).to(self.device)
-        y_val = torch.from_numpy(self.data.labels["val"]).to(self.device)
-        normalize = Normalizer(self.data.mean, self.data.std, self.device, cfg.channels_last)
-        shard = engine.Shard(dist.rank, dist.world)
-
+        distributed.barrier(self.dist)
+        loop = self._loop()
         start = RunStart(
             self.variant,
             self.device,
-            dist.world,
+            self.dist.world,
             self.parameters,
             self.steps,
             self.resumed_epoch,
             self.history().rows,
         )
         try:
-            for listener in listeners:
-                listener.on_start(start)
-            for epoch in range(self.progress.epoch + 1, cfg.epochs + 1):
-                for listener in listeners:
-                    listener.on_epoch_start(epoch, cfg.epochs)
-                generator = torch.Generator(device=self.device).manual_seed(
-                    epoch_seed(cfg.seed, epoch)
-                )
+            _notify(listeners, "on_start", start)
+            for epoch in range(self.progress.epoch + 1, epochs + 1):
+                _notify(listeners, "on_epoch_start", epoch, epochs)
 
-                def on_progress(
-                    step: int, steps: int, loss: float, acc: float, epoch=epoch
-                ) -> None:
-                    event = StepProgress(
-                        epoch,
-                        cfg.epochs,
-                        step,
-                        steps,
-                        loss,
-                        acc,
-                        self.optimizer.param_groups[0]["lr"],
-                    )
-                    for listener in listeners:
-                        listener.on_step(event)
+                def on_progress(step: int, steps: int, loss: float, acc: float, epoch=epoch):
+                    lr = self.optimizer.param_groups[0]["lr"]
+                    event = StepProgress(epoch, epochs, step, steps, loss, acc, lr)
+                    _notify(listeners, "on_step", event)
 
-                stats = self._train_epoch(
-                    train_model, x_train, y_train, normalize, generator, shard, epoch,
-                    sync_every, on_progress,
-                )  # fmt: skip
+                stats = self._train_epoch(loop, epoch, sync_every, on_progress)
                 self.progress.train_time_s += stats.seconds
                 if not self.is_main:
                     continue
-                val_logits = predict_logits(
-                    eval_model, x_val, normalize, cfg.eval_batch_size, self.amp_dtype
-                )
-                val_loss, val_acc = loss_and_accuracy(val_logits, y_val)
-                row = HistoryRow(
-                    epoch=epoch,
-                    train_loss=stats.loss,
-                    train_accuracy=stats.accuracy,
-                    val_loss=val_loss,
-                    val_accuracy=val_acc,
-                    lr=stats.lr,
-                    epoch_time_s=stats.seconds,
-                    images_per_s=stats.images_per_s * dist.world,
-                )
-                self.progress.history.append(dataclasses.asdict(row))
-                self.progress.epoch = epoch
-                is_best = val_acc > self.progress.best_val_accuracy
-                if is_best:
-                    self.progress.best_val_accuracy, self.progress.best_epoch = val_acc, epoch
-                    self.progress.best_state = checkpoint.cpu_state_dict(eval_model)
+                row, is_best = self._validate(loop, epoch, stats)
                 # On disk before anyone hears of it: a failing listener never costs an epoch.
                 self.state().save(self.checkpoint_path)
-                for listener in listeners:
-                    listener.on_epoch_end(EpochEnd(row, cfg.epochs, is_best))
+                _notify(listeners, "on_epoch_end", EpochEnd(row, epochs, is_best))
         finally:
-            for listener in listeners:
-                listener.on_stop()
-        distributed.barrier(dist)
+            _notify(listeners, "on_stop")
+        distributed.barrier(self.dist)
+
+    def _loop(self) -> _Loop:
+        """The wrapped model (DDP, compile), the evaluated one (EMA) and the device tensors."""
+        cfg, dist, device = self.variant.train, self.dist, self.device
+        train_model: nn.Module = self.model
+        if dist.enabled:
+            ids = [device.index] if device.type == "cuda" else None
+            train_model = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+        if cfg.compile:
+            train_model = torch.compile(train_model)
+        images, labels = self.data.images, self.data.labels
+        return _Loop(
+            train_model=train_model,
+            eval_model=self.ema.module if self.ema is not None else self.model,
+            x_train=torch.from_numpy(images["train"]).to(device),
+            y_train=torch.from_numpy(labels["train"]).to(device),
+            x_val=torch.from_numpy(images["val"]).to(device),
+            y_val=torch.from_numpy(labels["val"]).to(device),
+            normalize=Normalizer(self.data.mean, self.data.std, device, cfg.channels_last),
+            shard=engine.Shard(dist.rank, dist.world),
+        )
 
     def _train_epoch(
-        self, model, x, y, normalize, generator, shard, epoch, sync_every, on_progress
-    ):
+        self, loop: _Loop, epoch: int, sync_every: int, on_progress: Callable[..., None]
+    ) -> engine.EpochStats:
         cfg = self.variant.train
+        generator = torch.Generator(device=self.device).manual_seed(epoch_seed(cfg.seed, epoch))
         try:
             return engine.train_epoch(
-                model,
+                loop.train_model,
                 self.optimizer,
                 self.scheduler,
-                x,
-                y,
+                loop.x_train,
+                loop.y_train,
                 cfg,
-                normalize,
+                loop.normalize,
                 generator,
                 amp_dtype=self.amp_dtype,
                 scaler=self.scaler,
                 ema=self.ema,
-                shard=shard,
+                shard=loop.shard,
                 sync_every=sync_every,
                 on_progress=on_progress,
             )
@@ -298,6 +285,33 @@ class Trainer:
                 f"{exc.step}; training stopped. {kept} Lower the learning rate "
                 f"(lr={cfg.lr}) or add a warm-up (warmup_epochs) for this variant."
             ) from None
+
+    def _validate(
+        self, loop: _Loop, epoch: int, stats: engine.EpochStats
+    ) -> tuple[HistoryRow, bool]:
+        """Score the epoch on the validation split, record it, and keep its weights if best."""
+        cfg, p = self.variant.train, self.progress
+        logits = predict_logits(
+            loop.eval_model, loop.x_val, loop.normalize, cfg.eval_batch_size, self.amp_dtype
+        )
+        val_loss, val_acc = loss_and_accuracy(logits, loop.y_val)
+        row = HistoryRow(
+            epoch=epoch,
+            train_loss=stats.loss,
+            train_accuracy=stats.accuracy,
+            val_loss=val_loss,
+            val_accuracy=val_acc,
+            lr=stats.lr,
+            epoch_time_s=stats.seconds,
+            images_per_s=stats.images_per_s * self.dist.world,
+        )
+        p.history.append(dataclasses.asdict(row))
+        p.epoch = epoch
+        is_best = val_acc > p.best_val_accuracy
+        if is_best:
+            p.best_val_accuracy, p.best_epoch = val_acc, epoch
+            p.best_state = checkpoint.cpu_state_dict(loop.eval_model)
+        return row, is_best
 
     # --- what the stage writes ----------------------------------------------------------------
 

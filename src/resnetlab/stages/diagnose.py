@@ -16,9 +16,6 @@ from resnetlab.config import load_params
 
 log = logging.getLogger(__name__)
 
-# The profile contrasts plain and residual nets of He et al.'s CIFAR depths.
-GRADIENT_MODELS = ("plain", "resnet_v1")
-GRADIENT_BATCH = 32  # images in the one random batch the gradients are taken on
 COLUMNS = ("label", "layer_index", "layer", "grad_norm")
 
 
@@ -33,33 +30,12 @@ def run(args: argparse.Namespace) -> None:
     log.info("gradient profile of depths %s -> %s", list(cfg.gradient_depths), args.out)
 
 
-def gradient_profiles(
-    depths: Sequence[int], models: Sequence[str] = GRADIENT_MODELS, seed: int = 0
-) -> dict[str, dict[str, float]]:
-    """Per-layer gradient norms (input -> output) of freshly initialised ``models`` at ``depths``,
-    on one seeded random batch of CIFAR-shaped images; keys like ``"plain-20"``."""
-    import torch
-
-    from resnetlab.diagnostics import gradient_norms
-    from resnetlab.models import build_model
-
-    torch.manual_seed(seed)
-    x = torch.randn(GRADIENT_BATCH, 3, 32, 32)
-    y = torch.randint(0, 10, (GRADIENT_BATCH,))
-    profiles = {}
-    for depth in depths:
-        for name in models:
-            # Reseeded per model so each net's initial weights do not depend on the loop order.
-            torch.manual_seed(seed)
-            model = build_model(name, depth=depth)
-            profiles[f"{name}-{depth}"] = gradient_norms(model, (x, y))
-    return profiles
-
-
 def write_gradient_profile(path: Path, depths: Sequence[int], seed: int = 0) -> Path:
     """``path``: one row per (net, layer): label, layer_index (1 at the input), layer name,
     grad_norm. No depths: the header alone."""
     import pandas as pd
+
+    from resnetlab.diagnostics import gradient_profiles
 
     profiles = gradient_profiles(depths, seed=seed)
     rows = [

@@ -1,0 +1,143 @@
+"""The typed records stages hand each other: round trips, and errors that name file and field."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from resnetlab.config import Variant, parse_params
+from resnetlab.errors import ResnetlabError
+from resnetlab.inference import build_network, load_classifier
+from resnetlab.models import build_model
+from resnetlab.records import (
+    HISTORY_COLUMNS,
+    EvalReport,
+    History,
+    HistoryRow,
+    ModelRecord,
+    RecordError,
+    RunFile,
+    TrainSummary,
+)
+
+SUMMARY = TrainSummary(
+    variant="tiny",
+    model="resnet_v1",
+    model_args={"depth": 8},
+    depth=8,
+    parameters=75290,
+    epochs=3,
+    best_epoch=2,
+    best_val_accuracy=0.5,
+    train_time_s=1.5,
+    images_per_s=900.0,
+)
+
+
+def variant(**train) -> Variant:
+    params = {
+        "train": {"milestones": [0.5], **train},
+        "variants": {"tiny": {"model": {"name": "resnet_v1", "depth": 8}, "lr": 0.05}},
+    }
+    return parse_params(params).variant("tiny")
+
+
+def test_json_records_round_trip(tmp_path: Path) -> None:
+    SUMMARY.write(tmp_path / "train.json")
+    assert TrainSummary.read(tmp_path / "train.json") == SUMMARY
+    report = EvalReport(0.9, 0.1, 0.3, 0.8, 0.7, 0.75, 0.81, 0.71, 0.76, {"cat": {"f1": 0.5}})
+    report.write(tmp_path / "eval.json")
+    assert EvalReport.read(tmp_path / "eval.json") == report
+    assert report.headline()["accuracy"] == 0.9 and "per_class" not in report.headline()
+    RunFile("abc", "exp").write(tmp_path / "run.json")
+    assert RunFile.read(tmp_path / "run.json") == RunFile("abc", "exp")
+
+
+def test_history_round_trip(tmp_path: Path) -> None:
+    rows = tuple(
+        HistoryRow(e, 2.0 / e, 0.3 * e, 2.1 / e, 0.25 * e, 0.1, 4.0, 1000.0) for e in (1, 2)
+    )
+    History(rows).write(tmp_path / "history.csv")
+    back = History.read(tmp_path / "history.csv")
+    assert [r.epoch for r in back.rows] == [1, 2]
+    assert back.rows[1].val_accuracy == pytest.approx(0.5)
+    assert list(back.frame().columns) == list(HISTORY_COLUMNS)
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (None, "train.json: not found; re-run `dvc repro train@tiny`"),
+        ("{not json", "train.json: not readable JSON"),
+        ("[1, 2]", "train.json: expected a JSON object, got list"),
+        ('{"variant": "tiny"}', "train.json: missing field 'model'"),
+    ],
+)
+def test_bad_json_record_names_file_and_field(tmp_path: Path, content, message) -> None:
+    path = tmp_path / "train.json"
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(RecordError, match=message.replace("[", r"\[").replace("`", ".")):
+        TrainSummary.read(path, "tiny")
+
+
+def test_wrongly_typed_field_is_named(tmp_path: Path) -> None:
+    data = SUMMARY.to_dict() | {"epochs": "three"}
+    (tmp_path / "train.json").write_text(json.dumps(data))
+    with pytest.raises(RecordError, match=r"field 'epochs' is 'three'"):
+        TrainSummary.read(tmp_path / "train.json")
+
+
+def test_history_missing_column(tmp_path: Path) -> None:
+    (tmp_path / "history.csv").write_text("epoch,train_loss\n1,2.0\n")
+    with pytest.raises(RecordError, match=r"history.csv: missing column\(s\) train_accuracy"):
+        History.read(tmp_path / "history.csv", "tiny")
+
+
+def model_record(v: Variant) -> ModelRecord:
+    torch.manual_seed(0)
+    net = build_model("resnet_v1", depth=8)
+    return ModelRecord(net.state_dict(), v, ("a",) * 10, (0.5,) * 3, (0.25,) * 3, 75290, 2, 0.5)
+
+
+def test_model_record_gives_back_the_typed_variant(tmp_path: Path) -> None:
+    v = variant(epochs=7)
+    model_record(v).write(tmp_path / "model.pt")
+    back = ModelRecord.read(tmp_path / "model.pt")
+    assert isinstance(back.variant, Variant)
+    assert back.variant == v  # frozen dataclasses: every resolved setting survives
+    assert back.variant.train.lr == 0.05 and back.variant.train.milestones == (0.5,)
+    assert back.variant.fingerprint() == v.fingerprint()
+    classifier, record = load_classifier(tmp_path / "model.pt")
+    assert classifier(torch.rand(2, 3, 32, 32)).shape == (2, 10)
+    assert record.parameters == 75290
+
+
+def test_model_file_without_config_or_with_wrong_tensors(tmp_path: Path) -> None:
+    path = tmp_path / "model.pt"
+    record = model_record(variant())
+    record.write(path)
+    blob = torch.load(path, weights_only=True)
+    del blob["config"]
+    torch.save(blob, path)
+    with pytest.raises(RecordError, match=r"model.pt: missing field 'config'"):
+        ModelRecord.read(path)
+
+    state = dict(record.state_dict)
+    state.pop("fc.weight")
+    state["extra"] = torch.zeros(1)
+    broken = dataclasses.replace(record, state_dict=state)
+    with pytest.raises(ResnetlabError) as err:
+        build_network(broken, path)
+    text = str(err.value)
+    assert text.startswith(f"{path}: weights do not fit model 'resnet_v1'")
+    assert "missing 1 tensor(s) (e.g. fc.weight)" in text and "1 unexpected tensor(s)" in text
+    assert "\n" not in text
+
+    path.write_bytes(b"garbage")
+    with pytest.raises(RecordError, match=r"model.pt: not a readable model file"):
+        ModelRecord.read(path)
