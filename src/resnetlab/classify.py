@@ -1,12 +1,14 @@
 """Classifying image files with a trained network: the one preprocessing path (any image PIL
 opens, any size, RGB/RGBA/greyscale -> 32 x 32 RGB in [0, 1], as the CIFAR-10 images the models
-learnt from) and top-k predictions. Used by `resnetlab predict`."""
+learnt from) and top-k predictions. Used by `resnetlab predict` and the web app (`resnetlab app`),
+which hands over uploaded bytes as a stream: both go through `load_image`."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -36,13 +38,16 @@ class Prediction:
     top: list[tuple[str, float]]  # (class, probability), most probable first
 
 
-def load_image(path: Path) -> np.ndarray:
-    """The image at `path` as float32 in [0, 1], 3 x 32 x 32 (RGB, CHW), what `Classifier` takes.
+def load_image(path: Path | BinaryIO, name: str | None = None) -> np.ndarray:
+    """The image at `path` (a file, or a binary stream such as an upload) as float32 in [0, 1],
+    3 x 32 x 32 (RGB, CHW), what `Classifier` takes.
 
-    Raises ResnetlabError naming the file if it is missing or not a readable image.
+    Raises ResnetlabError naming the file (`name`, else `path`) if it is missing or not a
+    readable image.
     """
     from PIL import Image, ImageOps, UnidentifiedImageError
 
+    label = name if name is not None else str(path)
     try:
         with Image.open(path) as img:
             # Cameras store portrait photos sideways with an EXIF orientation tag; upright is
@@ -55,13 +60,13 @@ def load_image(path: Path) -> np.ndarray:
                 (IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BILINEAR
             )
     except FileNotFoundError:
-        raise ResnetlabError(f"{path}: not an image (no such file)") from None
+        raise ResnetlabError(f"{label}: not an image (no such file)") from None
     except UnidentifiedImageError:
-        raise ResnetlabError(f"{path}: not an image (unknown or unsupported format)") from None
+        raise ResnetlabError(f"{label}: not an image (unknown or unsupported format)") from None
     except (OSError, ValueError, Image.DecompressionBombError) as exc:
         # A directory, an unreadable file, a truncated or corrupt image, an absurd size.
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        raise ResnetlabError(f"{path}: not an image ({reason})") from None
+        raise ResnetlabError(f"{label}: not an image ({reason})") from None
     return np.asarray(small, dtype=np.float32).transpose(2, 0, 1) / 255.0
 
 

@@ -55,11 +55,14 @@ def evaluate_variant(variant: str, data_dir: Path, model_dir: Path, out_dir: Pat
     amp = autocast_dtype(cfg.precision, device)
     logits = predict_logits(net, images, normalize, cfg.eval_batch_size, amp)
     loss, _ = loss_and_accuracy(logits, labels)
-    y_true, y_pred = data.labels["test"], logits.argmax(1).cpu().numpy()
+    predicted = logits.argmax(1)
+    # Probability of the predicted class per image: the web app ranks mistakes by it.
+    confidence = torch.softmax(logits.float(), dim=1).gather(1, predicted[:, None])[:, 0]
+    y_true, y_pred = data.labels["test"], predicted.cpu().numpy()
 
     classes = list(data.classes)
     report = EvalReport(**metrics.classification_report(y_true, y_pred, classes), loss=loss)
-    files = _write(Path(out_dir), report, classes, y_true, y_pred)
+    files = _write(Path(out_dir), report, classes, y_true, y_pred, confidence.cpu().numpy())
     headline = {f"test_{k}": v for k, v in report.headline().items()}
     tracking.log_evaluation(run_file.run_id, headline, files)
     log.info(
@@ -73,7 +76,7 @@ def evaluate_variant(variant: str, data_dir: Path, model_dir: Path, out_dir: Pat
     return report
 
 
-def _write(out_dir: Path, report: EvalReport, classes, y_true, y_pred) -> list[Path]:
+def _write(out_dir: Path, report: EvalReport, classes, y_true, y_pred, confidence) -> list[Path]:
     import pandas as pd
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -85,7 +88,15 @@ def _write(out_dir: Path, report: EvalReport, classes, y_true, y_pred) -> list[P
     cm = metrics.confusion_matrix(y_true, y_pred, len(classes))
     pd.DataFrame(cm, index=pd.Index(classes, name="actual"), columns=classes).to_csv(paths[2])
     names = np.asarray(classes)
-    pd.DataFrame({"actual": names[y_true], "predicted": names[y_pred]}).to_csv(
-        paths[3], index=False
-    )
+    # One row per test image: `index` is its row in the prepared test arrays (so the image can
+    # be shown), `actual`/`predicted` feed DVC's confusion plot, `confidence` is the softmax
+    # probability of the predicted class.
+    pd.DataFrame(
+        {
+            "index": np.arange(len(y_true)),
+            "actual": names[y_true],
+            "predicted": names[y_pred],
+            "confidence": confidence,
+        }
+    ).to_csv(paths[3], index=False, float_format="%.6g")
     return paths
