@@ -44,3 +44,12 @@ def tiny_prepared(tiny_archive, tmp_path_factory: pytest.TempPathFactory) -> Pat
     out = tmp_path_factory.mktemp("prepared")
     save_prepared(prepare(read_archive(tiny_archive[0]), val_size=50, subset=0, seed=0), out)
     return out
+
+
+@pytest.fixture(scope="session")
+def app_project(tiny_prepared, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A project folder as `dvc repro` leaves it: two tiny variants trained and evaluated for
+    real on the tiny data, leaderboard, figures, MLflow store (see app_project.py)."""
+    from app_project import build
+
+    return build(tmp_path_factory.mktemp("app_project"), tiny_prepared)

@@ -380,3 +380,15 @@ def log_comparison(
         raise
     c.set_terminated(run_id, status="FINISHED")
     return run_id
+
+
+def registered_model_uris(limit: int = 200) -> list[str]:
+    """`models:/<name>/<version>` for the registered model versions in the store (by name, the
+    newest version first); none if the store has no registry or cannot be read."""
+    try:
+        versions = client().search_model_versions(max_results=limit)
+    except Exception as exc:  # an unreachable store must not break the caller's page
+        log.warning("cannot list registered models in %s: %s", tracking_uri(), _first_line(exc))
+        return []
+    ordered = sorted(versions, key=lambda v: (v.name, -int(v.version)))
+    return [f"models:/{v.name}/{v.version}" for v in ordered]

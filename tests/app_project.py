@@ -1,0 +1,88 @@
+"""A small real project for the web app's tests: two variants trained for real on the tiny
+prepared data (train and evaluate stages' own functions), their leaderboard and figures, and
+their MLflow runs in a SQLite store inside the project, as `dvc repro` would leave it."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+# Two small nets that learn the tiny set to different degrees, so each gets some test images
+# right that the other gets wrong.
+VARIANTS = {
+    "tiny": {"model": {"name": "resnet_v1", "depth": 8}, "epochs": 2},
+    "tiny_plain": {"model": {"name": "plain", "depth": 8}, "epochs": 1},
+}
+EXPERIMENT = "app-test"
+
+
+def params() -> dict:
+    return {
+        "mlflow": {"experiment": EXPERIMENT},
+        "train": {
+            "epochs": 2,
+            "batch_size": 64,
+            "lr": 0.05,
+            "precision": "fp32",
+            "eval_batch_size": 500,
+            "milestones": [0.67],
+        },
+        "variants": VARIANTS,
+    }
+
+
+def mlflow_uri(root: Path) -> str:
+    return f"sqlite:///{root / 'mlflow.db'}"
+
+
+def build(root: Path, prepared: Path) -> Path:
+    """Fill `root` with data/prepared, models/, metrics/, reports/ and mlflow.db."""
+    from resnetlab import figures, leaderboard
+    from resnetlab.config import parse_params
+    from resnetlab.stages.evaluate import evaluate_variant
+    from resnetlab.stages.train import train_variant
+
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "params.yaml").write_text(yaml.safe_dump(params(), sort_keys=False))
+    shutil.copytree(prepared, root / "data" / "prepared")
+    config = parse_params(params())
+    # MLflow's store and artifacts land in the project, as when DVC runs the stages there.
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(root)
+        mp.setenv("MLFLOW_TRACKING_URI", mlflow_uri(root))
+        for name in VARIANTS:
+            train_variant(
+                config.variant(name),
+                EXPERIMENT,
+                root / "data" / "prepared",
+                root / "models" / name,
+                root / "metrics" / name,
+            )
+            evaluate_variant(
+                name, root / "data" / "prepared", root / "models" / name, root / "metrics" / name
+            )
+        register(root, "tiny")
+    board = leaderboard.build_leaderboard(list(VARIANTS), root / "metrics")
+    leaderboard.write_leaderboard(board, root / "reports")
+    histories = leaderboard.load_histories(list(VARIANTS), root / "metrics")
+    figures.write_comparison_figures(board, histories, root / "reports" / "figures", None)
+    return root
+
+
+REGISTERED = "tiny-registered"
+
+
+def register(root: Path, variant: str) -> str:
+    """Register `variant`'s logged model as version 1 of REGISTERED; returns its models:/ URI."""
+    from mlflow.tracking import MlflowClient
+
+    from resnetlab.records import RunFile
+
+    run_id = RunFile.read(root / "models" / variant / "mlflow_run.json").run_id
+    client = MlflowClient(mlflow_uri(root), registry_uri=mlflow_uri(root))
+    client.create_registered_model(REGISTERED)
+    version = client.create_model_version(REGISTERED, f"runs:/{run_id}/model", run_id=run_id)
+    return f"models:/{REGISTERED}/{version.version}"
