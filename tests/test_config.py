@@ -79,6 +79,11 @@ def test_milestone_epoch_number_beyond_the_last_epoch_is_refused(raw, key):
         parse_params(raw)
 
 
+def test_milestones_of_another_schedule_are_not_checked():
+    raw = params({"epochs": 10, "schedule": "cosine"}, milestones=[91, 136], epochs=182)
+    assert parse_params(raw).variant("tiny").train.schedule == "cosine"
+
+
 def test_milestone_fractions_scale_with_any_epochs():
     # [0.5, 0.75] of 2 epochs reaches epoch 2, which never applies; fractions are relative by
     # design and the README's quick run (-S train.epochs=2) uses the shipped ones.
