@@ -1,20 +1,32 @@
-"""The download stage: file://, plain paths and a real local HTTP server; failures leave nothing."""
+"""The download stage: file://, plain paths and a real local HTTP server; failures leave nothing.
+
+Hostile sources (a server that stalls, resets, trickles or never ends; /dev/zero) run against
+loopback servers with shrunken limits, so each gives up within a few seconds.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import logging
+import re
 import shutil
+import signal
+import socket
+import struct
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
+from resnetlab import download
 from resnetlab.cli import main
-from resnetlab.download import ARCHIVE_NAME, fetch_archive
+from resnetlab.download import ARCHIVE_NAME, Limits, fetch_archive
 from resnetlab.errors import ResnetlabError
 
 
@@ -174,3 +186,204 @@ def test_console_script_and_module_entry_point(tiny_archive, tmp_path):
         )
         assert res.returncode == 1
         assert "md5 mismatch" in res.stderr and "Traceback" not in res.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# Hostile sources
+
+Respond = Callable[[http.server.BaseHTTPRequestHandler, threading.Event], None]
+
+
+@contextmanager
+def serve(respond: Respond) -> Iterator[str]:
+    """A loopback HTTP server answering every GET with `respond(handler, stop)`; `stop` is set
+    when the block ends, so a response that never ends by itself does then."""
+    stop = threading.Event()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            with contextlib.suppress(OSError):  # the client gave up (broken pipe, reset)
+                respond(self, stop)
+
+        def log_message(self, *args):
+            pass
+
+    class Server(http.server.ThreadingHTTPServer):
+        def handle_error(self, request, client_address):
+            pass  # a connection the test broke on purpose is not news
+
+    server = Server(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/{ARCHIVE_NAME}"
+    finally:
+        stop.set()
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+def send_headers(h: http.server.BaseHTTPRequestHandler, length: int | None) -> None:
+    h.send_response(200)
+    if length is not None:
+        h.send_header("Content-Length", str(length))
+    h.end_headers()
+    h.wfile.flush()
+
+
+def stall(h, stop):
+    send_headers(h, 1_000_000)
+    stop.wait(20)
+
+
+def reset_mid_body(h, stop):
+    send_headers(h, 1_000_000)
+    h.wfile.write(b"x" * 10_000)
+    h.wfile.flush()
+    time.sleep(0.2)  # let the client read what was sent
+    # SO_LINGER with a zero timeout: close() sends a TCP reset instead of an orderly end.
+    h.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    h.connection.close()
+
+
+def trickle(h, stop):
+    send_headers(h, 1_000_000)
+    while not stop.is_set():
+        h.wfile.write(b"x")
+        h.wfile.flush()
+        stop.wait(0.05)
+
+
+def steady_endless(h, stop):
+    # About 500 KB/s with no Content-Length: fast enough for any rate rule, never finished.
+    send_headers(h, None)
+    while not stop.is_set():
+        h.wfile.write(b"x" * 10_000)
+        h.wfile.flush()
+        stop.wait(0.02)
+
+
+def flood(h, stop):
+    send_headers(h, None)
+    while not stop.is_set():
+        h.wfile.write(bytes(1 << 16))
+
+
+def huge_length(h, stop):
+    send_headers(h, 10**12)
+    stop.wait(20)
+
+
+FAST = Limits(deadline_s=30, window_s=1, min_rate=1000)
+
+
+def cli_download(url: str, tmp_path: Path, capsys) -> tuple[str, float]:
+    """Run `resnetlab download` in-process; asserts it failed with one error line and no
+    traceback, and that the destination holds nothing. Returns the error line and seconds."""
+    params = write_params(tmp_path, url, "0" * 32)
+    out = tmp_path / "raw"
+    start = time.monotonic()
+    assert main(["download", "--params", str(params), "--out", str(out)]) == 1
+    elapsed = time.monotonic() - start
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    (line,) = [ln for ln in err.splitlines() if "error" in ln]
+    assert line.startswith("resnetlab download: error: ")
+    assert only_archive(out) == []  # no temporary, no partial archive
+    return line, elapsed
+
+
+@pytest.mark.parametrize(
+    ("respond", "limits", "expected"),
+    [
+        (
+            stall,
+            FAST,
+            r"stalled: no data for 1 s after 0 bytes, the minimum is at least 1 KB/s "
+            r"averaged over 1 s",
+        ),
+        (reset_mid_body, FAST, r"failed after [\d,]+ bytes: .*reset"),
+        (
+            trickle,
+            FAST,
+            r"too slow: \d+ bytes in the last 1\.\d* s, the minimum is at least "
+            r"1 KB/s averaged over 1 s",
+        ),
+        (
+            steady_endless,
+            Limits(deadline_s=1.5, window_s=1, min_rate=1000, max_bytes=10**9),
+            r"did not finish within the 1\.5 s deadline \([\d,]+ bytes received\)",
+        ),
+        (
+            flood,
+            Limits(max_bytes=2_000_000),
+            r"has more than 2,000,000 bytes; the limit for a "
+            r"mirror is 2,000,000 bytes",
+        ),
+    ],
+    ids=["stall", "reset", "trickle", "deadline", "endless"],
+)
+def test_hostile_server_gives_one_line_and_leaves_nothing(
+    respond, limits, expected, tmp_path, capsys, monkeypatch
+):
+    monkeypatch.setattr(download, "DEFAULT_LIMITS", limits)
+    with serve(respond) as url:
+        line, elapsed = cli_download(url, tmp_path, capsys)
+    assert re.search(expected, line), line
+    assert url in line and "nothing was kept" in line
+    assert elapsed < 10
+
+
+def test_content_length_above_the_cap_is_refused_before_reading(tmp_path, capsys, monkeypatch):
+    # The server would stall after its headers: only a refusal that reads nothing ends at once.
+    monkeypatch.setattr(download, "DEFAULT_LIMITS", Limits(window_s=20))
+    with serve(huge_length) as url:
+        line, elapsed = cli_download(url, tmp_path, capsys)
+    assert elapsed < 5
+    assert (
+        f"{url} has 1,000,000,000,000 bytes; the limit for a mirror is 340,996,142 bytes " in line
+    )
+
+
+@pytest.mark.parametrize("url", ["/dev/zero", "file:///dev/zero"])
+def test_endless_local_source_is_capped(url, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(download, "DEFAULT_LIMITS", Limits(max_bytes=3_000_000))
+    line, _ = cli_download(url, tmp_path, capsys)
+    assert f"{url} has more than 3,000,000 bytes" in line
+
+
+def test_official_md5_caps_at_the_official_size(tmp_path):
+    # With the official checksum the exact size is known: one byte more is refused.
+    with pytest.raises(ResnetlabError, match=r"has more than 170,498,071 bytes; the official"):
+        fetch_archive("/dev/zero", download.OFFICIAL_MD5, tmp_path / "raw")
+    assert only_archive(tmp_path / "raw") == []
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_signal_removes_the_temporary(sig, tmp_path):
+    """A real `python -m resnetlab download` from a trickling server, stopped by a signal
+    mid-transfer: the process ends at once and its hidden temporary file is gone."""
+    out = tmp_path / "raw"
+    with serve(trickle) as url:
+        params = write_params(tmp_path, url, "0" * 32)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "resnetlab", "download", "--params", str(params), "--out", out],
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            deadline = time.monotonic() + 60  # importing torchvision takes a while on a busy CPU
+            while not list(out.glob(".*.tmp")):
+                assert proc.poll() is None, proc.communicate()[1]
+                assert time.monotonic() < deadline, "the download never started"
+                time.sleep(0.05)
+            proc.send_signal(sig)
+            _, err = proc.communicate(timeout=20)
+        finally:
+            proc.kill()  # a no-op once it has ended
+            proc.wait(5)
+    assert proc.returncode == (143 if sig == signal.SIGTERM else 130)
+    assert "Traceback" not in err
+    assert ("terminated" if sig == signal.SIGTERM else "interrupted") in err
+    assert only_archive(out) == []

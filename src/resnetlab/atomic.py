@@ -4,13 +4,18 @@ Bytes go to a hidden temporary file beside the target (`.<name>.XXXX.tmp`), are 
 and the file is renamed into place only when the writer returns; if it raises, the temporary is
 removed and the target is untouched. A process killed mid-write (kill -9 skips all cleanup) can
 leave a temporary behind, never a half-written target: `remove_stale_temporaries` clears those.
+SIGTERM (what `kill`, DVC and schedulers send) also skips all cleanup by default; inside
+`cleanup_on_sigterm()` it unwinds like Ctrl-C, so a long write removes its temporary.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import tempfile
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
@@ -29,6 +34,28 @@ def write_atomic(path: Path, write: Callable[[BinaryIO], None]) -> None:
         os.replace(tmp, path)
     finally:
         Path(tmp).unlink(missing_ok=True)
+
+
+@contextmanager
+def cleanup_on_sigterm() -> Iterator[None]:
+    """Within the block, SIGTERM exits with status 143 (128 + SIGTERM) by raising SystemExit, so
+    `finally` clauses run (write_atomic removes its temporary) and no traceback is printed.
+
+    Python's default for SIGTERM is to die at once. Signal handlers can only be set in the main
+    thread; elsewhere this does nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminate(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def remove_stale_temporaries(folder: Path) -> None:

@@ -1,13 +1,18 @@
 """The resumable training state (`checkpoint.pt`): its layout, atomic saving and safe loading.
 
 Everything written here is plain tensors, numbers, strings, lists and dicts, so it loads with
-`torch.load(..., weights_only=True)`: no pickled code runs when a checkpoint is read.
+`torch.load(..., weights_only=True)`: no pickled code runs when a checkpoint is read. A checkpoint
+that cannot be read that way (empty, truncated, garbage, or holding other objects) is set aside,
+renamed `checkpoint.pt.unreadable-<time>` so nothing is lost, and training starts over.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import pickle
+import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -73,17 +78,54 @@ class TrainingState:
 
 def resumable(path: Path, fingerprint: str) -> TrainingState | None:
     """The state at `path` if it is an unfinished run of the same config and data, else None
-    (the log says why it is not resumed)."""
-    if not Path(path).exists():
+    (the log says why it is not resumed). An unreadable file is set aside, not resumed."""
+    path = Path(path)
+    if not path.exists():
         return None
-    saved = load(path)
-    if saved.get("format") != FORMAT or saved.get("fingerprint") != fingerprint:
-        log.info("%s belongs to another config or data; training from scratch", path)
+    try:
+        saved = load(path)
+        if saved.get("format") != FORMAT or saved.get("fingerprint") != fingerprint:
+            log.info("%s belongs to another config or data; training from scratch", path)
+            return None
+        if saved.get("finished"):
+            log.info("%s is from a finished run; training from scratch", path)
+            return None
+        try:
+            return TrainingState.from_blob(saved)
+        except (TypeError, KeyError):
+            # Our format and fingerprint, not our layout: damaged or forged.
+            raise UnreadableCheckpoint(path, "fields of a training state are missing") from None
+    except UnreadableCheckpoint as exc:
+        _set_aside(path, exc.reason)
         return None
-    if saved.get("finished"):
-        log.info("%s is from a finished run; training from scratch", path)
-        return None
-    return TrainingState.from_blob(saved)
+
+
+class UnreadableCheckpoint(ResnetlabError):
+    def __init__(self, path: Path, reason: str):
+        super().__init__(f"{path}: not a readable checkpoint ({reason})")
+        self.reason = reason
+
+
+def _set_aside(path: Path, reason: str) -> None:
+    """Rename the unreadable checkpoint at `path` out of the way, keeping its bytes."""
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    aside = path.with_name(f"{path.name}.unreadable-{stamp}")
+    n = 1
+    while aside.exists():
+        n += 1
+        aside = path.with_name(f"{path.name}.unreadable-{stamp}-{n}")
+    try:
+        path.rename(aside)
+    except FileNotFoundError:
+        # Another process of the same run (DDP) set it aside first.
+        log.warning("%s: not a readable checkpoint (%s); training from scratch", path, reason)
+        return
+    log.warning(
+        "%s: not a readable checkpoint (%s); kept as %s, training from scratch",
+        path,
+        reason,
+        aside.name,
+    )
 
 
 def save_atomic(obj: dict[str, Any], path: Path) -> None:
@@ -92,10 +134,34 @@ def save_atomic(obj: dict[str, Any], path: Path) -> None:
 
 
 def load(path: Path) -> dict[str, Any]:
+    """The checkpoint dict at `path`. Raises UnreadableCheckpoint for content that cannot be a
+    checkpoint, ResnetlabError when the file cannot be opened at all."""
+    path = Path(path)
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ResnetlabError(f"{path}: not a readable checkpoint ({exc})") from None
+        fh = path.open("rb")
+    except OSError as exc:  # no permission, a directory, ...: not the content's fault
+        raise ResnetlabError(f"cannot read {path}: {exc.strerror or exc}") from None
+    try:
+        with fh, warnings.catch_warnings():
+            # torch warns about pickle protocols of foreign files, in words that suggest
+            # weights_only=False; a file of ours never triggers it.
+            warnings.simplefilter("ignore")
+            saved = torch.load(fh, map_location="cpu", weights_only=True)
+    except Exception as exc:  # a truncated zip can even raise OSError(EINVAL)
+        raise UnreadableCheckpoint(path, _reason(path, exc)) from None
+    if not isinstance(saved, dict):
+        raise UnreadableCheckpoint(path, f"it holds a {type(saved).__name__}, not a dict")
+    return saved
+
+
+def _reason(path: Path, exc: Exception) -> str:
+    # torch's own messages run to paragraphs and advise weights_only=False, i.e. running
+    # whatever code the file holds: never relayed, only classified.
+    if path.stat().st_size == 0:
+        return "empty file"
+    if isinstance(exc, pickle.UnpicklingError):
+        return "not plain tensors and numbers: garbage, or objects a safe load refuses"
+    return f"truncated or corrupt: {type(exc).__name__}"
 
 
 def rng_state() -> dict[str, Any]:

@@ -23,6 +23,7 @@ import contextlib
 import dataclasses
 import hashlib
 import json
+import math
 import re
 import types
 import typing
@@ -39,7 +40,9 @@ from resnetlab.errors import ConfigError, invalid
 OFFICIAL_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 OFFICIAL_MD5 = "c58f30108f718f92721af3b95e74349a"
 CIFAR10_TRAIN_SIZE = 50_000
-VARIANT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+# A variant names a DVC stage (train@<name>), a params key DVC looks up with dots as separators
+# (variants.<name>) and folders: DVC's own rule for stage names (no punctuation but '_' and '-').
+VARIANT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 
 
 @dataclass(frozen=True)
@@ -165,6 +168,17 @@ class TrainConfig:
                 list(self.milestones),
                 "fractions in (0, 1) of the epochs, or whole epoch numbers >= 1",
             )
+            # An epoch number at or past the last epoch never lowers the lr: a forgotten edit
+            # after shortening `epochs`. Fractions scale with `epochs` by design and are left
+            # alone: the shipped [0.5, 0.75] of a 2-epoch quick run (README) reaches epoch 2.
+            # Other schedules ignore milestones (a cosine variant inherits train's).
+            _check(
+                self.schedule != "multistep" or m < 1 or m < self.epochs,
+                f"{prefix}.milestones",
+                list(self.milestones),
+                f"epoch numbers below epochs={self.epochs} (a milestone at or after the last "
+                "epoch never takes effect), or fractions in (0, 1) of the epochs",
+            )
         _check(
             0 <= self.warmup_epochs < self.epochs,
             f"{prefix}.warmup_epochs",
@@ -238,12 +252,44 @@ def load_params(path: str | Path) -> Params:
     """Read and validate `params.yaml`. Raises ConfigError with the offending key."""
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)  # a SafeLoader
     except FileNotFoundError:
         raise ConfigError(f"params file not found: {path}") from None
+    except _DuplicateKey as exc:
+        raise ConfigError(
+            f"{path}, line {exc.line}: duplicate key {exc.key!r} (first on line {exc.first}); "
+            "each key may appear once in a mapping"
+        ) from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
     return parse_params(raw or {})
+
+
+class _DuplicateKey(yaml.YAMLError):
+    def __init__(self, key: Any, line: int, first: int):
+        super().__init__(f"duplicate key {key!r} on line {line}")
+        self.key, self.line, self.first = key, line, first
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader refusing a key repeated in one mapping. PyYAML keeps the last value
+    silently; DVC, which reads the same file for its params, refuses it; so do we."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *anchor` may be repeated
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                hash(key)
+            except TypeError:  # an unhashable key: SafeLoader's own error says so
+                break
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                raise _DuplicateKey(key, line, seen[key])
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
 
 
 def parse_params(raw: Mapping[str, Any]) -> Params:
@@ -262,9 +308,24 @@ def parse_params(raw: Mapping[str, Any]) -> Params:
     variants = {
         name: _parse_variant(str(name), spec, train_raw) for name, spec in variants_raw.items()
     }
+    if data.subset:
+        # The training split is exactly `data.subset` images: known before any data is read.
+        for variant in variants.values():
+            check_batch_fits(variant, data.subset)
     diagnose = _build(DiagnoseConfig, raw.get("diagnose", {}), "diagnose")
     diagnose.validate()
     return Params(data, mlflow, train, types.MappingProxyType(variants), diagnose)
+
+
+def check_batch_fits(variant: Variant, n_train: int) -> None:
+    """Refuse a batch larger than the `n_train` training images (every epoch would be a single,
+    smaller step than asked for). Called once the training split's size is known."""
+    _check(
+        variant.train.batch_size <= n_train,
+        f"variants.{variant.name}.batch_size",
+        variant.train.batch_size,
+        f"at most the {n_train} images of the training split",
+    )
 
 
 def _parse_variant(name: str, spec: Any, train_raw: Mapping[str, Any]) -> Variant:
@@ -273,7 +334,7 @@ def _parse_variant(name: str, spec: Any, train_raw: Mapping[str, Any]) -> Varian
         VARIANT_NAME.fullmatch(name) is not None,
         key,
         name,
-        "a name of letters, digits, '_', '.', '-' (it names files and DVC stages)",
+        "a name of letters, digits, '_' and '-' (it names files and DVC stages)",
     )
     _require_mapping(spec, key)
     if "model" not in spec:
@@ -338,7 +399,13 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
         _check(
             isinstance(value, int | float) and not isinstance(value, bool), key, value, "a number"
         )
-        return float(value)
+        try:
+            number = float(value)
+        except OverflowError:  # an integer too large for a float
+            raise invalid(key, value, "a finite number") from None
+        # inf and nan pass every comparison a range check makes (or fail it silently).
+        _check(math.isfinite(number), key, value, "a finite number")
+        return number
     if hint is str:
         _check(isinstance(value, str), key, value, "a string")
         return value

@@ -23,7 +23,7 @@ from torch import nn
 
 from resnetlab import checkpoint, distributed, engine
 from resnetlab.atomic import remove_stale_temporaries
-from resnetlab.config import Variant
+from resnetlab.config import Variant, check_batch_fits
 from resnetlab.data import Prepared, load_prepared
 from resnetlab.device import autocast_dtype, resolve_device
 from resnetlab.errors import ResnetlabError
@@ -131,6 +131,7 @@ class Trainer:
         model = build_model(variant.model.name, **variant.model.args)  # validates the spec
         self.parameters = count_parameters(model)
         self.data: Prepared = load_prepared(data_dir, splits=("train", "val"))
+        check_batch_fits(variant, len(self.data.labels["train"]))  # global batch vs the split
         self.fingerprint = f"{variant.fingerprint()}-{data_fingerprint(data_dir)}"
         saved = checkpoint.resumable(self.checkpoint_path, self.fingerprint)
 

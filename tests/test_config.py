@@ -1,0 +1,211 @@
+"""Params that parse but make no sense are refused with the key; hostile variant names never
+reach a shell."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from dvc_project import DvcProject, tiny_params
+
+from resnetlab.config import check_batch_fits, load_params, parse_params
+from resnetlab.errors import ConfigError
+
+
+def params(variant: dict | None = None, data: dict | None = None, **train) -> dict:
+    return {
+        "data": data or {},
+        "train": {"epochs": 10, **train},
+        "variants": {"tiny": {"model": {"name": "resnet_v1", "depth": 8}, **(variant or {})}},
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Every float is finite
+
+
+@pytest.mark.parametrize("text", [".inf", "-.inf", ".nan", ".NaN", "inf", "nan", "1e999"])
+def test_non_finite_float_is_refused_naming_the_key(tmp_path, text):
+    path = tmp_path / "params.yaml"
+    path.write_text(f"train:\n  lr: {text}\nvariants: {{}}\n")
+    with pytest.raises(
+        ConfigError, match=r"^train\.lr: .* is not allowed; expected a finite number$"
+    ):
+        load_params(path)
+
+
+@pytest.mark.parametrize(
+    ("raw", "key"),
+    [
+        (params(weight_decay=float("inf")), "train.weight_decay"),
+        (params({"warmup_lr": float("nan")}), "variants.tiny.warmup_lr"),
+        (params(milestones=[0.5, float("inf")]), r"train.milestones\[1\]"),
+        (params(warmup_epochs=float("nan")), "train.warmup_epochs"),
+        (params(lr=10**400), "train.lr"),  # an int no float can hold
+    ],
+)
+def test_every_float_param_must_be_finite(raw, key):
+    with pytest.raises(ConfigError, match=rf"^{key}: .* expected a finite number$"):
+        parse_params(raw)
+
+
+def test_large_finite_values_still_pass():
+    # Finite but absurd is the training's business (a non-finite loss stops it with a hint).
+    assert parse_params(params(lr=1e30)).variant("tiny").train.lr == 1e30
+
+
+# ---------------------------------------------------------------------------------------------
+# Milestones within the epochs
+
+
+@pytest.mark.parametrize(
+    ("raw", "key"),
+    [
+        (params(milestones=[5, 10]), "train.milestones"),  # 10 of 10 epochs: never applies
+        (params(milestones=[91, 136], epochs=182, variant=None), None),
+        (params({"epochs": 50}, milestones=[91, 136], epochs=182), "variants.tiny.milestones"),
+    ],
+)
+def test_milestone_epoch_number_beyond_the_last_epoch_is_refused(raw, key):
+    if key is None:
+        assert parse_params(raw).variant("tiny").train.milestones == (91, 136)
+        return
+    with pytest.raises(
+        ConfigError, match=rf"^{key}: \[.*\] is not allowed; expected epoch numbers below epochs="
+    ):
+        parse_params(raw)
+
+
+def test_milestones_of_another_schedule_are_not_checked():
+    raw = params({"epochs": 10, "schedule": "cosine"}, milestones=[91, 136], epochs=182)
+    assert parse_params(raw).variant("tiny").train.schedule == "cosine"
+
+
+def test_milestone_fractions_scale_with_any_epochs():
+    # [0.5, 0.75] of 2 epochs reaches epoch 2, which never applies; fractions are relative by
+    # design and the README's quick run (-S train.epochs=2) uses the shipped ones.
+    for epochs in (1, 2, 182):
+        parse_params(params(milestones=[0.5, 0.75], epochs=epochs))
+    assert parse_params(params(milestones=[9], epochs=10)).train.milestones == (9,)
+
+
+# ---------------------------------------------------------------------------------------------
+# The batch fits the training split
+
+
+def test_batch_larger_than_the_subset_is_refused_at_load():
+    with pytest.raises(
+        ConfigError,
+        match=r"^variants\.tiny\.batch_size: 128 is not allowed; expected at most the 100 images",
+    ):
+        parse_params(params(batch_size=128, data={"subset": 100}))
+    parse_params(params(batch_size=100, data={"subset": 100}))
+    parse_params(params(batch_size=128))  # no subset: the split's size is known only later
+
+
+def test_check_batch_fits_names_the_variant_and_the_split():
+    variant = parse_params(params({"batch_size": 300})).variant("tiny")
+    check_batch_fits(variant, 300)
+    with pytest.raises(
+        ConfigError,
+        match=r"^variants\.tiny\.batch_size: 300 is not allowed; expected at most the 250 images "
+        r"of the training split$",
+    ):
+        check_batch_fits(variant, 250)
+
+
+# ---------------------------------------------------------------------------------------------
+# Duplicate keys
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            "train:\n  lr: 0.1\n  epochs: 3\n  lr: 0.5\nvariants: {}\n",
+            r"line 4: duplicate key 'lr' \(first on line 2\)",
+        ),
+        (
+            "variants:\n  a: {model: plain}\n  b: {model: plain}\n  a: {model: resnet_v1}\n",
+            r"line 4: duplicate key 'a' \(first on line 2\)",
+        ),
+        ("train: {lr: 0.1, lr: 0.2}\n", r"line 1: duplicate key 'lr' \(first on line 1\)"),
+        (
+            "data: {}\ntrain: {}\ndata: {seed: 1}\n",
+            r"line 3: duplicate key 'data' \(first on line 1\)",
+        ),
+    ],
+)
+def test_duplicate_key_is_refused_with_its_line(tmp_path, text, message):
+    path = tmp_path / "params.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=rf"^{path}, {message}; each key may appear once"):
+        load_params(path)
+
+
+def test_merge_keys_and_the_shipped_params_still_load(tmp_path):
+    # `<<: *anchor` followed by an override of a merged key is not a duplicate.
+    path = tmp_path / "params.yaml"
+    path.write_text(
+        "variants:\n  a: &a {model: {name: plain, depth: 8}, epochs: 4}\n"
+        "  b:\n    <<: *a\n    epochs: 6\n"
+    )
+    loaded = load_params(path)
+    assert loaded.variant("b").train.epochs == 6 and loaded.variant("a").train.epochs == 4
+    assert load_params(Path(__file__).resolve().parents[1] / "params.yaml").variants
+
+
+# ---------------------------------------------------------------------------------------------
+# A hostile variant name under DVC
+
+
+@pytest.mark.parametrize("name", ["x;touch PWNED", "x.y", "x y", "$(touch PWNED)", "-x"])
+def test_variant_name_outside_dvcs_stage_name_rule_is_refused(name):
+    raw = params()
+    raw["variants"] = {name: raw["variants"]["tiny"]}
+    with pytest.raises(ConfigError, match=r"expected a name of letters, digits, '_' and '-'"):
+        parse_params(raw)
+
+
+HOSTILE = "x;touch PWNED;$(touch PWNED2);`touch PWNED3`"
+
+
+@pytest.mark.slow
+def test_hostile_variant_name_never_reaches_the_shell(tiny_archive, tmp_path):
+    """DVC builds `train@<key>` and `evaluate@<key>` from every key under `variants` and runs
+    their commands through the shell; it does not check foreach keys. The commands in dvc.yaml
+    take the name from $DVC_STAGE in quotes, so the payload stays an argument resnetlab refuses."""
+    from dvc.repo import Repo
+
+    raw = tiny_params(*tiny_archive)
+    raw["variants"] = {HOSTILE: raw["variants"]["resnet8"]}
+    project = DvcProject(tmp_path / "proj", raw)
+    root = project.root
+
+    # DVC's own view of the pipeline: the stage exists, its command does not hold the name.
+    with Repo(str(root)) as repo:
+        commands = {s.addressing.split(":")[-1]: s.cmd for s in repo.index.stages}
+    assert set(commands) >= {f"train@{HOSTILE}", f"evaluate@{HOSTILE}"}
+    assert not [cmd for cmd in commands.values() if "PWNED" in cmd or "touch" in cmd]
+
+    # Run the stage for real (its upstream stages stand in: -s runs this one only, as a re-run
+    # would once download and prepare are up to date).
+    (root / "data/prepared").mkdir(parents=True)
+    (root / "data/prepared/meta.json").write_text("{}")
+    start = time.monotonic()
+    res = subprocess.run(
+        [str(Path(sys.executable).parent / "dvc"), "repro", "-s", f"train@{HOSTILE}"],
+        cwd=root,
+        env=project.env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert time.monotonic() - start < 180
+    assert res.returncode != 0
+    assert not [p.name for p in root.rglob("PWNED*")], "the payload ran"
+    err = res.stdout + res.stderr
+    assert f"variants.{HOSTILE}: '{HOSTILE}' is not allowed" in err
