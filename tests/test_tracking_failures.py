@@ -276,8 +276,9 @@ def test_compare_fails_fast_when_the_store_does_not_answer(workdir, monkeypatch,
 def test_run_left_running_by_kill_9_in_epoch_1_is_marked_killed_by_the_next_run(
     tiny_prepared, workdir
 ):
-    # Small batches: epoch 1 lasts long enough to be killed in, before any checkpoint exists.
-    write_params(workdir, epochs=1, batch_size=4)
+    # Batches of 2: epoch 1 lasts long enough (1.6 s here, from the run's creation to the first
+    # checkpoint) to be killed in before any checkpoint exists.
+    write_params(workdir, epochs=1, batch_size=2)
     uri = f"sqlite:///{workdir / 'mlflow.db'}"
     cmd = [sys.executable, "-m", "resnetlab", *train_argv(tiny_prepared)]
     proc = subprocess.Popen(cmd, cwd=workdir, stderr=subprocess.DEVNULL)
