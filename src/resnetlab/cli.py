@@ -20,6 +20,7 @@ STAGES = {
     "diagnose": "per-layer gradient norms of plain vs residual nets at initialisation",
     "compare": "leaderboard and every figure, over all variants",
     "predict": "classify image files with a trained variant or an MLflow model",
+    "relog": "record a trained variant in MLflow from its files (after tracking failed)",
     "app": "the web app (Streamlit): classify uploads, a model's mistakes, compare variants",
 }
 

@@ -5,23 +5,36 @@ when set, else the SQLite store `mlflow.db` in the current directory (the projec
 runs a stage), which `mlflow ui` opens by default. Nothing here sets MLflow's global tracking
 URI or active experiment, and nothing writes to `os.environ`.
 
+Every call is bounded in time. MLflow's REST client retries an unreachable server for minutes
+(`MLFLOW_HTTP_REQUEST_TIMEOUT` x `MLFLOW_HTTP_REQUEST_MAX_RETRIES`, read from the environment,
+which is the user's to set; neither `MlflowClient` nor its REST store takes a timeout or retry
+count of its own), so a stage first probes the server's `/health` with a short timeout and runs
+each call on a worker thread that it waits for only so long (`_Caller`).
+During training a call that fails is kept and retried at the next epoch and at the end: the
+epochs are on disk already, and training never waits minutes for tracking.
+
 Output-neutral by design: what is recorded here mirrors what the stages write to disk; no DVC
 output depends on this module's code.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import json
 import logging
 import os
+import socket
 import subprocess
 import tempfile
+import threading
 import time
 import urllib.request
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlparse
 
 from resnetlab.errors import ResnetlabError
@@ -36,11 +49,17 @@ if TYPE_CHECKING:
     from resnetlab.training import EpochEnd, RunStart, StepProgress
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # MLflow's param values are limited in length; longer ones (none expected) are cut.
 _PARAM_MAX = 6000
 _BATCH = 100  # MLflow accepts at most 100 params per log_batch call
-_PROBE_TIMEOUT_S = 10  # a dead server answers a health probe in seconds, not minutes of retries
+_METRICS_BATCH = 1000  # ... and at most 1000 metrics
+_PROBE_TIMEOUT_S = 3.0  # a live server answers /health in milliseconds
+_CALL_S = 20.0  # one metadata call (params, metrics, tags, status, lookups)
+_UPLOAD_S = 120.0  # one artifact upload; the largest model is a few MB
+# Tags that let a later execution tell whether the process recording a RUNNING run still lives.
+HOST_TAG, PID_TAG = "host", "pid"
 
 
 def tracking_uri() -> str:
@@ -61,22 +80,101 @@ def _first_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
 
 
-def ensure_reachable(experiment: str) -> str:
-    """Fail fast (before any work) if the tracking store cannot be used; returns the id of
-    `experiment`, created if missing."""
-    uri = tracking_uri()
-    try:
-        if urlparse(uri).scheme in ("http", "https"):
-            # MLflow's own client retries for minutes; a plain probe answers in seconds.
-            url = uri.rstrip("/") + "/health"
+# --- bounded calls ----------------------------------------------------------------------------
+
+
+class Unreachable(Exception):
+    """The tracking server did not answer: its /health probe failed, or a call overran."""
+
+
+class _Caller:
+    """Runs MLflow calls one at a time on a daemon thread, waiting at most a deadline for each.
+
+    A call that overruns is abandoned, not stopped: its thread runs on until MLflow gives up (a
+    daemon thread never holds up the process's exit). The next call first waits for it, within
+    its own deadline, so that two calls never overlap.
+    """
+
+    def __init__(self, uri: str):
+        self.uri = uri
+        self._thread: threading.Thread | None = None
+
+    def probe(self) -> None:
+        """Raise `Unreachable` unless an HTTP(S) server answers /health; other stores (SQLite,
+        files) have nothing to probe."""
+        if urlparse(self.uri).scheme not in ("http", "https"):
+            return
+        try:
+            url = self.uri.rstrip("/") + "/health"
             with urllib.request.urlopen(url, timeout=_PROBE_TIMEOUT_S) as response:
                 response.read(64)
-        return experiment_id(client(), experiment)
+        except (OSError, ValueError) as exc:  # URLError, timeouts, HTTP errors, bad URLs
+            reason = getattr(exc, "reason", None) or exc
+            raise Unreachable(f"unreachable ({_first_line(reason)})") from None
+
+    def __call__(self, fn: Callable[[], T], deadline_s: float) -> T:
+        end = time.monotonic() + deadline_s
+        if self._thread is not None and self._thread.is_alive():
+            self._thread.join(max(0.0, end - time.monotonic()))
+            if self._thread.is_alive():
+                raise Unreachable("unreachable (an earlier call is still waiting for an answer)")
+        box: dict[str, Any] = {}
+
+        def target() -> None:
+            try:
+                box["value"] = fn()
+            except BaseException as exc:  # handed to the waiting thread
+                box["error"] = exc
+
+        self._thread = threading.Thread(target=target, name="resnetlab-mlflow", daemon=True)
+        self._thread.start()
+        self._thread.join(max(0.0, end - time.monotonic()))
+        if self._thread.is_alive():
+            raise Unreachable(f"unreachable (no answer within {deadline_s:.0f} s)")
+        if "error" in box:
+            raise box["error"]
+        return box["value"]
+
+
+def _is_missing(exc: BaseException) -> bool:
+    """MLflow's 'no such run/experiment/model' (as opposed to an unreachable store)."""
+    return getattr(exc, "error_code", None) == "RESOURCE_DOES_NOT_EXIST"
+
+
+def _not_usable(uri: str, exc: BaseException) -> ResnetlabError:
+    return ResnetlabError(
+        f"MLflow tracking store {uri} is not usable: {_first_line(exc)}. "
+        "Start the server, fix MLFLOW_TRACKING_URI, or unset it to record into ./mlflow.db"
+    )
+
+
+def ensure_reachable(experiment: str) -> str:
+    """Fail fast (before any work, in seconds) if the tracking store cannot be used; returns
+    the id of `experiment`, created if missing."""
+    uri = tracking_uri()
+    calls = _Caller(uri)
+    try:
+        calls.probe()
+        return calls(lambda: experiment_id(client(), experiment), _CALL_S)
     except Exception as exc:  # any failure: the message says which store and why
-        raise ResnetlabError(
-            f"MLflow tracking store {uri} is not usable: {_first_line(exc)}. "
-            "Start the server, fix MLFLOW_TRACKING_URI, or unset it to record into ./mlflow.db"
-        ) from None
+        raise _not_usable(uri, exc) from None
+
+
+def check_run(run_id: str, what: str) -> None:
+    """Fail fast if run `run_id` cannot be recorded into: the store is unreachable, or it does
+    not hold that run (`what` says where the id came from)."""
+    uri = tracking_uri()
+    calls = _Caller(uri)
+    try:
+        calls.probe()
+        calls(lambda: client().get_run(run_id), _CALL_S)
+    except Exception as exc:
+        if _is_missing(exc):
+            raise ResnetlabError(
+                f"MLflow run {run_id} ({what}) not found in {uri}. Re-run its train stage "
+                "(dvc repro -f train@<variant>) to record a new one."
+            ) from None
+        raise _not_usable(uri, exc) from None
 
 
 def experiment_id(mlflow_client: MlflowClient, name: str) -> str:
@@ -126,12 +224,42 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
+@dataclass(frozen=True)
+class _Record:
+    """Something to record into the run, kept until the store has taken it."""
+
+    what: str  # for messages: "epoch 3", "the model", ...
+    call: Callable[[MlflowClient], object]
+    deadline_s: float = _CALL_S
+    epoch: int | None = None
+    prepare: Callable[[], object] | None = None  # local work before the call (an export)
+
+
+class TrackingBehind(ResnetlabError):
+    """The run could not be completed: the store did not take everything by the end."""
+
+    def __init__(self, uri: str, run_id: str, pending: str, reason: str):
+        self.uri, self.run_id, self.pending, self.reason = uri, run_id, pending, reason
+        super().__init__(
+            f"MLflow tracking store {uri} did not take the records ({reason}): run {run_id} "
+            f"lacks {pending}"
+        )
+
+
 class TrainingRun:
     """A variant's MLflow run for one execution of the train stage, and a training listener.
 
     As a context manager it starts the run (or, with `run_id`, re-opens the run an interrupted
-    execution left) and ends it FINISHED, KILLED on Ctrl-C or FAILED on an error. As a listener
-    (`resnetlab.training.TrainingListener`) it logs each epoch's metrics with step = epoch.
+    execution left), and on the way out ends it KILLED on Ctrl-C or FAILED on an error;
+    `finish()` records what is still pending and ends it FINISHED. Starting fails the stage if
+    the store does not answer. As a listener (`resnetlab.training.TrainingListener`) it logs
+    each epoch's metrics with step = epoch; what the store does not take in time is kept and
+    retried at the next epoch and by `finish()`, which raises `TrackingBehind` if the store
+    still does not take it. The first time the store falls behind, one warning says so.
+
+    Starting also ends, KILLED, the runs of this variant that a process on this machine left
+    RUNNING and no longer lives to end (kill -9, power loss): each run carries its process's
+    host and pid.
     """
 
     def __init__(
@@ -145,10 +273,17 @@ class TrainingRun:
         self.experiment = experiment
         self.name = name
         self.params = dict(params)
-        self.tags = dict(tags)
+        self.tags = {**tags, HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid())}
         self.run_id = run_id or ""
         self._resume_id = run_id
+        self.created = False  # whether entering created the run (rather than re-opening it)
         self._client: MlflowClient | None = None
+        self._calls = _Caller(tracking_uri())
+        self._pending: list[_Record] = []
+        self._behind = False
+        self._finished = self._finish_tried = False
+        self._reason = ""
+        self._staging: tempfile.TemporaryDirectory[str] | None = None
 
     @property
     def mlflow(self) -> MlflowClient:
@@ -157,29 +292,62 @@ class TrainingRun:
         return self._client
 
     def __enter__(self) -> TrainingRun:
+        try:
+            self._calls.probe()
+            self._calls(self._open, _CALL_S)
+        except Exception as exc:
+            raise _not_usable(self._calls.uri, exc) from None
+        return self
+
+    def _open(self) -> None:
+        """Create the run, or re-open the one to resume (on the worker thread)."""
         from mlflow.entities import Param, RunTag
 
         c = self.mlflow
+        exp_id = experiment_id(c, self.experiment)
+        self._end_orphans(c, exp_id)
         if self._resume_id is not None:
             try:
                 c.get_run(self._resume_id)
-                c.update_run(self._resume_id, status="RUNNING")
-            except Exception:
+            except Exception as exc:
+                if not _is_missing(exc):
+                    raise
                 log.warning(
                     "MLflow run %s from the checkpoint is gone; starting a new one", self._resume_id
                 )
                 self._resume_id = None
+        self.created = self._resume_id is None
         if self._resume_id is None:
-            exp_id = experiment_id(c, self.experiment)
-            run = c.create_run(exp_id, run_name=self.name)
+            run = c.create_run(exp_id, run_name=self.name, tags=self.tags)
             self.run_id = run.info.run_id
             params = [Param(k, _param(v)) for k, v in self.params.items()]
             for start in range(0, len(params), _BATCH):
                 c.log_batch(self.run_id, params=params[start : start + _BATCH])
         else:
             self.run_id = self._resume_id
-        c.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in self.tags.items()])
-        return self
+            c.update_run(self.run_id, status="RUNNING")
+            c.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in self.tags.items()])
+
+    def _end_orphans(self, c: MlflowClient, exp_id: str) -> None:
+        host = self.tags[HOST_TAG]
+        for run in c.search_runs([exp_id], "attributes.status = 'RUNNING'", max_results=1000):
+            tags = run.data.tags
+            pid = tags.get(PID_TAG, "")
+            if (
+                run.info.run_name != self.name
+                or tags.get(HOST_TAG) != host
+                or run.info.run_id == self._resume_id
+                or not pid.isdigit()
+                or _process_alive(int(pid))
+            ):
+                continue
+            c.set_terminated(run.info.run_id, status="KILLED")
+            log.info(
+                "%s: MLflow run %s was left RUNNING by process %s, which is gone; marked KILLED",
+                self.name,
+                run.info.run_id,
+                pid,
+            )
 
     def __exit__(
         self,
@@ -187,70 +355,195 @@ class TrainingRun:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if exc_type is None:
-            status = "FINISHED"
-        elif issubclass(exc_type, KeyboardInterrupt):
-            status = "KILLED"
-        else:
-            status = "FAILED"
-        self.mlflow.set_terminated(self.run_id, status=status)
+        try:
+            if exc_type is None and not self._finish_tried:
+                self.finish()
+            elif exc_type is not None and not isinstance(exc, TrackingBehind):
+                status = "KILLED" if issubclass(exc_type, KeyboardInterrupt) else "FAILED"
+                end = _Record(f"the end ({status})", self._terminator(status))
+                # Best effort: the stage is failing already, with its own message.
+                if not self._flush([end]):
+                    log.warning(
+                        "%s: MLflow run %s is not marked %s", self.name, self.run_id, status
+                    )
+        finally:
+            if self._staging is not None:
+                self._staging.cleanup()
+
+    def finish(self) -> None:
+        """Record everything pending and end the run FINISHED, or raise `TrackingBehind`."""
+        self._finish_tried = True
+        if not self._flush([_Record("its end", self._terminator("FINISHED"))]):
+            raise TrackingBehind(self._calls.uri, self.run_id, self.pending(), self._reason)
+        self._finished = True
+
+    def _terminator(self, status: str) -> Callable[[MlflowClient], object]:
+        return lambda c: c.set_terminated(self.run_id, status=status)
+
+    # --- what is not recorded yet -------------------------------------------------------------
+
+    def _flush(self, more: Sequence[_Record] = ()) -> bool:
+        """Hand the store what is pending, in order; False (keeping the rest) if it fails."""
+        self._pending.extend(more)
+        try:
+            if self._pending:
+                self._calls.probe()
+        except Unreachable as exc:
+            return self._fell_behind(exc)
+        while self._pending:
+            record = self._pending[0]
+            if record.prepare is not None:  # on this thread, and only once the store answers
+                record.prepare()
+                record = self._pending[0] = dataclasses.replace(record, prepare=None)
+            try:
+                self._calls(functools.partial(record.call, self.mlflow), record.deadline_s)
+            except Exception as exc:
+                return self._fell_behind(exc)
+            self._pending.pop(0)
+        if self._behind:
+            self._behind = False
+            log.info("%s: MLflow tracking caught up", self.name)
+        return True
+
+    def _fell_behind(self, exc: Exception) -> bool:
+        self._reason = _first_line(exc)
+        if not self._behind:
+            self._behind = True
+            log.warning(
+                "%s: MLflow tracking is behind: %s did not take %s (%s); nothing is lost (it "
+                "is on disk), and it is retried at each epoch and at the end",
+                self.name,
+                self._calls.uri,
+                self.pending(),
+                self._reason,
+            )
+        return False
+
+    def pending(self) -> str:
+        """What the store has not taken yet, in words: `epochs 2-5, the model, its end`."""
+        epochs = [r.epoch for r in self._pending if r.epoch is not None]
+        others = list(dict.fromkeys(r.what for r in self._pending if r.epoch is None))
+        parts = [_epoch_range(epochs)] if epochs else []
+        return ", ".join(parts + others) or "nothing"
 
     # --- listener -----------------------------------------------------------------------------
 
     def on_start(self, event: RunStart) -> None:
         if event.resumed_epoch == 0:
-            self.log_metrics({"parameters": float(event.parameters)}, step=0)
-            return
-        # The checkpoint is written before listeners hear of an epoch, so an interruption can
-        # leave epochs on disk that never reached the run: log those now.
-        logged = {m.step for m in self.mlflow.get_metric_history(self.run_id, "val_accuracy")}
-        for row in event.history:
-            if row.epoch not in logged:
-                self._log_row(row)
+            self._add("the parameter count", {"parameters": float(event.parameters)}, step=0)
+        else:
+            # The checkpoint is written before listeners hear of an epoch, so an interruption
+            # can leave epochs on disk that never reached the run: log those now.
+            self.log_history(event.history)
+        self._flush()
 
-    def _log_row(self, row: HistoryRow) -> None:
-        self.log_metrics({k: v for k, v in vars(row).items() if k != "epoch"}, step=row.epoch)
+    def log_history(self, rows: Sequence[HistoryRow]) -> None:
+        """Log the epochs of `rows` that the run does not hold yet."""
+        rows = tuple(rows)
+        if rows:
+            what = _epoch_range([r.epoch for r in rows]) + " (those the run lacks)"
+            self._pending.append(_Record(what, lambda c: self._log_missing(c, rows), _UPLOAD_S))
+
+    def _log_missing(self, c: MlflowClient, rows: Sequence[HistoryRow]) -> None:
+        logged = {m.step for m in c.get_metric_history(self.run_id, "val_accuracy")}
+        missing = [
+            m for r in rows if r.epoch not in logged for m in _metrics(_row_metrics(r), r.epoch)
+        ]
+        for start in range(0, len(missing), _METRICS_BATCH):
+            c.log_batch(self.run_id, metrics=missing[start : start + _METRICS_BATCH])
 
     def on_epoch_start(self, epoch: int, epochs: int) -> None: ...
 
     def on_step(self, event: StepProgress) -> None: ...
 
     def on_epoch_end(self, event: EpochEnd) -> None:
-        self._log_row(event.row)
+        row = event.row
+        self._add(f"epoch {row.epoch}", _row_metrics(row), step=row.epoch, epoch=row.epoch)
+        self._flush()
 
     def on_stop(self) -> None: ...
 
-    # --- records ------------------------------------------------------------------------------
+    # --- records (kept until `finish()` or the next epoch hands them over) --------------------
+
+    def _add(self, what: str, metrics: Mapping[str, float], step: int, epoch: int | None = None):
+        # Timestamped now: a record sent twice (an abandoned call that got through after all)
+        # is the same metric, not a second point.
+        call = functools.partial(_log_batch, self.run_id, _metrics(metrics, step))
+        self._pending.append(_Record(what, call, epoch=epoch))
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
-        from mlflow.entities import Metric
-
-        now = _now_ms()
-        batch = [Metric(k, float(v), now, step) for k, v in metrics.items()]
-        self.mlflow.log_batch(self.run_id, metrics=batch)
+        self._add(", ".join(metrics), metrics, step)
 
     def log_table(self, frame: pd.DataFrame, artifact_file: str) -> None:
-        self.mlflow.log_table(self.run_id, frame, artifact_file)
+        run_id = self.run_id
+        self._pending.append(
+            _Record(artifact_file, lambda c: c.log_table(run_id, frame, artifact_file), _UPLOAD_S)
+        )
 
     def log_files(self, paths: Iterable[Path], artifact_path: str | None = None) -> None:
         for path in paths:
-            self.mlflow.log_artifact(self.run_id, str(path), artifact_path=artifact_path)
+            self._pending.append(_Record(Path(path).name, self._uploader(path, artifact_path)))
+
+    def _uploader(self, path: Path, artifact_path: str | None) -> Callable[[MlflowClient], object]:
+        run_id = self.run_id
+        return lambda c: c.log_artifact(run_id, str(path), artifact_path=artifact_path)
 
     def log_model(
         self, model: torch.nn.Module, input_example: np.ndarray, classes: Sequence[str]
     ) -> None:
         """Log `model` as the run's `model` artifact: pyfunc-servable on N x 3 x 32 x 32 float
-        arrays in [0, 1]; output: logits in the order of `classes` (kept in its metadata)."""
-        log_model_artifact(self.mlflow, self.run_id, model, input_example, classes)
+        arrays in [0, 1]; output: logits in the order of `classes` (kept in its metadata).
+        Exported (seconds) only when the store answers, then uploaded with the other records."""
+        if self._staging is None:
+            self._staging = tempfile.TemporaryDirectory(prefix="resnetlab-model-")
+        local = Path(self._staging.name) / "model"
+        export = functools.partial(save_model_artifact, model, local, input_example, classes)
+        upload = functools.partial(_log_artifacts, self.run_id, str(local), "model")
+        self._pending.append(_Record("the model", upload, _UPLOAD_S, prepare=export))
 
 
-def log_model_artifact(
-    mlflow_client: MlflowClient,
-    run_id: str,
-    model: torch.nn.Module,
-    input_example: np.ndarray,
-    classes: Sequence[str],
+def _log_batch(run_id: str, metrics: Sequence[Any], c: MlflowClient) -> None:
+    c.log_batch(run_id, metrics=metrics)
+
+
+def _log_artifacts(run_id: str, local: str, artifact_path: str, c: MlflowClient) -> None:
+    c.log_artifacts(run_id, local, artifact_path=artifact_path)
+
+
+def _row_metrics(row: HistoryRow) -> dict[str, float]:
+    return {k: v for k, v in vars(row).items() if k != "epoch"}
+
+
+def _metrics(metrics: Mapping[str, float], step: int) -> list[Any]:
+    from mlflow.entities import Metric
+
+    now = _now_ms()
+    return [Metric(k, float(v), now, step) for k, v in metrics.items()]
+
+
+def _epoch_range(epochs: Sequence[int]) -> str:
+    if len(epochs) == 1:
+        return f"epoch {epochs[0]}"
+    if list(epochs) == list(range(epochs[0], epochs[-1] + 1)):
+        return f"epochs {epochs[0]}-{epochs[-1]}"
+    return "epochs " + ", ".join(map(str, epochs))
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: alive, someone else's
+        return True
+    return True
+
+
+def save_model_artifact(
+    model: torch.nn.Module, local: Path, input_example: np.ndarray, classes: Sequence[str]
 ) -> None:
+    """Save `model` as an MLflow model folder at `local`, in the one format
+    `resnetlab.logged_model` loads back: pt2 (torch.export's program), no code paths."""
     import mlflow.pytorch
     import numpy as np
     import torch
@@ -260,36 +553,50 @@ def log_model_artifact(
     model = model.cpu().eval()
     with torch.no_grad():
         output = model(torch.from_numpy(input_example)).numpy()
-    with tempfile.TemporaryDirectory() as tmp:
-        local = Path(tmp) / "model"
-        mlflow.pytorch.save_model(
-            model,
-            str(local),
-            signature=infer_signature(input_example, output),
-            input_example=input_example,
-            metadata={"classes": list(classes)},
-            # torch.export's program: loading it runs no pickled code and needs no resnetlab.
-            serialization_format="pt2",
-            # Explicit requirements skip MLflow's slow inference of them.
-            pip_requirements=[
-                f"torch=={torch.__version__.split('+')[0]}",
-                f"torchvision=={torchvision.__version__.split('+')[0]}",
-                f"numpy=={np.__version__}",
-            ],
-        )
-        mlflow_client.log_artifacts(run_id, str(local), artifact_path="model")
+    mlflow.pytorch.save_model(
+        model,
+        str(local),
+        signature=infer_signature(input_example, output),
+        input_example=input_example,
+        metadata={"classes": list(classes)},
+        # torch.export's program: loading it runs no pickled code and needs no resnetlab.
+        serialization_format="pt2",
+        # Explicit requirements skip MLflow's slow inference of them.
+        pip_requirements=[
+            f"torch=={torch.__version__.split('+')[0]}",
+            f"torchvision=={torchvision.__version__.split('+')[0]}",
+            f"numpy=={np.__version__}",
+        ],
+    )
 
 
-def _local_model_dir(mlflow_client: MlflowClient, model_uri: str) -> Path:
-    """A local folder holding the MLmodel at `model_uri`; downloads only from remote stores."""
+def model_folder(model_uri: str) -> Path:
+    """A local folder holding the MLflow model at `model_uri` (`runs:/<id>/model`,
+    `models:/<name>/<version>`, a local path, ...); downloads only from remote stores. Nothing
+    in it is loaded here: see `resnetlab.logged_model`."""
+    uri = tracking_uri()
+    calls = _Caller(uri)
+    try:
+        if urlparse(model_uri).scheme in ("runs", "models"):
+            calls.probe()
+        return calls(lambda: _local_model_dir(model_uri), _UPLOAD_S)
+    except ResnetlabError:
+        raise
+    except Exception as exc:
+        raise ResnetlabError(
+            f"cannot load the MLflow model {model_uri} (tracking store {uri}): {_first_line(exc)}"
+        ) from None
+
+
+def _local_model_dir(model_uri: str) -> Path:
     parsed = urlparse(model_uri)
     source = model_uri
     if parsed.scheme == "runs":
         run_id, _, path = model_uri[len("runs:/") :].partition("/")
-        source = mlflow_client.get_run(run_id).info.artifact_uri.rstrip("/") + "/" + path
+        source = client().get_run(run_id).info.artifact_uri.rstrip("/") + "/" + path
     elif parsed.scheme == "models":
         name, _, version = model_uri[len("models:/") :].partition("/")
-        source = mlflow_client.get_model_version_download_uri(name, version)
+        source = client().get_model_version_download_uri(name, version)
     local = urlparse(source)
     if local.scheme in ("", "file"):
         folder = Path(local.path if local.scheme else source)
@@ -303,49 +610,30 @@ def _local_model_dir(mlflow_client: MlflowClient, model_uri: str) -> Path:
     )
 
 
-def load_logged_model(model_uri: str) -> tuple[torch.nn.Module, list[str] | None]:
-    """The PyTorch model logged at `model_uri` (`runs:/<id>/model`, `models:/<name>/<version>`,
-    a local path, ...), as `TrainingRun.log_model` logged it: [0, 1] images in, logits out; and
-    its class names when the model's metadata has them."""
-    try:
-        import mlflow.pytorch
-        from mlflow.models import Model
-
-        folder = _local_model_dir(client(), model_uri)
-        # Not .eval()'d here: the torch.export'ed module MLflow returns for the pt2 format
-        # refuses train()/eval() calls (it is exported in eval mode).
-        model = mlflow.pytorch.load_model(str(folder))
-        metadata = Model.load(str(folder / "MLmodel")).metadata or {}
-        return model, metadata.get("classes")
-    except Exception as exc:
-        raise ResnetlabError(
-            f"cannot load the MLflow model {model_uri} (tracking store {tracking_uri()}): "
-            f"{_first_line(exc)}"
-        ) from None
-
-
-def _existing_run(mlflow_client: MlflowClient, run_id: str, what: str) -> None:
-    from mlflow.exceptions import MlflowException
-
-    try:
-        mlflow_client.get_run(run_id)
-    except MlflowException as exc:
-        raise ResnetlabError(
-            f"MLflow run {run_id} ({what}) not found in {tracking_uri()}: {_first_line(exc)}. "
-            "Re-run its train stage (dvc repro -f train@<variant>) to record a new one."
-        ) from None
-
-
-def log_evaluation(run_id: str, metrics: Mapping[str, float], files: Iterable[Path]) -> None:
+def log_evaluation(run_id: str, metrics: Mapping[str, float], files: Sequence[Path]) -> None:
     """Add test-set metrics (already `test_`-prefixed) and files to a finished training run."""
-    from mlflow.entities import Metric
-
-    c = client()
-    _existing_run(c, run_id, "from the train stage")
+    uri = tracking_uri()
+    calls = _Caller(uri)
     now = _now_ms()
-    c.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()])
-    for path in files:
-        c.log_artifact(run_id, str(path), artifact_path="evaluation")
+
+    def record() -> None:
+        from mlflow.entities import Metric
+
+        c = client()
+        c.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()])
+        for path in files:
+            c.log_artifact(run_id, str(path), artifact_path="evaluation")
+
+    try:
+        calls.probe()
+        calls(record, _UPLOAD_S)
+    except Exception as exc:
+        where = Path(files[0]).parent if files else "disk"
+        raise ResnetlabError(
+            f"MLflow tracking store {uri} did not take the evaluation ({_first_line(exc)}): it "
+            f"is written to {where} but not recorded in run {run_id}; re-run this stage when "
+            "the store answers"
+        ) from None
 
 
 def log_comparison(
@@ -357,29 +645,47 @@ def log_comparison(
     """Record the leaderboard and comparison figures as a run of their own, and each variant's
     figures into that variant's training run (`variant_files`: run id -> files); returns the
     comparison run's id."""
-    c = client()
-    from mlflow.entities import RunTag
+    uri = tracking_uri()
+    calls = _Caller(uri)
+    files = list(files)
+    made: list[str] = []
 
-    run = c.create_run(experiment_id(c, experiment), run_name="compare")
-    run_id = run.info.run_id
-    try:
-        c.log_batch(run_id, tags=[RunTag(k, v) for k, v in common_tags("compare").items()])
-        c.log_table(run_id, leaderboard, "leaderboard.json")
+    def record() -> str:
+        from mlflow.entities import RunTag
+
+        c = client()
+        run = c.create_run(experiment_id(c, experiment), run_name="compare")
+        made.append(run.info.run_id)
+        c.log_batch(run.info.run_id, tags=[RunTag(k, v) for k, v in common_tags("compare").items()])
+        c.log_table(run.info.run_id, leaderboard, "leaderboard.json")
         for path in files:
-            c.log_artifact(run_id, str(path))
+            c.log_artifact(run.info.run_id, str(path))
         for variant_run, paths in (variant_files or {}).items():
             try:
                 c.get_run(variant_run)
-            except Exception:
+            except Exception as exc:
+                if not _is_missing(exc):
+                    raise
                 log.warning("MLflow run %s is gone; its figures are not logged", variant_run)
                 continue
             for path in paths:
                 c.log_artifact(variant_run, str(path), artifact_path="figures")
-    except BaseException:
-        c.set_terminated(run_id, status="FAILED")
-        raise
-    c.set_terminated(run_id, status="FINISHED")
-    return run_id
+        c.set_terminated(run.info.run_id, status="FINISHED")
+        return run.info.run_id
+
+    try:
+        calls.probe()
+        return calls(record, _UPLOAD_S)
+    except Exception as exc:
+        if made:  # best effort: the stage fails with the message below either way
+            try:
+                calls(lambda: client().set_terminated(made[0], status="FAILED"), _CALL_S)
+            except Exception:
+                log.debug("comparison run %s not marked FAILED", made[0])
+        raise ResnetlabError(
+            f"MLflow tracking store {uri} did not take the comparison ({_first_line(exc)}): the "
+            "reports are written but not recorded; re-run this stage when the store answers"
+        ) from None
 
 
 def registered_model_uris(limit: int = 200) -> list[str]:

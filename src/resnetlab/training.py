@@ -350,9 +350,12 @@ class Trainer:
             images_per_s=round(float(images) / max(p.train_time_s, 1e-9), 1),
         )
 
-    def finish(self) -> None:
-        """Mark the checkpoint finished (after the outputs are written): never resumed again."""
-        if self.is_main:
+    def finish(self, completed: bool = True) -> None:
+        """Mark the checkpoint finished (after the outputs are written): never resumed again.
+        With `completed=False` (the outputs are written but the stage fails, e.g. tracking did
+        not record them) it stays resumable: a re-run resumes after the last epoch, trains
+        nothing, and writes and records the outputs again."""
+        if self.is_main and completed:
             self.state(finished=True).save(self.checkpoint_path)
         distributed.barrier(self.dist)
         distributed.shutdown(self.dist)

@@ -2,7 +2,7 @@
 every figure of the pipeline (`resnetlab.figures`, under `<out>/figures/`), also logged to MLflow.
 
 The only stage that draws, so editing a figure re-runs nothing else. Params read: `variants`
-(which to compare), `mlflow.experiment`.
+(which to compare), `mlflow.experiment`. An unreachable tracking store stops it at start.
 """
 
 from __future__ import annotations
@@ -39,6 +39,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> None:
     params = load_params(args.params)
     variants = leaderboard.check_variants(list(params.variants))
+    # Imported here: MLflow is slow to import and nothing but recording needs it.
+    from resnetlab import tracking
+
+    # Before the work, in seconds: recording the result needs the store.
+    tracking.ensure_reachable(params.mlflow.experiment)
     # Everything is read (and checked) before anything is written: a missing variant leaves the
     # previous reports untouched rather than half replaced.
     board = leaderboard.build_leaderboard(variants, args.metrics)
@@ -53,9 +58,6 @@ def run(args: argparse.Namespace) -> None:
     per_variant = figures.write_variant_figures(histories, confusions, args.out / FIGURES)
     for line in leaderboard.leaderboard_markdown(board).splitlines():
         log.info("%s", line)
-
-    # Imported here: MLflow is slow to import and the rest of the stage does not need it.
-    from resnetlab import tracking
 
     runs = _runs_of(per_variant, args.models)
     tracking.log_comparison(params.mlflow.experiment, board, files, variant_files=runs)

@@ -3,7 +3,8 @@
 Reads no params: the model file carries its resolved config (device, precision, batch size).
 Writes eval.json (DVC metrics), per_class.csv, confusion.csv (counts) and predictions.csv (one
 row per test image, for DVC's confusion plot), and logs the `test_*` metrics and files into the
-variant's MLflow training run. Figures are drawn by the compare stage.
+variant's MLflow training run, which it checks first: an unreachable store or a missing run
+stops the stage in seconds, before any work. Figures are drawn by the compare stage.
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ def run(args: argparse.Namespace) -> None:
 def evaluate_variant(variant: str, data_dir: Path, model_dir: Path, out_dir: Path) -> EvalReport:
     record = ModelRecord.read(Path(model_dir) / "model.pt", variant)
     run_file = RunFile.read(Path(model_dir) / "mlflow_run.json", variant)
+    # Before the work, in seconds: the store answers and holds the run to record into.
+    tracking.check_run(run_file.run_id, "from the train stage")
     net = build_network(record, Path(model_dir) / "model.pt")
     cfg = record.variant.train
     device = resolve_device(cfg.device)

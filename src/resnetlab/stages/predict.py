@@ -9,6 +9,8 @@ the exit status is 1.
 --variant loads `<models-dir>/<NAME>/model.pt`, the train stage's output. --model-uri loads the
 model the train stage logged to MLflow (e.g. `runs:/<run id>/model`); its class names come from the
 model's MLflow metadata (CIFAR-10's ten classes, in label order, for a model logged without them).
+Only the format the train stage logs is loaded (pt2, no code paths; `resnetlab.logged_model`): a
+model folder that would unpickle or import its own code is refused before anything of it runs.
 """
 
 from __future__ import annotations
@@ -105,8 +107,9 @@ def _load(args: argparse.Namespace) -> tuple[torch.nn.Module, Sequence[str]]:
 
         model, record = load_classifier(args.models_dir / args.variant / "model.pt")
         return model, list(record.classes)
-    from resnetlab import tracking
+    from resnetlab import logged_model
 
-    model, classes = tracking.load_logged_model(args.model_uri)
+    # Never mlflow.pytorch.load_model: it unpickles and imports what a model folder brings.
+    model, classes = logged_model.load_uri(args.model_uri)
     # A model logged without class names in its metadata: assume CIFAR-10's label order.
     return model, classes or CIFAR10_CLASSES

@@ -8,6 +8,11 @@ Outputs (paths from the command line, i.e. from dvc.yaml):
   <out>/checkpoint.pt    last complete epoch; DVC keeps it (persist) so an interrupted run resumes
   <out>/mlflow_run.json  the MLflow run id, for the evaluate and compare stages
   <metrics>/train.json   summary metrics;  <metrics>/history.csv  one row per epoch
+
+A tracking server that stops answering never costs an epoch: what it does not take is retried at
+each epoch and at the end. If it still does not take it then, the stage fails after writing
+model.pt, train.json and history.csv (not mlflow_run.json), leaving the checkpoint resumable;
+`resnetlab relog --variant NAME` records them later, or a re-run records without training.
 """
 
 from __future__ import annotations
@@ -16,13 +21,15 @@ import argparse
 import logging
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from resnetlab import tracking
 from resnetlab.config import Variant, flatten, load_params
+from resnetlab.errors import ResnetlabError
 from resnetlab.inference import Classifier, build_network
 from resnetlab.progress import ConsoleProgress
-from resnetlab.records import RunFile, TrainSummary
+from resnetlab.records import History, ModelRecord, RunFile, TrainSummary
 from resnetlab.training import Trainer
 
 log = logging.getLogger(__name__)
@@ -65,23 +72,28 @@ def train_variant(
         "num_processes": str(trainer.dist.world),
     }
     resume_id = trainer.progress.run_id
+    behind: tracking.TrackingBehind | None = None
     with tracking.TrainingRun(experiment, variant.name, run_params, tags, resume_id) as run:
         trainer.progress.run_id = run.run_id
         trainer.fit([console, run], sync_every=console.sync_every)
 
+        # Written before the run is completed: if the store fails now, the stage fails, but
+        # the results stay on disk for `resnetlab relog`.
         record, history, summary = trainer.model_record(), trainer.history(), trainer.summary()
         record.write(out_dir / "model.pt")
         history.write(metrics_dir / "history.csv")
         summary.write(metrics_dir / "train.json")
-        classifier = Classifier(build_network(record), record.mean, record.std)
         example = trainer.data.images["val"][:4].transpose(0, 3, 1, 2).astype("float32") / 255
-        run.log_model(classifier, example, record.classes)
-        run.log_table(history.frame(), "history.json")
-        run.log_files([metrics_dir / "train.json", metrics_dir / "history.csv"])
-        best = {"best_val_accuracy": record.best_val_accuracy, "best_epoch": record.best_epoch}
-        run.log_metrics(best, step=summary.epochs)
-        RunFile(run.run_id, experiment).write(out_dir / "mlflow_run.json")
-    trainer.finish()
+        log_outputs(run, record, history, summary, metrics_dir, example)
+        try:
+            run.finish()
+            RunFile(run.run_id, experiment).write(out_dir / "mlflow_run.json")
+        except tracking.TrackingBehind as exc:
+            behind = exc
+    # An unrecorded run leaves the checkpoint resumable: re-running the stage trains nothing.
+    trainer.finish(completed=behind is None)
+    if behind is not None:
+        raise ResnetlabError(_behind_message(variant.name, behind, out_dir, metrics_dir))
     log.info(
         "%s: best val accuracy %.2f%% at epoch %d; model -> %s",
         variant.name,
@@ -90,3 +102,34 @@ def train_variant(
         out_dir / "model.pt",
     )
     return summary
+
+
+def log_outputs(
+    run: tracking.TrainingRun,
+    record: ModelRecord,
+    history: History,
+    summary: TrainSummary,
+    metrics_dir: Path,
+    example: np.ndarray,
+) -> None:
+    """What a finished training adds to its run (also what `resnetlab relog` records)."""
+    classifier = Classifier(build_network(record), record.mean, record.std)
+    run.log_model(classifier, example, record.classes)
+    run.log_table(history.frame(), "history.json")
+    run.log_files([metrics_dir / "train.json", metrics_dir / "history.csv"])
+    best = {"best_val_accuracy": record.best_val_accuracy, "best_epoch": record.best_epoch}
+    run.log_metrics(best, step=summary.epochs)
+
+
+def _behind_message(
+    name: str, behind: tracking.TrackingBehind, out_dir: Path, metrics_dir: Path
+) -> str:
+    relog = f"resnetlab relog --variant {name}"
+    if out_dir != Path("models") / name or metrics_dir != Path("metrics") / name:
+        relog += f" --models-dir {out_dir.parent} --metrics-dir {metrics_dir.parent}"
+    return (
+        f"{name}: training is complete but not recorded: {behind}. The model and metrics are "
+        f"on disk ({out_dir / 'model.pt'}, {metrics_dir / 'history.csv'}, "
+        f"{metrics_dir / 'train.json'}); when the store answers, record them with `{relog}`, "
+        "or re-run this stage (it resumes after the last epoch, trains nothing and records)"
+    )

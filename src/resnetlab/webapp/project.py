@@ -162,10 +162,11 @@ def load_variant_model(project: Project, variant: str) -> tuple[torch.nn.Module,
 
 def load_uri_model(uri: str) -> tuple[torch.nn.Module, list[str]]:
     """The model logged to MLflow at `uri` and its class names, as `resnetlab predict` loads it."""
-    from resnetlab import tracking
+    from resnetlab import logged_model
     from resnetlab.classify import CIFAR10_CLASSES
 
-    model, classes = tracking.load_logged_model(uri)
+    # The safe loader `resnetlab predict` uses: never unpickles or imports a model's own code.
+    model, classes = logged_model.load_uri(uri)
     # A model logged without class names in its metadata: CIFAR-10's label order.
     return model, list(classes or CIFAR10_CLASSES)
 

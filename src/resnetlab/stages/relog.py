@@ -1,0 +1,102 @@
+"""`resnetlab relog --variant NAME`: record a trained variant in MLflow from its files on disk.
+
+For when the tracking store stopped answering during training: the train stage then fails at
+the end, but leaves `<models-dir>/<NAME>/model.pt`, `<metrics-dir>/<NAME>/history.csv` and
+`train.json` (and its checkpoint, still resumable). relog continues the variant's run (its id
+from the checkpoint, else from mlflow_run.json; a new run, with the variant's parameters, if
+neither names one the store holds), logs the epochs the run lacks, the best epoch, the history
+table, train.json, history.csv and the model, ends the run FINISHED and writes mlflow_run.json.
+Params read: `mlflow.experiment`. Trains nothing and needs no data.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from resnetlab import checkpoint, tracking
+from resnetlab.config import flatten, load_params
+from resnetlab.errors import ResnetlabError
+from resnetlab.records import History, ModelRecord, RecordError, RunFile, TrainSummary
+from resnetlab.stages.train import log_outputs
+
+log = logging.getLogger(__name__)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file")
+    p.add_argument("--variant", required=True, help="the trained variant to record")
+    p.add_argument(
+        "--models-dir",
+        type=Path,
+        default=Path("models"),
+        metavar="DIR",
+        help="the train stage's output folder, as in dvc.yaml (default: models)",
+    )
+    p.add_argument(
+        "--metrics-dir",
+        type=Path,
+        default=Path("metrics"),
+        metavar="DIR",
+        help="the train stage's metrics folder, as in dvc.yaml (default: metrics)",
+    )
+
+
+def run(args: argparse.Namespace) -> None:
+    relog(
+        args.variant, args.params, args.models_dir / args.variant, args.metrics_dir / args.variant
+    )
+
+
+def relog(variant: str, params: Path, out_dir: Path, metrics_dir: Path) -> str:
+    """Record the variant's training from its files; returns the MLflow run id."""
+    record = ModelRecord.read(out_dir / "model.pt", variant)
+    history = History.read(metrics_dir / "history.csv", variant)
+    summary = TrainSummary.read(metrics_dir / "train.json", variant)
+    experiment = load_params(params).mlflow.experiment
+    tracking.ensure_reachable(experiment)
+
+    run_params = {**flatten(record.variant.to_dict()), "parameters": record.parameters}
+    tags = {
+        **tracking.common_tags("train"),
+        "variant": variant,
+        "torch_version": torch.__version__,
+        "relogged": "true",
+    }
+    run_id = _earlier_run(out_dir, variant)
+    try:
+        with tracking.TrainingRun(experiment, variant, run_params, tags, run_id) as run:
+            if run.created:
+                run.log_metrics({"parameters": float(record.parameters)}, step=0)
+            run.log_history(history.rows)
+            # The data is not needed: the model's input example is any batch of valid images.
+            example = np.random.default_rng(0).random((4, 3, 32, 32), dtype=np.float32)
+            log_outputs(run, record, history, summary, metrics_dir, example)
+            run.finish()
+    except tracking.TrackingBehind as exc:
+        raise ResnetlabError(f"{variant}: not recorded: {exc}; try again later") from None
+    RunFile(run.run_id, experiment).write(out_dir / "mlflow_run.json")
+    log.info("%s: recorded %d epochs into MLflow run %s", variant, len(history.rows), run.run_id)
+    return run.run_id
+
+
+def _earlier_run(out_dir: Path, variant: str) -> str | None:
+    """The run the train stage recorded into: the checkpoint's (an unrecorded training leaves
+    it resumable), else the run file's; None if neither says."""
+    ckpt = out_dir / "checkpoint.pt"
+    if ckpt.exists():
+        try:
+            run_id = (checkpoint.load(ckpt).get("progress") or {}).get("run_id")
+        except ResnetlabError as exc:
+            log.warning("%s: %s", variant, exc)
+        else:
+            if isinstance(run_id, str) and run_id:
+                return run_id
+    try:
+        return RunFile.read(out_dir / "mlflow_run.json", variant).run_id
+    except RecordError:
+        return None
