@@ -45,7 +45,7 @@ if TYPE_CHECKING:
     import torch
     from mlflow.tracking import MlflowClient
 
-    from resnetlab.records import HistoryRow
+    from resnetlab.records import History, HistoryRow, ModelRecord, TrainSummary
     from resnetlab.training import EpochEnd, RunStart, StepProgress
 
 log = logging.getLogger(__name__)
@@ -202,6 +202,19 @@ def git_commit() -> str | None:
     return (res.stdout.strip() or None) if res.returncode == 0 else None
 
 
+def training_tags(variant: str, device: object, processes: int) -> dict[str, str]:
+    """Tags of a variant's training run: `common_tags` plus what ran it."""
+    import torch
+
+    return {
+        **common_tags("train"),
+        "variant": variant,
+        "device": str(device),
+        "torch_version": torch.__version__,
+        "num_processes": str(processes),
+    }
+
+
 def common_tags(stage: str) -> dict[str, str]:
     """Tags every run gets: the stage, the git commit, and DVC's experiment name and baseline
     revision while `dvc exp run` executes the stage."""
@@ -243,6 +256,19 @@ class TrackingBehind(ResnetlabError):
         super().__init__(
             f"MLflow tracking store {uri} did not take the records ({reason}): run {run_id} "
             f"lacks {pending}"
+        )
+
+    def stage_message(self, name: str, out_dir: Path, metrics_dir: Path) -> str:
+        """What the train stage says when it ends with the run incomplete."""
+        relog = f"resnetlab relog --variant {name}"
+        if out_dir != Path("models") / name or metrics_dir != Path("metrics") / name:
+            relog += f" --models-dir {out_dir.parent} --metrics-dir {metrics_dir.parent}"
+        return (
+            f"{name}: training is complete but not recorded: {self}. The model and metrics are "
+            f"on disk ({out_dir / 'model.pt'}, {metrics_dir / 'history.csv'}, "
+            f"{metrics_dir / 'train.json'}); when the store answers, record them with "
+            f"`{relog}`, or re-run this stage (it resumes after the last epoch, trains nothing "
+            "and records)"
         )
 
 
@@ -487,6 +513,23 @@ class TrainingRun:
     def _uploader(self, path: Path, artifact_path: str | None) -> Callable[[MlflowClient], object]:
         run_id = self.run_id
         return lambda c: c.log_artifact(run_id, str(path), artifact_path=artifact_path)
+
+    def log_outputs(
+        self,
+        classifier: torch.nn.Module,
+        record: ModelRecord,
+        history: History,
+        summary: TrainSummary,
+        metrics_dir: Path,
+        example: np.ndarray,
+    ) -> None:
+        """What a finished training adds to its run (also what `resnetlab relog` records): the
+        model, the history table, train.json and history.csv, and the best epoch's numbers."""
+        self.log_model(classifier, example, record.classes)
+        self.log_table(history.frame(), "history.json")
+        self.log_files([metrics_dir / "train.json", metrics_dir / "history.csv"])
+        best = {"best_val_accuracy": record.best_val_accuracy, "best_epoch": record.best_epoch}
+        self.log_metrics(best, step=summary.epochs)
 
     def log_model(
         self, model: torch.nn.Module, input_example: np.ndarray, classes: Sequence[str]

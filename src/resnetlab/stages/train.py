@@ -21,15 +21,12 @@ import argparse
 import logging
 from pathlib import Path
 
-import numpy as np
-import torch
-
 from resnetlab import tracking
 from resnetlab.config import Variant, flatten, load_params
 from resnetlab.errors import ResnetlabError
 from resnetlab.inference import Classifier, build_network
 from resnetlab.progress import ConsoleProgress
-from resnetlab.records import History, ModelRecord, RunFile, TrainSummary
+from resnetlab.records import RunFile, TrainSummary
 from resnetlab.training import Trainer
 
 log = logging.getLogger(__name__)
@@ -64,13 +61,7 @@ def train_variant(
 
     tracking.ensure_reachable(experiment)  # fail now, not after hours of training
     run_params = {**flatten(variant.to_dict()), "parameters": trainer.parameters}
-    tags = {
-        **tracking.common_tags("train"),
-        "variant": variant.name,
-        "device": str(trainer.device),
-        "torch_version": torch.__version__,
-        "num_processes": str(trainer.dist.world),
-    }
+    tags = tracking.training_tags(variant.name, trainer.device, trainer.dist.world)
     resume_id = trainer.progress.run_id
     behind: tracking.TrackingBehind | None = None
     with tracking.TrainingRun(experiment, variant.name, run_params, tags, resume_id) as run:
@@ -84,7 +75,8 @@ def train_variant(
         history.write(metrics_dir / "history.csv")
         summary.write(metrics_dir / "train.json")
         example = trainer.data.images["val"][:4].transpose(0, 3, 1, 2).astype("float32") / 255
-        log_outputs(run, record, history, summary, metrics_dir, example)
+        classifier = Classifier(build_network(record), record.mean, record.std)
+        run.log_outputs(classifier, record, history, summary, metrics_dir, example)
         try:
             run.finish()
             RunFile(run.run_id, experiment).write(out_dir / "mlflow_run.json")
@@ -93,43 +85,7 @@ def train_variant(
     # An unrecorded run leaves the checkpoint resumable: re-running the stage trains nothing.
     trainer.finish(completed=behind is None)
     if behind is not None:
-        raise ResnetlabError(_behind_message(variant.name, behind, out_dir, metrics_dir))
-    log.info(
-        "%s: best val accuracy %.2f%% at epoch %d; model -> %s",
-        variant.name,
-        100 * record.best_val_accuracy,
-        record.best_epoch,
-        out_dir / "model.pt",
-    )
+        raise ResnetlabError(behind.stage_message(variant.name, out_dir, metrics_dir))
+    best = f"{100 * record.best_val_accuracy:.2f}% at epoch {record.best_epoch}"
+    log.info("%s: best val accuracy %s; model -> %s", variant.name, best, out_dir / "model.pt")
     return summary
-
-
-def log_outputs(
-    run: tracking.TrainingRun,
-    record: ModelRecord,
-    history: History,
-    summary: TrainSummary,
-    metrics_dir: Path,
-    example: np.ndarray,
-) -> None:
-    """What a finished training adds to its run (also what `resnetlab relog` records)."""
-    classifier = Classifier(build_network(record), record.mean, record.std)
-    run.log_model(classifier, example, record.classes)
-    run.log_table(history.frame(), "history.json")
-    run.log_files([metrics_dir / "train.json", metrics_dir / "history.csv"])
-    best = {"best_val_accuracy": record.best_val_accuracy, "best_epoch": record.best_epoch}
-    run.log_metrics(best, step=summary.epochs)
-
-
-def _behind_message(
-    name: str, behind: tracking.TrackingBehind, out_dir: Path, metrics_dir: Path
-) -> str:
-    relog = f"resnetlab relog --variant {name}"
-    if out_dir != Path("models") / name or metrics_dir != Path("metrics") / name:
-        relog += f" --models-dir {out_dir.parent} --metrics-dir {metrics_dir.parent}"
-    return (
-        f"{name}: training is complete but not recorded: {behind}. The model and metrics are "
-        f"on disk ({out_dir / 'model.pt'}, {metrics_dir / 'history.csv'}, "
-        f"{metrics_dir / 'train.json'}); when the store answers, record them with `{relog}`, "
-        "or re-run this stage (it resumes after the last epoch, trains nothing and records)"
-    )
