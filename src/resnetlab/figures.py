@@ -18,7 +18,7 @@ from resnetlab.plots import (
     plot_history,
     plot_test_accuracy,
 )
-from resnetlab.records import RecordError
+from resnetlab.records import RecordError, read_csv
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -33,15 +33,8 @@ VARIANT_PNGS = ("curves.png", "confusion.png", "confusion_normalized.png")
 
 def load_confusion(path: Path, variant: str) -> tuple[list[str], Any]:
     """(class names, counts) from an evaluate stage's confusion.csv."""
-    import pandas as pd
-
     path = Path(path)
-    try:
-        frame = pd.read_csv(path, index_col=0)
-    except FileNotFoundError:
-        raise RecordError(f"{path}: not found; run `dvc repro evaluate@{variant}`") from None
-    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
-        raise RecordError(f"{path}: not a readable CSV ({exc})") from None
+    frame = read_csv(path, f"evaluate@{variant}", index_col=0)
     if list(frame.index.astype(str)) != list(frame.columns) or not frame.shape[0]:
         raise RecordError(f"{path}: not a square confusion matrix with class names")
     return list(frame.columns), frame.to_numpy()
@@ -49,14 +42,7 @@ def load_confusion(path: Path, variant: str) -> tuple[list[str], Any]:
 
 def load_gradient_profile(path: Path) -> dict[str, list[float]]:
     """label -> gradient norms from input to output, from the diagnose stage's CSV."""
-    import pandas as pd
-
-    try:
-        frame = pd.read_csv(path)
-    except FileNotFoundError:
-        raise RecordError(f"{path}: not found; run `dvc repro diagnose`") from None
-    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
-        raise RecordError(f"{path}: not a readable CSV ({exc})") from None
+    frame = read_csv(path, "diagnose")
     lacking = {"label", "layer_index", "grad_norm"} - set(frame.columns)
     if lacking:
         raise RecordError(f"{path}: missing column(s) {', '.join(sorted(lacking))}")

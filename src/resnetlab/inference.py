@@ -79,8 +79,12 @@ def build_network(record: ModelRecord, path: Path | str = "model file") -> nn.Mo
 def load_classifier(path: Path) -> tuple[Classifier, ModelRecord]:
     """The model file at `path` as a [0, 1]-images-in, logits-out `Classifier`, and its record."""
     record = ModelRecord.read(path)
-    net = build_network(record, path)
-    return Classifier(net, record.mean, record.std).eval(), record
+    return classifier_of(record, path), record
+
+
+def classifier_of(record: ModelRecord, path: Path | str = "model file") -> Classifier:
+    """`record`'s network with its normalisation inside: [0, 1] images in, logits out."""
+    return Classifier(build_network(record, path), record.mean, record.std).eval()
 
 
 @torch.inference_mode()

@@ -43,6 +43,7 @@ __all__ = [
 ]
 
 R = TypeVar("R")
+J = TypeVar("J", bound="_JsonRecord")
 
 
 class RecordError(ResnetlabError):
@@ -101,8 +102,39 @@ def _write_json(path: Path, data: Mapping[str, Any]) -> None:
     write_atomic(Path(path), lambda fh: fh.write(blob))
 
 
+def read_csv(path: Path, stage: str, **kwargs: Any) -> pd.DataFrame:
+    """`pandas.read_csv(path, **kwargs)`, failing as a `RecordError` that names the file and
+    the stage (`dvc repro <stage>`) that writes it."""
+    import pandas as pd
+
+    path = Path(path)
+    try:
+        return pd.read_csv(path, **kwargs)
+    except FileNotFoundError:
+        raise _fail(path, "not found", stage) from None
+    except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
+        raise _fail(path, f"not a readable CSV ({e})", stage) from None
+
+
+class _JsonRecord:
+    """`write`/`read` of a frozen dataclass as one JSON object, every field checked on read."""
+
+    STAGE: ClassVar[str]  # the stage that writes it, `<variant>` filled in when known
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)  # type: ignore[call-overload]
+
+    def write(self, path: Path) -> None:
+        _write_json(path, self.to_dict())
+
+    @classmethod
+    def read(cls: type[J], path: Path, variant: str | None = None) -> J:
+        stage = _stage(cls.STAGE, variant)
+        return _from_mapping(cls, _read_json(path, stage), Path(path), stage)
+
+
 @dataclass(frozen=True)
-class TrainSummary:
+class TrainSummary(_JsonRecord):
     """`train.json`: how a variant's training went (DVC metrics file)."""
 
     variant: str
@@ -118,20 +150,9 @@ class TrainSummary:
 
     STAGE: ClassVar[str] = "train@<variant>"
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    def write(self, path: Path) -> None:
-        _write_json(path, self.to_dict())
-
-    @classmethod
-    def read(cls, path: Path, variant: str | None = None) -> TrainSummary:
-        stage = _stage(cls.STAGE, variant)
-        return _from_mapping(cls, _read_json(path, stage), Path(path), stage)
-
 
 @dataclass(frozen=True)
-class EvalReport:
+class EvalReport(_JsonRecord):
     """`eval.json`: one evaluation of the kept model on the test set (DVC metrics file)."""
 
     accuracy: float
@@ -160,17 +181,6 @@ class EvalReport:
 
     def headline(self) -> dict[str, float]:
         return {name: getattr(self, name) for name in self.HEADLINE}
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    def write(self, path: Path) -> None:
-        _write_json(path, self.to_dict())
-
-    @classmethod
-    def read(cls, path: Path, variant: str | None = None) -> EvalReport:
-        stage = _stage(cls.STAGE, variant)
-        return _from_mapping(cls, _read_json(path, stage), Path(path), stage)
 
 
 @dataclass(frozen=True)
@@ -210,15 +220,8 @@ class History:
 
     @classmethod
     def read(cls, path: Path, variant: str | None = None) -> History:
-        import pandas as pd
-
         path, stage = Path(path), _stage(cls.STAGE, variant)
-        try:
-            frame = pd.read_csv(path)
-        except FileNotFoundError:
-            raise _fail(path, "not found", stage) from None
-        except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
-            raise _fail(path, f"not a readable CSV ({e})", stage) from None
+        frame = read_csv(path, stage)
         lacking = [c for c in HISTORY_COLUMNS if c not in frame.columns]
         if lacking:
             raise _fail(path, f"missing column(s) {', '.join(lacking)}", stage)
@@ -238,21 +241,13 @@ class History:
 
 
 @dataclass(frozen=True)
-class RunFile:
+class RunFile(_JsonRecord):
     """`mlflow_run.json`: the MLflow run a variant's training recorded into."""
 
     run_id: str
     experiment: str
 
     STAGE: ClassVar[str] = "train@<variant>"
-
-    def write(self, path: Path) -> None:
-        _write_json(path, dataclasses.asdict(self))
-
-    @classmethod
-    def read(cls, path: Path, variant: str | None = None) -> RunFile:
-        stage = _stage(cls.STAGE, variant)
-        return _from_mapping(cls, _read_json(path, stage), Path(path), stage)
 
 
 MODEL_FILE_FORMAT = 1  # bump when ModelRecord's layout changes

@@ -21,7 +21,7 @@ import torch
 from resnetlab import checkpoint, tracking
 from resnetlab.config import flatten, load_params
 from resnetlab.errors import ResnetlabError
-from resnetlab.inference import Classifier, build_network
+from resnetlab.inference import classifier_of
 from resnetlab.records import History, ModelRecord, RecordError, RunFile, TrainSummary
 
 log = logging.getLogger(__name__)
@@ -75,7 +75,7 @@ def relog(variant: str, params: Path, out_dir: Path, metrics_dir: Path) -> str:
             run.log_history(history.rows)
             # The data is not needed: the model's input example is any batch of valid images.
             example = np.random.default_rng(0).random((4, 3, 32, 32), dtype=np.float32)
-            classifier = Classifier(build_network(record), record.mean, record.std)
+            classifier = classifier_of(record)
             run.log_outputs(classifier, record, history, summary, metrics_dir, example)
             run.finish()
     except tracking.TrackingBehind as exc:

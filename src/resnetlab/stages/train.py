@@ -24,7 +24,7 @@ from pathlib import Path
 from resnetlab import tracking
 from resnetlab.config import Variant, flatten, load_params
 from resnetlab.errors import ResnetlabError
-from resnetlab.inference import Classifier, build_network
+from resnetlab.inference import classifier_of
 from resnetlab.progress import ConsoleProgress
 from resnetlab.records import RunFile, TrainSummary
 from resnetlab.training import Trainer
@@ -75,7 +75,7 @@ def train_variant(
         history.write(metrics_dir / "history.csv")
         summary.write(metrics_dir / "train.json")
         example = trainer.data.images["val"][:4].transpose(0, 3, 1, 2).astype("float32") / 255
-        classifier = Classifier(build_network(record), record.mean, record.std)
+        classifier = classifier_of(record)
         run.log_outputs(classifier, record, history, summary, metrics_dir, example)
         try:
             run.finish()

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from resnetlab.errors import ResnetlabError
+from resnetlab.records import read_csv
 
 if TYPE_CHECKING:
     import numpy as np
@@ -235,16 +236,11 @@ def read_predictions(project: Project, variant: str) -> pd.DataFrame | None:
     Raises ResnetlabError if it is unreadable or lacks a column (e.g. written by an older
     evaluate stage, before it recorded the image index and confidence).
     """
-    import pandas as pd
-
     path = project.predictions_file(variant)
     again = f"re-run `dvc repro evaluate@{variant}` to write it again"
-    try:
-        frame = pd.read_csv(path)
-    except FileNotFoundError:
+    if not path.exists():
         return None
-    except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
-        raise ResnetlabError(f"{path}: not a readable CSV ({e}); {again}") from None
+    frame = read_csv(path, f"evaluate@{variant}")
     lacking = [c for c in PREDICTION_COLUMNS if c not in frame.columns]
     if lacking:
         raise ResnetlabError(f"{path}: no column(s) {', '.join(lacking)}; {again}")
@@ -344,16 +340,9 @@ def caption(row: dict, who: str = "predicted") -> str:
 
 def read_leaderboard(project: Project) -> pd.DataFrame | None:
     """`reports/leaderboard.csv` as the compare stage wrote it; None if missing."""
-    import pandas as pd
-
-    try:
-        return pd.read_csv(project.leaderboard)
-    except FileNotFoundError:
+    if not project.leaderboard.exists():
         return None
-    except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
-        raise ResnetlabError(
-            f"{project.leaderboard}: not a readable CSV ({e}); re-run `dvc repro compare`"
-        ) from None
+    return read_csv(project.leaderboard, "compare")
 
 
 def comparison_figures(project: Project) -> list[Path]:
