@@ -35,14 +35,17 @@ def write_metrics(metrics: Path, variants: dict[str, tuple]) -> None:
     for v, (model, depth, test_acc, val_acc) in variants.items():
         folder = metrics / v
         folder.mkdir(parents=True)
-        train = {
+        card = {
             "variant": v,
             "model": model,
             "model_args": {"depth": depth},
             "depth": depth,
             "parameters": 1000 * depth,
-            "epochs": 3,
             "best_epoch": 2,
+        }
+        (folder / "model.json").write_text(json.dumps(card))
+        train = {
+            "epochs": 3,
             "best_val_accuracy": val_acc,
             "train_time_s": 12.5 * depth,
             "images_per_s": 1000.0 / depth,
@@ -50,15 +53,9 @@ def write_metrics(metrics: Path, variants: dict[str, tuple]) -> None:
         (folder / "train.json").write_text(json.dumps(train))
         evaluation = {
             "accuracy": test_acc,
-            "error": 1 - test_acc,
             "loss": 1.0 - test_acc,
-            "macro_precision": test_acc,
-            "macro_recall": test_acc,
             "macro_f1": test_acc - 0.01,
-            "weighted_precision": test_acc,
-            "weighted_recall": test_acc,
             "weighted_f1": test_acc - 0.005,
-            "per_class": {},
         }
         (folder / "eval.json").write_text(json.dumps(evaluation))
         classes = ["cat", "dog"]
@@ -167,8 +164,8 @@ def test_missing_eval_json_names_the_file(fake_run) -> None:
 
 def test_missing_history_and_bad_json(fake_run) -> None:
     variants, metrics = fake_run
-    (metrics / "plain8" / "train.json").write_text('{"model": "plain"}')
-    with pytest.raises(ResnetlabError, match=r"train.json: missing field 'variant'"):
+    (metrics / "plain8" / "train.json").write_text('{"epochs": 3}')
+    with pytest.raises(ResnetlabError, match=r"train.json: missing field 'best_val_accuracy'"):
         leaderboard.build_leaderboard(variants, metrics)
     (metrics / "plain8" / "history.csv").unlink()
     with pytest.raises(ResnetlabError, match=r"plain8.history\.csv: not found"):

@@ -96,6 +96,39 @@ def test_milestone_fractions_scale_with_any_epochs():
 # The batch fits the training split
 
 
+# ---------------------------------------------------------------------------------------------
+# train.max_epochs caps every variant after its own overrides
+
+
+def test_max_epochs_caps_variants_that_set_their_own_epochs():
+    raw = params({"epochs": 200, "milestones": [60, 120, 160], "warmup_epochs": 2}, max_epochs=2)
+    raw["variants"]["short"] = {"model": {"name": "plain", "depth": 8}, "epochs": 1}
+    loaded = parse_params(raw)
+    tiny = loaded.variant("tiny").train
+    # The schedule is compressed with the run: milestones keep their share of it (as
+    # fractions), so does the warm-up; the recipe as written was valid at 200 epochs.
+    assert tiny.epochs == 2 and tiny.max_epochs == 2
+    assert tiny.milestones == pytest.approx((0.3, 0.6, 0.8))
+    assert tiny.warmup_epochs == pytest.approx(2 * 2 / 200)
+    assert loaded.variant("short").train.epochs == 1  # already shorter: left alone
+    assert loaded.train.epochs == 10  # train itself keeps its value; variants are capped
+    assert parse_params(params(max_epochs=0)).variant("tiny").train.epochs == 10  # 0 = no cap
+
+
+def test_max_epochs_is_validated_and_only_under_train():
+    with pytest.raises(ConfigError, match=r"^train\.max_epochs: -1 is not allowed; expected 0"):
+        parse_params(params(max_epochs=-1))
+    with pytest.raises(ConfigError, match=r"^train\.max_epochs: 'two' is not allowed"):
+        parse_params(params(max_epochs="two"))
+    with pytest.raises(
+        ConfigError, match=r"^variants\.tiny\.max_epochs: not allowed in a variant; train\.max"
+    ):
+        parse_params(params({"max_epochs": 2}))
+    # The recipe as written is still checked (a milestone past its 10 epochs), cap or not.
+    with pytest.raises(ConfigError, match=r"^variants\.tiny\.milestones"):
+        parse_params(params({"milestones": [12]}, max_epochs=2))
+
+
 def test_batch_larger_than_the_subset_is_refused_at_load():
     with pytest.raises(
         ConfigError,

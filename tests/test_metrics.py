@@ -112,9 +112,10 @@ def test_confusion_matrix_agrees_with_report() -> None:
 def test_per_class_frame() -> None:
     frame = per_class_frame(classification_report(TRUE_1, PRED_1, ["a", "b", "c"]))
     assert list(frame.columns) == ["class", "precision", "recall", "f1", "support"]
-    assert frame["class"].tolist() == ["a", "b", "c"]
-    assert frame["recall"].tolist() == pytest.approx([1 / 2, 1.0, 1 / 2])
-    assert frame["support"].tolist() == [2, 2, 2]
+    assert frame["class"].tolist() == ["a", "b", "c", "macro avg", "weighted avg"]
+    assert frame["recall"].tolist()[:3] == pytest.approx([1 / 2, 1.0, 1 / 2])
+    assert frame["support"].tolist() == [2, 2, 2, 6, 6]
+    assert frame["recall"].tolist()[3] == pytest.approx(2 / 3)  # mean of the three
 
 
 def test_mean_std() -> None:

@@ -18,23 +18,21 @@ from resnetlab.records import (
     EvalReport,
     History,
     HistoryRow,
+    ModelCard,
     ModelRecord,
     RecordError,
     RunFile,
     TrainSummary,
 )
 
-SUMMARY = TrainSummary(
+SUMMARY = TrainSummary(epochs=3, best_val_accuracy=0.5, train_time_s=1.5, images_per_s=900.0)
+CARD = ModelCard(
     variant="tiny",
     model="resnet_v1",
     model_args={"depth": 8},
     depth=8,
     parameters=75290,
-    epochs=3,
     best_epoch=2,
-    best_val_accuracy=0.5,
-    train_time_s=1.5,
-    images_per_s=900.0,
 )
 
 
@@ -49,10 +47,22 @@ def variant(**train) -> Variant:
 def test_json_records_round_trip(tmp_path: Path) -> None:
     SUMMARY.write(tmp_path / "train.json")
     assert TrainSummary.read(tmp_path / "train.json") == SUMMARY
-    report = EvalReport(0.9, 0.1, 0.3, 0.8, 0.7, 0.75, 0.81, 0.71, 0.76, {"cat": {"f1": 0.5}})
+    CARD.write(tmp_path / "model.json")
+    assert ModelCard.read(tmp_path / "model.json") == CARD
+    report = EvalReport(accuracy=0.9, loss=0.3, macro_f1=0.75, weighted_f1=0.76)
     report.write(tmp_path / "eval.json")
     assert EvalReport.read(tmp_path / "eval.json") == report
-    assert report.headline()["accuracy"] == 0.9 and "per_class" not in report.headline()
+
+
+def test_dvc_metrics_files_hold_numbers_only(tmp_path: Path) -> None:
+    # Every value in a DVC metrics file is a column of `dvc exp show`, per variant: train.json
+    # and eval.json carry headline numbers only; names and details live in model.json and
+    # per_class.csv.
+    for record, name in ((SUMMARY, "train.json"), (EvalReport(0.9, 0.3, 0.75, 0.76), "eval.json")):
+        record.write(tmp_path / name)
+        data = json.loads((tmp_path / name).read_text())
+        assert all(type(v) in (int, float) for v in data.values()), data
+        assert len(data) == 4
     RunFile("abc", "exp").write(tmp_path / "run.json")
     assert RunFile.read(tmp_path / "run.json") == RunFile("abc", "exp")
 
@@ -74,7 +84,7 @@ def test_history_round_trip(tmp_path: Path) -> None:
         (None, "train.json: not found; re-run `dvc repro train@tiny`"),
         ("{not json", "train.json: not readable JSON"),
         ("[1, 2]", "train.json: expected a JSON object, got list"),
-        ('{"variant": "tiny"}', "train.json: missing field 'model'"),
+        ('{"epochs": 3}', "train.json: missing field 'best_val_accuracy'"),
     ],
 )
 def test_bad_json_record_names_file_and_field(tmp_path: Path, content, message) -> None:

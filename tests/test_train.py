@@ -80,15 +80,17 @@ def test_trains_records_and_writes_outputs(tiny_prepared, workdir):
     assert history["train_loss"][-1] < 0.8 * history["train_loss"][0]  # it learns
     saved = json.loads((workdir / "metrics/tiny/train.json").read_text())
     assert saved == summary
-    assert saved["epochs"] == 4 and saved["parameters"] == 75290 and saved["depth"] == 8
-    assert saved["best_val_accuracy"] == history["val_accuracy"].max()
-    assert saved["best_epoch"] == int(history["epoch"][history["val_accuracy"].argmax()])
+    assert saved["epochs"] == 4 and saved["best_val_accuracy"] == history["val_accuracy"].max()
+    card = json.loads((workdir / "metrics/tiny/model.json").read_text())
+    assert card["variant"] == "tiny" and card["model"] == "resnet_v1"
+    assert card["parameters"] == 75290 and card["depth"] == 8
+    assert card["best_epoch"] == int(history["epoch"][history["val_accuracy"].argmax()])
 
     # The model file: best weights + resolved config, loadable without unpickling code.
     record = torch.load(workdir / "models/tiny/model.pt", weights_only=True)
     assert record["config"]["model"] == {"name": "resnet_v1", "depth": 8}
     assert record["config"]["train"]["epochs"] == 4
-    assert record["best_epoch"] == saved["best_epoch"]
+    assert record["best_epoch"] == card["best_epoch"]
     assert len(record["classes"]) == 10
     assert not list((workdir / "models/tiny").glob(".*.tmp"))  # no half-written files
 
@@ -110,7 +112,7 @@ def test_trains_records_and_writes_outputs(tiny_prepared, workdir):
     assert tags["variant"] == "tiny" and tags["device"] == "cpu"
     assert tags["torch_version"] == torch.__version__
     artifacts = {a.path for a in client().list_artifacts(run_id)}
-    assert {"history.json", "train.json", "history.csv", "model"} <= artifacts
+    assert {"history.json", "train.json", "model.json", "history.csv", "model"} <= artifacts
     assert not (workdir / "metrics/tiny/curves.png").exists()  # figures are the compare stage's
 
     import mlflow.artifacts

@@ -123,6 +123,9 @@ Precision = Literal["auto", "fp32", "bf16", "fp16"]
 @dataclass(frozen=True)
 class TrainConfig:
     epochs: int = 182
+    # A cap on every variant's epochs, applied after the variant's own overrides (a variant
+    # cannot set it): quick runs shorten everything with one key. 0 = no cap.
+    max_epochs: int = 0
     batch_size: int = 128  # images per optimiser step, summed over all processes
     optimizer: Optimizer = "sgd"
     lr: float = 0.1  # peak learning rate (for onecycle: the maximum)
@@ -149,6 +152,7 @@ class TrainConfig:
 
     def validate(self, prefix: str) -> None:
         _check(self.epochs >= 1, f"{prefix}.epochs", self.epochs, "an integer >= 1")
+        _check(self.max_epochs >= 0, f"{prefix}.max_epochs", self.max_epochs, "0 (no cap) or >= 1")
         _check(self.batch_size >= 1, f"{prefix}.batch_size", self.batch_size, "an integer >= 1")
         _check(self.lr > 0, f"{prefix}.lr", self.lr, "a number > 0")
         _check(0 <= self.momentum < 1, f"{prefix}.momentum", self.momentum, "a number in [0, 1)")
@@ -347,11 +351,38 @@ def _parse_variant(name: str, spec: Any, train_raw: Mapping[str, Any]) -> Varian
         raise ConfigError(f"{key}.model.name: missing; name a registered model")
     args = {k: v for k, v in model_raw.items() if k != "name"}
     model = ModelSpec(model_raw["name"], types.MappingProxyType(args))
+    if "max_epochs" in spec:
+        raise ConfigError(
+            f"{key}.max_epochs: not allowed in a variant; train.max_epochs caps every variant"
+        )
     overrides = {k: v for k, v in spec.items() if k != "model"}
     merged = _deep_merge(train_raw, overrides)
     train = _build(TrainConfig, merged, key)
-    train.validate(key)
-    return Variant(name, model, train)
+    train.validate(key)  # the recipe as written
+    capped = cap_epochs(train)
+    if capped is not train:
+        capped.validate(key)
+    return Variant(name, model, capped)
+
+
+def cap_epochs(train: TrainConfig) -> TrainConfig:
+    """`train` shortened to `max_epochs` (unchanged when there is no cap or it is not shorter).
+
+    The schedule is compressed with the run, as milestone fractions already are: epoch-number
+    milestones become the same fractions of the run, and the warm-up and a `step` schedule's
+    step size keep their share of it. So a capped run goes through the whole recipe, faster.
+    """
+    cap = train.max_epochs
+    if cap == 0 or cap >= train.epochs:
+        return train
+    share = cap / train.epochs
+    return dataclasses.replace(
+        train,
+        epochs=cap,
+        milestones=tuple(m if m < 1 else m / train.epochs for m in train.milestones),
+        warmup_epochs=train.warmup_epochs * share,
+        step_size=max(1, round(train.step_size * share)),
+    )
 
 
 def _deep_merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from resnetlab.errors import ResnetlabError
-from resnetlab.records import EvalReport, History, TrainSummary
+from resnetlab.records import EvalReport, History, ModelCard, TrainSummary
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -59,7 +59,7 @@ def check_variants(names: list[str]) -> list[str]:
 
 
 def build_leaderboard(variants: Sequence[str], metrics_dir: Path) -> pd.DataFrame:
-    """One row per variant from ``<metrics_dir>/<variant>/{train,eval}.json``, sorted by test
+    """One row per variant from ``<metrics_dir>/<variant>/{train,model,eval}.json``, sorted by test
     accuracy (best first); columns :data:`LEADERBOARD_COLUMNS`.
 
     Raises :class:`RecordError` naming the first missing or malformed file.
@@ -70,17 +70,18 @@ def build_leaderboard(variants: Sequence[str], metrics_dir: Path) -> pd.DataFram
     for v in check_variants(list(variants)):
         folder = Path(metrics_dir) / v
         train = TrainSummary.read(folder / "train.json", v)
+        card = ModelCard.read(folder / "model.json", v)
         evaluation = EvalReport.read(folder / "eval.json", v)
-        if train.variant != v:
-            log.warning("%s: written for variant %r", folder / "train.json", train.variant)
+        if card.variant != v:
+            log.warning("%s: written for variant %r", folder / "model.json", card.variant)
         rows.append(
             {
                 "variant": v,
-                "model": train.model,
-                "depth": train.depth,
-                "parameters": train.parameters,
+                "model": card.model,
+                "depth": card.depth,
+                "parameters": card.parameters,
                 "epochs": train.epochs,
-                "best_epoch": train.best_epoch,
+                "best_epoch": card.best_epoch,
                 "best_val_accuracy": train.best_val_accuracy,
                 "test_accuracy": evaluation.accuracy,
                 "test_error": 1.0 - evaluation.accuracy,

@@ -96,13 +96,24 @@ def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -
 
 
 def per_class_frame(report: dict[str, Any]) -> pd.DataFrame:
-    """The report's ``per_class`` part as a table: class, precision, recall, f1, support."""
+    """The report's ``per_class`` part as a table: class, precision, recall, f1, support; then,
+    as scikit-learn's text report does, a ``macro avg`` and a ``weighted avg`` row (support:
+    every image)."""
     import pandas as pd
 
     rows = [
         {"class": name, **{k: values[k] for k in PER_CLASS_COLUMNS[1:]}}
         for name, values in report["per_class"].items()
     ]
+    total = sum(int(values["support"]) for values in report["per_class"].values())
+    for average in ("macro", "weighted"):
+        rows.append(
+            {
+                "class": f"{average} avg",
+                **{k: report[f"{average}_{k}"] for k in ("precision", "recall", "f1")},
+                "support": total,
+            }
+        )
     frame = pd.DataFrame(rows, columns=list(PER_CLASS_COLUMNS))
     return frame.astype({"support": "int64"})
 

@@ -4,6 +4,7 @@
 |-----------------|-------------------------------|------------|-------------------------|
 | `ModelRecord`   | `models/<v>/model.pt`         | train      | evaluate, predict       |
 | `TrainSummary`  | `metrics/<v>/train.json`      | train      | compare                 |
+| `ModelCard`     | `metrics/<v>/model.json`      | train      | compare                 |
 | `History`       | `metrics/<v>/history.csv`     | train      | compare                 |
 | `EvalReport`    | `metrics/<v>/eval.json`       | evaluate   | compare                 |
 | `RunFile`       | `models/<v>/mlflow_run.json`  | train      | evaluate, compare       |
@@ -11,6 +12,10 @@
 A reader gets the dataclass back or a `RecordError` naming the file and the missing or malformed
 field, with the stage to re-run; no reader lists the keys again. Accuracies are fractions in
 [0, 1], times are seconds.
+
+`train.json` and `eval.json` are DVC metrics files: they hold only the numbers worth a column in
+`dvc exp show` (every number in them becomes one column per variant). Names, model arguments
+and details live in `model.json` and `per_class.csv`, which DVC tracks as plain outputs.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import json
 import math
 import typing
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
@@ -36,6 +41,7 @@ __all__ = [
     "EvalReport",
     "History",
     "HistoryRow",
+    "ModelCard",
     "ModelRecord",
     "RecordError",
     "RunFile",
@@ -124,6 +130,10 @@ class _JsonRecord:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)  # type: ignore[call-overload]
 
+    @classmethod
+    def fields(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in dataclasses.fields(cls))  # type: ignore[arg-type]
+
     def write(self, path: Path) -> None:
         _write_json(path, self.to_dict())
 
@@ -135,15 +145,9 @@ class _JsonRecord:
 
 @dataclass(frozen=True)
 class TrainSummary(_JsonRecord):
-    """`train.json`: how a variant's training went (DVC metrics file)."""
+    """`train.json`: a variant's training in headline numbers (a DVC metrics file)."""
 
-    variant: str
-    model: str
-    model_args: dict[str, Any]
-    depth: int
-    parameters: int
     epochs: int  # epochs completed
-    best_epoch: int  # the epoch whose weights were kept (best validation accuracy)
     best_val_accuracy: float
     train_time_s: float  # optimiser steps only; validation and I/O excluded
     images_per_s: float  # training throughput over the whole run, all processes together
@@ -152,35 +156,30 @@ class TrainSummary(_JsonRecord):
 
 
 @dataclass(frozen=True)
+class ModelCard(_JsonRecord):
+    """`model.json`: what a variant trained (not a DVC metric: names and details)."""
+
+    variant: str
+    model: str
+    model_args: dict[str, Any]
+    depth: int
+    parameters: int
+    best_epoch: int  # the epoch whose weights were kept (best validation accuracy)
+
+    STAGE: ClassVar[str] = "train@<variant>"
+
+
+@dataclass(frozen=True)
 class EvalReport(_JsonRecord):
-    """`eval.json`: one evaluation of the kept model on the test set (DVC metrics file)."""
+    """`eval.json`: the kept model on the test set in headline numbers (a DVC metrics file).
+    Per-class precision/recall/F1 and the averaged precision and recall go to per_class.csv."""
 
     accuracy: float
-    error: float
     loss: float  # mean cross-entropy
-    macro_precision: float
-    macro_recall: float
     macro_f1: float
-    weighted_precision: float
-    weighted_recall: float
     weighted_f1: float
-    # class name -> {precision, recall, f1, support}
-    per_class: dict[str, dict[str, float]] = field(default_factory=dict)
 
     STAGE: ClassVar[str] = "evaluate@<variant>"
-    # The headline numbers, logged to MLflow as test_<name>.
-    HEADLINE: ClassVar[tuple[str, ...]] = (
-        "accuracy",
-        "error",
-        "loss",
-        "macro_f1",
-        "weighted_f1",
-        "macro_precision",
-        "macro_recall",
-    )
-
-    def headline(self) -> dict[str, float]:
-        return {name: getattr(self, name) for name in self.HEADLINE}
 
 
 @dataclass(frozen=True)

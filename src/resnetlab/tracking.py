@@ -524,10 +524,11 @@ class TrainingRun:
         example: np.ndarray,
     ) -> None:
         """What a finished training adds to its run (also what `resnetlab relog` records): the
-        model, the history table, train.json and history.csv, and the best epoch's numbers."""
+        model, the history table, train.json, model.json and history.csv, and the best epoch's
+        numbers."""
         self.log_model(classifier, example, record.classes)
         self.log_table(history.frame(), "history.json")
-        self.log_files([metrics_dir / "train.json", metrics_dir / "history.csv"])
+        self.log_files([metrics_dir / n for n in ("train.json", "model.json", "history.csv")])
         best = {"best_val_accuracy": record.best_val_accuracy, "best_epoch": record.best_epoch}
         self.log_metrics(best, step=summary.epochs)
 

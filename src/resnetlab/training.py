@@ -29,7 +29,7 @@ from resnetlab.device import autocast_dtype, resolve_device
 from resnetlab.errors import ResnetlabError
 from resnetlab.inference import Normalizer, loss_and_accuracy, predict_logits
 from resnetlab.models import build_model, count_parameters, model_depth
-from resnetlab.records import History, HistoryRow, ModelRecord, TrainSummary
+from resnetlab.records import History, HistoryRow, ModelCard, ModelRecord, TrainSummary
 
 log = logging.getLogger(__name__)
 
@@ -335,19 +335,24 @@ class Trainer:
         )
 
     def summary(self) -> TrainSummary:
-        p, model = self.progress, self.variant.model
+        p = self.progress
         images = sum(r["images_per_s"] * r["epoch_time_s"] for r in p.history)
         return TrainSummary(
+            epochs=p.epoch,
+            best_val_accuracy=p.best_val_accuracy,
+            train_time_s=round(p.train_time_s, 3),
+            images_per_s=round(float(images) / max(p.train_time_s, 1e-9), 1),
+        )
+
+    def card(self) -> ModelCard:
+        model = self.variant.model
+        return ModelCard(
             variant=self.variant.name,
             model=model.name,
             model_args=dict(model.args),
             depth=model_depth(model.name, dict(model.args)),
             parameters=self.parameters,
-            epochs=p.epoch,
-            best_epoch=p.best_epoch,
-            best_val_accuracy=p.best_val_accuracy,
-            train_time_s=round(p.train_time_s, 3),
-            images_per_s=round(float(images) / max(p.train_time_s, 1e-9), 1),
+            best_epoch=self.progress.best_epoch,
         )
 
     def finish(self, completed: bool = True) -> None:

@@ -1,7 +1,8 @@
 """`resnetlab evaluate --variant NAME`: the variant's kept model, once, on the test set.
 
 Reads no params: the model file carries its resolved config (device, precision, batch size).
-Writes eval.json (DVC metrics), per_class.csv, confusion.csv (counts) and predictions.csv (one
+Writes eval.json (DVC metrics: the headline numbers), per_class.csv (per class and averaged
+precision/recall/F1), confusion.csv (counts) and predictions.csv (one
 row per test image, for DVC's confusion plot), and logs the `test_*` metrics and files into the
 variant's MLflow training run, which it checks first: an unreachable store or a missing run
 stops the stage in seconds, before any work. Figures are drawn by the compare stage.
@@ -23,6 +24,17 @@ from resnetlab.inference import Normalizer, build_network, loss_and_accuracy, pr
 from resnetlab.records import EvalReport, ModelRecord, RunFile
 
 log = logging.getLogger(__name__)
+
+# Logged to the MLflow run as test_<name>: eval.json's numbers and a few more.
+MLFLOW_HEADLINE = (
+    "accuracy",
+    "error",
+    "loss",
+    "macro_f1",
+    "weighted_f1",
+    "macro_precision",
+    "macro_recall",
+)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -64,9 +76,10 @@ def evaluate_variant(variant: str, data_dir: Path, model_dir: Path, out_dir: Pat
     y_true, y_pred = data.labels["test"], predicted.cpu().numpy()
 
     classes = list(data.classes)
-    report = EvalReport(**metrics.classification_report(y_true, y_pred, classes), loss=loss)
-    files = _write(Path(out_dir), report, classes, y_true, y_pred, confidence.cpu().numpy())
-    headline = {f"test_{k}": v for k, v in report.headline().items()}
+    full = {**metrics.classification_report(y_true, y_pred, classes), "loss": loss}
+    report = EvalReport(**{name: full[name] for name in EvalReport.fields()})
+    files = _write(Path(out_dir), report, full, classes, y_true, y_pred, confidence.cpu().numpy())
+    headline = {f"test_{k}": full[k] for k in MLFLOW_HEADLINE}
     tracking.log_evaluation(run_file.run_id, headline, files)
     log.info(
         "%s: test accuracy %.2f%% (loss %.4f, macro F1 %.4f) on %d images",
@@ -79,7 +92,9 @@ def evaluate_variant(variant: str, data_dir: Path, model_dir: Path, out_dir: Pat
     return report
 
 
-def _write(out_dir: Path, report: EvalReport, classes, y_true, y_pred, confidence) -> list[Path]:
+def _write(
+    out_dir: Path, report: EvalReport, full: dict, classes, y_true, y_pred, confidence
+) -> list[Path]:
     import pandas as pd
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -87,7 +102,7 @@ def _write(out_dir: Path, report: EvalReport, classes, y_true, y_pred, confidenc
         out_dir / n for n in ("eval.json", "per_class.csv", "confusion.csv", "predictions.csv")
     ]
     report.write(paths[0])
-    metrics.per_class_frame(report.to_dict()).to_csv(paths[1], index=False, float_format="%.6g")
+    metrics.per_class_frame(full).to_csv(paths[1], index=False, float_format="%.6g")
     cm = metrics.confusion_matrix(y_true, y_pred, len(classes))
     pd.DataFrame(cm, index=pd.Index(classes, name="actual"), columns=classes).to_csv(paths[2])
     names = np.asarray(classes)

@@ -2,10 +2,10 @@
 
 For when the tracking store stopped answering during training: the train stage then fails at
 the end, but leaves `<models-dir>/<NAME>/model.pt`, `<metrics-dir>/<NAME>/history.csv` and
-`train.json` (and its checkpoint, still resumable). relog continues the variant's run (its id
+`train.json`, `model.json` (and its checkpoint, still resumable). relog continues the variant's run (its id
 from the checkpoint, else from mlflow_run.json; a new run, with the variant's parameters, if
 neither names one the store holds), logs the epochs the run lacks, the best epoch, the history
-table, train.json, history.csv and the model, ends the run FINISHED and writes mlflow_run.json.
+table, train.json, model.json, history.csv and the model, ends the run FINISHED and writes mlflow_run.json.
 Params read: `mlflow.experiment`. Trains nothing and needs no data.
 """
 
@@ -22,7 +22,7 @@ from resnetlab import checkpoint, tracking
 from resnetlab.config import flatten, load_params
 from resnetlab.errors import ResnetlabError
 from resnetlab.inference import classifier_of
-from resnetlab.records import History, ModelRecord, RecordError, RunFile, TrainSummary
+from resnetlab.records import History, ModelCard, ModelRecord, RecordError, RunFile, TrainSummary
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +57,7 @@ def relog(variant: str, params: Path, out_dir: Path, metrics_dir: Path) -> str:
     record = ModelRecord.read(out_dir / "model.pt", variant)
     history = History.read(metrics_dir / "history.csv", variant)
     summary = TrainSummary.read(metrics_dir / "train.json", variant)
+    ModelCard.read(metrics_dir / "model.json", variant)  # logged with the others: check it now
     experiment = load_params(params).mlflow.experiment
     tracking.ensure_reachable(experiment)
 
