@@ -1,12 +1,13 @@
 """`resnetlab relog --variant NAME`: record a trained variant in MLflow from its files on disk.
 
 For when the tracking store stopped answering during training: the train stage then fails at
-the end, but leaves `<models-dir>/<NAME>/model.pt`, `<metrics-dir>/<NAME>/history.csv` and
-`train.json`, `model.json` (and its checkpoint, still resumable). relog continues the variant's run (its id
-from the checkpoint, else from mlflow_run.json; a new run, with the variant's parameters, if
-neither names one the store holds), logs the epochs the run lacks, the best epoch, the history
-table, train.json, model.json, history.csv and the model, ends the run FINISHED and writes mlflow_run.json.
-Params read: `mlflow.experiment`. Trains nothing and needs no data.
+the end, but leaves `<models-dir>/<NAME>/model.pt`, `<metrics-dir>/<NAME>/history.csv`,
+`train.json` and `model.json` (and its checkpoint, still resumable). relog continues the
+variant's run (its id from the checkpoint, else from mlflow_run.json; a new run, with the
+variant's parameters, if neither names one the store holds), logs the epochs the run lacks, the
+best epoch, the history table, train.json, model.json, history.csv and the model, ends the run
+FINISHED and writes mlflow_run.json. Params read: `mlflow.experiment`. Trains nothing and needs
+no data.
 """
 
 from __future__ import annotations
