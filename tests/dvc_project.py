@@ -43,6 +43,16 @@ class DvcProject:
         shutil.copy(REPO / ".dvcignore", root / ".dvcignore")
         self.commit("init")
 
+    @classmethod
+    def clone(cls, source: DvcProject, dest: Path) -> DvcProject:
+        """`git clone` of `source` at `dest`: what a colleague gets, no DVC cache, no outputs
+        but the git-tracked ones. Both record into `source`'s MLflow store (a shared server)."""
+        subprocess.run(["git", "clone", "-q", str(source.root), str(dest)], check=True)
+        project = cls.__new__(cls)
+        project.root = dest
+        project.env = {**source.env, "PYTHONPATH": str(dest / "src")}
+        return project
+
     def write_params(self, params: dict[str, Any]) -> None:
         (self.root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 

@@ -1,0 +1,123 @@
+"""DVC as its users work with it: results shared through a DVC remote, a clone's first
+experiment, and a `dvc exp show` narrow enough to read (one module-scoped project, tiny data,
+1-epoch variants)."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from dvc_project import REPO, DvcProject, tiny_params
+
+pytestmark = pytest.mark.slow
+
+# The README's promise: after two experiments that change one variant, `dvc exp show
+# --only-changed` holds at most this many columns, whatever the number of variants.
+MAX_CHANGED_COLUMNS = 16
+TERMINAL = 160  # columns
+
+
+def readme_block(heading: str) -> list[str]:
+    """The commands of the first ```sh block under `heading` in the README (comments dropped)."""
+    text = (REPO / "README.md").read_text().split(f"\n## {heading}\n", 1)[1]
+    block = text.split("```sh\n", 1)[1].split("```", 1)[0]
+    return [" ".join(shlex.split(line, comments=True)) for line in block.splitlines()]
+
+
+def digests(root: Path, *folders: str) -> dict[str, str]:
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for folder in folders
+        for p in sorted((root / folder).rglob("*"))
+        if p.is_file() and p.name != "checkpoint.pt" and p.name != ".gitignore"
+    }
+
+
+@pytest.fixture(scope="module")
+def shared(tiny_archive, tmp_path_factory: pytest.TempPathFactory):
+    """A project whose results were committed and pushed to a local-directory DVC remote, as the
+    README says, and a fresh clone of it that pulled them and ran two experiments."""
+    archive, md5 = tiny_archive
+    params = tiny_params(archive, md5)
+    params["train"]["epochs"] = 1
+    tmp = tmp_path_factory.mktemp("dvc_share")
+    origin = DvcProject(tmp / "origin", params)
+    remote = tmp / "remote"
+    commands = readme_block("Sharing results: a DVC remote")
+    # The README's own commands, its placeholder folder replaced by the temporary one.
+    for line in commands:
+        argv = shlex.split(line.replace("/path/to/dvc-store", str(remote)))
+        if argv[0] == "dvc" and argv[1] in ("remote", "push"):
+            origin.dvc(*argv[1:])
+            if argv[1] == "remote":
+                origin.repro()
+                origin.commit("results and remote")
+    clone = DvcProject.clone(origin, tmp / "clone")
+    pulled = clone.dvc("pull")
+    first = clone.dvc("exp", "run", "-n", "lr05", "-S", "variants.resnet8.lr=0.05")
+    clone.dvc("exp", "run", "-n", "lr02", "-S", "variants.resnet8.lr=0.02")
+    return {
+        "origin": origin,
+        "clone": clone,
+        "remote": remote,
+        "pulled": pulled,
+        "first": first,
+        "commands": commands,
+    }
+
+
+def test_pull_restores_the_pushed_results_byte_for_byte(shared):
+    origin, clone = shared["origin"], shared["clone"]
+    assert any(shared["remote"].rglob("*")), "dvc push wrote to the remote"
+    assert "dvc pull" in shared["commands"] and "dvc push" in shared["commands"]
+    # Compared before the experiments ran: the pull's own record of what it fetched ...
+    assert "models/plain8/model.pt" in shared["pulled"].stdout
+    # ... and now, for the variant no experiment touched, every byte.
+    pulled = digests(clone.root, "data", "models/plain8")
+    assert pulled == digests(origin.root, "data", "models/plain8")
+    assert "models/plain8/model.pt" in pulled and "data/prepared/meta.json" in pulled
+
+
+def test_first_experiment_in_a_clone_is_quiet_and_reruns_only_the_change(shared):
+    out = shared["first"].stdout + shared["first"].stderr
+    assert "No file hash info found" not in out
+    assert "WARNING" not in out, out
+    ran = sorted(line.split("'")[1] for line in out.splitlines() if line.startswith("Running"))
+    assert ran == ["compare", "evaluate@resnet8", "train@resnet8"]
+
+
+def test_exp_show_is_narrow(shared):
+    clone = shared["clone"]
+    csv = clone.dvc("exp", "show", "--csv").stdout
+    table = pd.read_csv(io.StringIO(csv))
+    assert {"lr05", "lr02"} <= set(table["Experiment"].dropna())
+    metric_columns = [c for c in table.columns if c.startswith("metrics/")]
+    # Numbers only: the headline metrics of train.json and eval.json, 4 + 4 per variant.
+    assert len(metric_columns) == 2 * 8, metric_columns
+    assert not any("per_class" in c or "model_args" in c or ":variant" in c for c in table)
+
+    changed = clone.dvc("exp", "show", "--only-changed", "--csv").stdout
+    columns = pd.read_csv(io.StringIO(changed)).columns
+    assert len(columns) <= MAX_CHANGED_COLUMNS, list(columns)
+    assert "variants.resnet8.lr" in columns
+
+    # The README's compact table, as a 160-column terminal shows it: no line wider, and both
+    # experiments and the changed parameter on it, not cut to an ellipsis.
+    (compact,) = [c for c in readme_block("DVC workflows") if c.startswith("dvc exp show")]
+    res = subprocess.run(
+        [str(Path(sys.executable).parent / "dvc"), *shlex.split(compact)[1:]],
+        cwd=clone.root,
+        env={**clone.env, "COLUMNS": str(TERMINAL)},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    lines = res.stdout.splitlines()
+    assert max(map(len, lines)) <= TERMINAL, res.stdout
+    assert "lr05" in res.stdout and "lr02" in res.stdout and "0.05" in res.stdout
