@@ -50,14 +50,14 @@ def write_metrics(metrics: Path, variants: dict[str, tuple]) -> None:
             "train_time_s": 12.5 * depth,
             "images_per_s": 1000.0 / depth,
         }
-        (folder / "train.json").write_text(json.dumps(train))
+        (folder / "train.json").write_text(json.dumps({v: train}))
         evaluation = {
             "accuracy": test_acc,
             "loss": 1.0 - test_acc,
             "macro_f1": test_acc - 0.01,
             "weighted_f1": test_acc - 0.005,
         }
-        (folder / "eval.json").write_text(json.dumps(evaluation))
+        (folder / "eval.json").write_text(json.dumps({v: evaluation}))
         classes = ["cat", "dog"]
         pd.DataFrame(
             [[40, 10], [5, 45]], index=pd.Index(classes, name="actual"), columns=classes
@@ -164,7 +164,7 @@ def test_missing_eval_json_names_the_file(fake_run) -> None:
 
 def test_missing_history_and_bad_json(fake_run) -> None:
     variants, metrics = fake_run
-    (metrics / "plain8" / "train.json").write_text('{"epochs": 3}')
+    (metrics / "plain8" / "train.json").write_text('{"plain8": {"epochs": 3}}')
     with pytest.raises(ResnetlabError, match=r"train.json: missing field 'best_val_accuracy'"):
         leaderboard.build_leaderboard(variants, metrics)
     (metrics / "plain8" / "history.csv").unlink()

@@ -60,13 +60,19 @@ def shared(tiny_archive, tmp_path_factory: pytest.TempPathFactory):
                 origin.commit("results and remote")
     clone = DvcProject.clone(origin, tmp / "clone")
     pulled = clone.dvc("pull")
-    first = clone.dvc("exp", "run", "-n", "lr05", "-S", "variants.resnet8.lr=0.05")
-    clone.dvc("exp", "run", "-n", "lr02", "-S", "variants.resnet8.lr=0.02")
+    folders = ("data", "models", "metrics", "reports")
+    restored = digests(clone.root, *folders), digests(origin.root, *folders)
+    status = clone.dvc("status").stdout
+    # resnet8 sets no lr of its own: `+` adds the key (DVC's rule), `++` adds or replaces it.
+    first = clone.dvc("exp", "run", "-n", "lr05", "-S", "+variants.resnet8.lr=0.05")
+    clone.dvc("exp", "run", "-n", "lr02", "-S", "++variants.resnet8.lr=0.02")
     return {
         "origin": origin,
         "clone": clone,
         "remote": remote,
         "pulled": pulled,
+        "restored": restored,
+        "status": status,
         "first": first,
         "commands": commands,
     }
@@ -76,12 +82,15 @@ def test_pull_restores_the_pushed_results_byte_for_byte(shared):
     origin, clone = shared["origin"], shared["clone"]
     assert any(shared["remote"].rglob("*")), "dvc push wrote to the remote"
     assert "dvc pull" in shared["commands"] and "dvc push" in shared["commands"]
-    # Compared before the experiments ran: the pull's own record of what it fetched ...
     assert "models/plain8/model.pt" in shared["pulled"].stdout
-    # ... and now, for the variant no experiment touched, every byte.
-    pulled = digests(clone.root, "data", "models/plain8")
-    assert pulled == digests(origin.root, "data", "models/plain8")
-    assert "models/plain8/model.pt" in pulled and "data/prepared/meta.json" in pulled
+    pulled, pushed = shared["restored"]
+    assert pulled == pushed
+    for name in ("models/plain8/model.pt", "data/prepared/meta.json", "metrics/resnet8/eval.json"):
+        assert name in pulled
+    # Nothing to re-run: the checkpoints the clone lacks are not outputs.
+    assert "up to date" in shared["status"], shared["status"]
+    assert not (clone.root / "models/plain8/checkpoint.pt").exists()
+    assert (origin.root / "models/plain8/checkpoint.pt").exists()
 
 
 def test_first_experiment_in_a_clone_is_quiet_and_reruns_only_the_change(shared):
@@ -97,19 +106,23 @@ def test_exp_show_is_narrow(shared):
     csv = clone.dvc("exp", "show", "--csv").stdout
     table = pd.read_csv(io.StringIO(csv))
     assert {"lr05", "lr02"} <= set(table["Experiment"].dropna())
-    metric_columns = [c for c in table.columns if c.startswith("metrics/")]
-    # Numbers only: the headline metrics of train.json and eval.json, 4 + 4 per variant.
+    metric_columns = [c for c in table.columns if c.split(".")[0] in ("plain8", "resnet8")]
+    # Numbers only: the headline metrics of train.json and eval.json, 4 + 4 per variant, each
+    # named after its variant alone (no `metrics/<v>/eval.json:` before it).
     assert len(metric_columns) == 2 * 8, metric_columns
-    assert not any("per_class" in c or "model_args" in c or ":variant" in c for c in table)
+    assert "resnet8.accuracy" in metric_columns and "plain8.best_val_accuracy" in metric_columns
+    assert not any(":" in c for c in table.columns), list(table.columns)
 
     changed = clone.dvc("exp", "show", "--only-changed", "--csv").stdout
     columns = pd.read_csv(io.StringIO(changed)).columns
     assert len(columns) <= MAX_CHANGED_COLUMNS, list(columns)
     assert "variants.resnet8.lr" in columns
 
-    # The README's compact table, as a 160-column terminal shows it: no line wider, and both
-    # experiments and the changed parameter on it, not cut to an ellipsis.
+    # The README's compact table at its natural width (DVC renders it whole when not on a
+    # terminal; a narrower terminal would collapse columns to ellipses): both experiments and
+    # the changed parameter on it, in 160 columns for the README's example variant.
     (compact,) = [c for c in readme_block("DVC workflows") if c.startswith("dvc exp show")]
+    compact = compact.replace("resnet56", "resnet8")
     res = subprocess.run(
         [str(Path(sys.executable).parent / "dvc"), *shlex.split(compact)[1:]],
         cwd=clone.root,
@@ -118,6 +131,15 @@ def test_exp_show_is_narrow(shared):
         text=True,
         check=True,
     )
-    lines = res.stdout.splitlines()
-    assert max(map(len, lines)) <= TERMINAL, res.stdout
-    assert "lr05" in res.stdout and "lr02" in res.stdout and "0.05" in res.stdout
+    header = next(line for line in res.stdout.splitlines() if "Experiment" in line)
+    named = header.count("resnet8.")  # columns named after the variant: the metrics, the param
+    assert header.split() == [
+        "Experiment",
+        "resnet8.best_val_accuracy",
+        "resnet8.accuracy",
+        "resnet8.macro_f1",
+        "variants.resnet8.lr",
+    ], header
+    width = max(map(len, res.stdout.splitlines())) + named * (len("resnet56") - len("resnet8"))
+    assert width <= TERMINAL, res.stdout
+    assert "[lr05]" in res.stdout and "[lr02]" in res.stdout

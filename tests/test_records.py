@@ -45,22 +45,24 @@ def variant(**train) -> Variant:
 
 
 def test_json_records_round_trip(tmp_path: Path) -> None:
-    SUMMARY.write(tmp_path / "train.json")
-    assert TrainSummary.read(tmp_path / "train.json") == SUMMARY
+    SUMMARY.write(tmp_path / "train.json", "tiny")
+    assert TrainSummary.read(tmp_path / "train.json", "tiny") == SUMMARY
     CARD.write(tmp_path / "model.json")
     assert ModelCard.read(tmp_path / "model.json") == CARD
     report = EvalReport(accuracy=0.9, loss=0.3, macro_f1=0.75, weighted_f1=0.76)
-    report.write(tmp_path / "eval.json")
+    report.write(tmp_path / "eval.json", "tiny")
     assert EvalReport.read(tmp_path / "eval.json") == report
+    with pytest.raises(RecordError, match=r"eval.json: written for variant 'tiny', not 'big'"):
+        EvalReport.read(tmp_path / "eval.json", "big")
 
 
 def test_dvc_metrics_files_hold_numbers_only(tmp_path: Path) -> None:
     # Every value in a DVC metrics file is a column of `dvc exp show`, per variant: train.json
-    # and eval.json carry headline numbers only; names and details live in model.json and
-    # per_class.csv.
+    # and eval.json carry headline numbers only, under the variant's name (the column is
+    # `tiny.accuracy`); names and details live in model.json and per_class.csv.
     for record, name in ((SUMMARY, "train.json"), (EvalReport(0.9, 0.3, 0.75, 0.76), "eval.json")):
-        record.write(tmp_path / name)
-        data = json.loads((tmp_path / name).read_text())
+        record.write(tmp_path / name, "tiny")
+        (data,) = json.loads((tmp_path / name).read_text()).values()
         assert all(type(v) in (int, float) for v in data.values()), data
         assert len(data) == 4
     RunFile("abc", "exp").write(tmp_path / "run.json")
@@ -83,8 +85,9 @@ def test_history_round_trip(tmp_path: Path) -> None:
     [
         (None, "train.json: not found; re-run `dvc repro train@tiny`"),
         ("{not json", "train.json: not readable JSON"),
-        ("[1, 2]", "train.json: expected a JSON object, got list"),
-        ('{"epochs": 3}', "train.json: missing field 'best_val_accuracy'"),
+        ("[1, 2]", "train.json: expected one JSON object under the variant's name"),
+        ('{"tiny": [1]}', "train.json: expected a JSON object, got list"),
+        ('{"tiny": {"epochs": 3}}', "train.json: missing field 'best_val_accuracy'"),
     ],
 )
 def test_bad_json_record_names_file_and_field(tmp_path: Path, content, message) -> None:
@@ -96,7 +99,7 @@ def test_bad_json_record_names_file_and_field(tmp_path: Path, content, message) 
 
 
 def test_wrongly_typed_field_is_named(tmp_path: Path) -> None:
-    data = SUMMARY.to_dict() | {"epochs": "three"}
+    data = {"tiny": SUMMARY.to_dict() | {"epochs": "three"}}
     (tmp_path / "train.json").write_text(json.dumps(data))
     with pytest.raises(RecordError, match=r"field 'epochs' is 'three'"):
         TrainSummary.read(tmp_path / "train.json")

@@ -143,8 +143,31 @@ class _JsonRecord:
         return _from_mapping(cls, _read_json(path, stage), Path(path), stage)
 
 
+class _MetricsRecord(_JsonRecord):
+    """A DVC metrics file: the fields under one key, the variant's name. DVC names a column of
+    `dvc exp show` after its key alone when no other file has that key, so the column reads
+    `resnet56.accuracy` rather than `metrics/resnet56/eval.json:accuracy`."""
+
+    def write(self, path: Path, variant: str | None = None) -> None:  # type: ignore[override]
+        if not variant:
+            raise ValueError(f"{path}: a metrics record is written under its variant's name")
+        _write_json(path, {variant: self.to_dict()})
+
+    @classmethod
+    def read(cls: type[J], path: Path, variant: str | None = None) -> J:
+        stage = _stage(cls.STAGE, variant)
+        data = _read_json(path, stage)
+        path = Path(path)
+        if not (isinstance(data, Mapping) and len(data) == 1):
+            raise _fail(path, "expected one JSON object under the variant's name", stage)
+        ((key, inner),) = data.items()
+        if variant is not None and key != variant:
+            raise _fail(path, f"written for variant {key!r}, not {variant!r}", stage)
+        return _from_mapping(cls, inner, path, stage)
+
+
 @dataclass(frozen=True)
-class TrainSummary(_JsonRecord):
+class TrainSummary(_MetricsRecord):
     """`train.json`: a variant's training in headline numbers (a DVC metrics file)."""
 
     epochs: int  # epochs completed
@@ -170,7 +193,7 @@ class ModelCard(_JsonRecord):
 
 
 @dataclass(frozen=True)
-class EvalReport(_JsonRecord):
+class EvalReport(_MetricsRecord):
     """`eval.json`: the kept model on the test set in headline numbers (a DVC metrics file).
     Per-class precision/recall/F1 and the averaged precision and recall go to per_class.csv."""
 

@@ -78,7 +78,9 @@ def evaluate_variant(variant: str, data_dir: Path, model_dir: Path, out_dir: Pat
     classes = list(data.classes)
     full = {**metrics.classification_report(y_true, y_pred, classes), "loss": loss}
     report = EvalReport(**{name: full[name] for name in EvalReport.fields()})
-    files = _write(Path(out_dir), report, full, classes, y_true, y_pred, confidence.cpu().numpy())
+    files = _write(
+        Path(out_dir), variant, report, full, classes, y_true, y_pred, confidence.cpu().numpy()
+    )
     headline = {f"test_{k}": full[k] for k in MLFLOW_HEADLINE}
     tracking.log_evaluation(run_file.run_id, headline, files)
     log.info(
@@ -93,7 +95,7 @@ def evaluate_variant(variant: str, data_dir: Path, model_dir: Path, out_dir: Pat
 
 
 def _write(
-    out_dir: Path, report: EvalReport, full: dict, classes, y_true, y_pred, confidence
+    out_dir: Path, variant: str, report: EvalReport, full: dict, classes, y_true, y_pred, confidence
 ) -> list[Path]:
     import pandas as pd
 
@@ -101,7 +103,7 @@ def _write(
     paths = [
         out_dir / n for n in ("eval.json", "per_class.csv", "confusion.csv", "predictions.csv")
     ]
-    report.write(paths[0])
+    report.write(paths[0], variant)
     metrics.per_class_frame(full).to_csv(paths[1], index=False, float_format="%.6g")
     cm = metrics.confusion_matrix(y_true, y_pred, len(classes))
     pd.DataFrame(cm, index=pd.Index(classes, name="actual"), columns=classes).to_csv(paths[2])

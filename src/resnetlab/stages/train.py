@@ -73,7 +73,7 @@ def train_variant(
         record, history, summary = trainer.model_record(), trainer.history(), trainer.summary()
         record.write(out_dir / "model.pt")
         history.write(metrics_dir / "history.csv")
-        summary.write(metrics_dir / "train.json")
+        summary.write(metrics_dir / "train.json", variant.name)
         trainer.card().write(metrics_dir / "model.json")
         example = trainer.data.images["val"][:4].transpose(0, 3, 1, 2).astype("float32") / 255
         classifier = classifier_of(record)
