@@ -5,14 +5,17 @@ Works unchanged under `torchrun --nproc_per_node=N` (DistributedDataParallel).
 
 Outputs (paths from the command line, i.e. from dvc.yaml):
   <out>/model.pt         best-on-validation weights + resolved config (weights_only-loadable)
-  <out>/checkpoint.pt    last complete epoch; DVC keeps it (persist) so an interrupted run resumes
+  <out>/checkpoint.pt    last complete epoch, so an interrupted run resumes (not a DVC output:
+                         DVC leaves it alone)
   <out>/mlflow_run.json  the MLflow run id, for the evaluate and compare stages
-  <metrics>/train.json   summary metrics;  <metrics>/history.csv  one row per epoch
+  <metrics>/train.json   headline numbers (DVC metrics);  <metrics>/model.json  what was trained
+  <metrics>/history.csv  one row per epoch
 
 A tracking server that stops answering never costs an epoch: what it does not take is retried at
 each epoch and at the end. If it still does not take it then, the stage fails after writing
-model.pt, train.json and history.csv (not mlflow_run.json), leaving the checkpoint resumable;
-`resnetlab relog --variant NAME` records them later, or a re-run records without training.
+model.pt, train.json, model.json and history.csv (not mlflow_run.json), leaving the checkpoint
+resumable; `resnetlab relog --variant NAME` records them later, or a re-run records without
+training.
 """
 
 from __future__ import annotations
