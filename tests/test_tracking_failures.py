@@ -169,7 +169,7 @@ def test_stage_error_when_tracking_is_behind_at_the_end_names_files_and_relog(
     assert cli_error(capsys) == (
         f"resnetlab train: error: tiny: training is complete but not recorded: MLflow tracking "
         f"store {uri} did not take the records (unreachable (refused by the test)): run "
-        f"{run_id} lacks epoch 2, the model, history.json, train.json, history.csv, "
+        f"{run_id} lacks epoch 2, the model, history.json, train.json, model.json, history.csv, "
         "best_val_accuracy, best_epoch, its end. The model and metrics are on disk "
         "(models/tiny/model.pt, metrics/tiny/history.csv, metrics/tiny/train.json); when the "
         "store answers, record them with `resnetlab relog --variant tiny`, or re-run this stage "
