@@ -67,6 +67,8 @@ PARENT_KEY_TAG = "resnetlab.parent_key"
 # Set by the MLproject entry points to the run `mlflow run` made (which they unset as
 # MLFLOW_RUN_ID so that nothing logs into it by accident); see `Lineage`.
 LAUNCH_RUN_ENV = "RESNETLAB_LAUNCH_RUN_ID"
+# The module MLflow's pyfunc flavor imports to load the logged models (serving.py).
+PYFUNC_LOADER = "resnetlab.serving"
 # How long a stage that created a parent run waits before looking for a concurrent creator's.
 _SETTLE_S = 0.3
 
@@ -348,6 +350,13 @@ def parent_run(c: MlflowClient, exp_id: str, group: Lineage) -> str:
         # `mlflow run` ran in another experiment: link the two runs both ways.
         c.set_tag(launch.info.run_id, "resnetlab.parent_run", mine)
         c.set_tag(mine, "resnetlab.launch_experiment", launch.info.experiment_id)
+        log.warning(
+            "`mlflow run` recorded run %s in experiment %s, not in the stages' one; the two are "
+            "linked by tags. Pass `--experiment-name <mlflow.experiment>` to nest the stages' "
+            "runs under it",
+            launch.info.run_id,
+            launch.info.experiment_id,
+        )
     return winner
 
 
@@ -875,8 +884,6 @@ def save_model_artifact(
     from mlflow.models import Model, ModelSignature
     from mlflow.types import ColSpec, Schema, TensorSpec
 
-    from resnetlab import serving
-
     model = model.cpu().eval()
     signature = ModelSignature(
         inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 3, 32, 32))]),
@@ -903,7 +910,8 @@ def save_model_artifact(
         ],
     )
     spec = Model.load(str(local / "MLmodel"))
-    spec.flavors["python_function"]["loader_module"] = serving.__name__
+    # Named, not imported: the train stage never runs the loader (nor its imports).
+    spec.flavors["python_function"]["loader_module"] = PYFUNC_LOADER
     spec.save(str(local / "MLmodel"))
 
 
