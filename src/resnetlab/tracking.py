@@ -59,6 +59,7 @@ _METRICS_BATCH = 1000  # ... and at most 1000 metrics
 _PROBE_TIMEOUT_S = 3.0  # a live server answers /health in milliseconds
 _CALL_S = 20.0  # one metadata call (params, metrics, tags, status, lookups)
 _UPLOAD_S = 120.0  # one artifact upload; the largest model is a few MB
+_MONITOR_STOP_S = 3.0  # the system metrics monitor's last sample and flush
 # Tags that let a later execution tell whether the process recording a RUNNING run still lives.
 HOST_TAG, PID_TAG = "host", "pid"
 # The parent run of a DVC experiment (or of a plain `dvc repro`) carries its key in this tag; see
@@ -537,10 +538,14 @@ class TrainingRun:
         monitor, self._monitor = self._monitor, None
         if monitor is None:
             return
-        try:  # its last flush talks to the store: bounded like every call
-            self._calls(monitor.finish, _CALL_S)
-        except Exception as exc:
-            log.debug("system metrics monitor not stopped cleanly: %s", exc)
+        # Its thread may be stuck in MLflow's retries of a dead server, and `finish` joins it
+        # unbounded: waited for a few seconds on a thread of its own (not `_calls`, whose next
+        # call would wait for it too). Past that, the last sample is lost, nothing else.
+        stopper = threading.Thread(target=monitor.finish, name="resnetlab-sysmetrics", daemon=True)
+        stopper.start()
+        stopper.join(_MONITOR_STOP_S)
+        if stopper.is_alive():
+            log.debug("%s: system metrics monitor did not stop in time", self.name)
 
     def _open(self) -> None:
         """Create the run, or re-open the one to resume (on the worker thread)."""
