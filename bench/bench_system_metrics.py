@@ -14,7 +14,7 @@ Two measurements on the same machine:
    several samples; at 10 s the share is a tenth of that). Whole-pass times on a loaded machine
    are noisy: read the direct figure as the answer and the A/B as its sanity check.
 
-    python bench/bench_system_metrics.py            # ~1 min on 2 CPU cores
+    python bench/bench_system_metrics.py            # ~1 min on 2 idle CPU cores, more when busy
     python bench/bench_system_metrics.py --json out.json
 """
 
