@@ -11,7 +11,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from resnetlab import figures, leaderboard
+from resnetlab import figures, leaderboard, tracking
 from resnetlab.cli import main
 from resnetlab.config import parse_params
 from resnetlab.errors import ResnetlabError
@@ -216,7 +216,9 @@ def test_cli_compare_draws_and_logs_to_mlflow(fake_run, tmp_path: Path, monkeypa
     assert main(argv) == 0
     runs = client.search_runs([experiment_id], filter_string="tags.stage = 'compare'")
     (run,) = runs
-    assert run.info.run_name == "compare" and run.info.status == "FINISHED"
+    # Outside `dvc exp run` and git: the parent run of this commit-less `dvc repro` and params.
+    assert run.info.run_name.startswith("repro no-git ") and run.info.status == "FINISHED"
+    assert run.data.tags[tracking.PARENT_KEY_TAG].startswith("repro:no-git:")
     logged = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert logged >= {
         "leaderboard.csv",

@@ -14,8 +14,13 @@ from mlflow.projects._project_spec import load_project
 from mlflow.utils.environment import _PythonEnv
 from mlflow.utils.requirements_utils import _parse_requirements
 
-# `mlflow run` gives the command its own run; the stages must not adopt it (see MLproject).
-UNSET = "unset MLFLOW_RUN_ID MLFLOW_EXPERIMENT_ID && "
+from resnetlab import tracking
+
+# `mlflow run` gives the command its own run; the stages nest under it, but never adopt it as
+# the active run of MLflow's fluent API (see MLproject).
+UNSET = (
+    "export RESNETLAB_LAUNCH_RUN_ID=$MLFLOW_RUN_ID && unset MLFLOW_RUN_ID MLFLOW_EXPERIMENT_ID && "
+)
 
 
 @pytest.fixture(scope="module")
@@ -86,21 +91,45 @@ def test_mlflow_run_train_entry_point(tiny_archive, tmp_path) -> None:
 
     mlflow_bin = str(Path(sys.executable).parent / "mlflow")
     argv = ["run", str(dvc.root), "-e", "train", "-P", "variant=resnet8", "--env-manager", "local"]
+    argv += ["--experiment-name", "e2e"]  # params.yaml's mlflow.experiment, as the README says
     res = dvc.run(mlflow_bin, *argv)
     assert "Running stage 'train@resnet8'" in res.stdout
     assert "train@plain8" not in res.stdout  # one variant only
     assert (dvc.root / "models/resnet8/model.pt").exists()
 
     client = MlflowClient(dvc.env["MLFLOW_TRACKING_URI"])
-    (launch,) = client.search_runs([client.get_experiment_by_name("Default").experiment_id])
+    exp_id = client.get_experiment_by_name("e2e").experiment_id
+    assert not client.search_runs([client.get_experiment_by_name("Default").experiment_id])
+    everything = client.search_runs([exp_id])
+    (launch,) = [r for r in everything if r.data.tags.get("stage") != "train"]
     assert launch.info.status == "FINISHED"
     assert launch.data.params == {"variant": "resnet8"}
-    # The stage recorded a run of its own, in params.yaml's experiment.
-    (train,) = client.search_runs([client.get_experiment_by_name("e2e").experiment_id])
+    # The stage recorded a run of its own, nested under the `mlflow run` run.
+    (train,) = client.search_runs([exp_id], "tags.stage = 'train'")
     assert train.info.run_name == "resnet8" and train.info.status == "FINISHED"
-    assert train.data.tags["stage"] == "train" and train.info.run_id != launch.info.run_id
+    assert train.data.tags["mlflow.parentRunId"] == launch.info.run_id
+    key = f"mlflow-run:{launch.info.run_id}"
+    assert launch.data.tags[tracking.PARENT_KEY_TAG] == key
+    assert train.data.tags["resnetlab.group"] == key
 
     # Up to date: DVC skips the training, and `mlflow run` still succeeds.
     res = dvc.run(mlflow_bin, *argv)
     assert "Running stage 'train@resnet8'" not in res.stdout
-    assert len(client.search_runs([client.get_experiment_by_name("e2e").experiment_id])) == 1
+    assert len(client.search_runs([exp_id], "tags.stage = 'train'")) == 1
+
+
+def test_launch_run_in_another_experiment_is_linked(tmp_path, monkeypatch) -> None:
+    """`mlflow run` without --experiment-name records into `Default`: no parent across
+    experiments, so the stages' parent is made in theirs and the two are linked by tags."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    launch = client.create_run("0").info.run_id  # Default
+    exp_id = client.create_experiment("e2e")
+    group = tracking.Lineage(f"mlflow-run:{launch}", launch_run=launch)
+    parent = tracking.parent_run(client, exp_id, group)
+    assert parent != launch
+    assert client.get_run(launch).data.tags["resnetlab.parent_run"] == parent
+    tags = client.get_run(parent).data.tags
+    assert tags["resnetlab.launch_run"] == launch and tags["resnetlab.launch_experiment"] == "0"
+    assert client.get_run(parent).info.experiment_id == exp_id

@@ -258,7 +258,7 @@ def logged(models_dir, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, s
         assert {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"} == {
             k: v for k, v in before.items() if k != "MLFLOW_TRACKING_URI"
         }
-    return uri, f"runs:/{run.run_id}/model"
+    return uri, f"runs:/{run.run_id}/tiny"  # the logged model is named after its variant
 
 
 def test_predict_model_uri_matches_variant(models_dir, images, logged, monkeypatch, capsys):
@@ -289,27 +289,32 @@ def test_predict_model_uri_matches_variant(models_dir, images, logged, monkeypat
 def test_predict_bad_model_uri(images, logged, monkeypatch, capsys) -> None:
     uri, _ = logged
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    bad = "runs:/0123456789abcdef0123456789abcdef/model"
+    bad = "runs:/0123456789abcdef0123456789abcdef/tiny"
     rc, out, err = predict_cli(capsys, "--model-uri", bad, str(images["png"]))
     assert rc == 1 and out == ""
     assert err.startswith(f"resnetlab predict: error: cannot load the MLflow model {bad} ")
     assert "Traceback" not in err
 
 
-def test_pyfunc_predicts_batches(models_dir, logged) -> None:
+def test_pyfunc_predicts_batches(models_dir, logged, monkeypatch) -> None:
     """What `mlflow models predict` and `mlflow models serve` call."""
     import mlflow.artifacts
     import mlflow.pyfunc
 
     uri, model_uri = logged
+    # MLflow resolves `runs:/<run>/<logged model name>` with the tracking URI of the environment.
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     local = mlflow.artifacts.download_artifacts(artifact_uri=model_uri, tracking_uri=uri)
     model = mlflow.pyfunc.load_model(local)
     x = np.random.default_rng(1).random((2, 3, 32, 32), dtype=np.float32)
     out = model.predict(x)
-    assert isinstance(out, np.ndarray) and out.shape == (2, 10)
-    clf, _ = load_classifier(models_dir / "tiny" / "model.pt")
+    clf, record = load_classifier(models_dir / "tiny" / "model.pt")
+    # Class names and probabilities (the softmax of the network's logits), not logits.
+    assert list(out.columns) == ["class", "probability", *record.classes] and len(out) == 2
     with torch.no_grad():
-        assert np.allclose(out, clf(torch.from_numpy(x)).numpy(), atol=1e-5)
+        probabilities = torch.softmax(clf(torch.from_numpy(x)), 1).numpy()
+    assert np.allclose(out[list(record.classes)].to_numpy(), probabilities, atol=1e-5)
+    assert list(out["class"]) == [record.classes[i] for i in probabilities.argmax(1)]
 
 
 @pytest.mark.slow
@@ -327,8 +332,8 @@ def test_mlflow_models_predict_cli(logged, tmp_path: Path, monkeypatch) -> None:
         cmd, env={**os.environ, **env}, capture_output=True, text=True, timeout=120
     )
     assert res.returncode == 0, res.stderr[-3000:]
-    preds = np.asarray(json.loads(result.read_text())["predictions"])
-    assert preds.shape == (3, 10)
+    rows = json.loads(result.read_text())["predictions"]
+    assert len(rows) == 3 and all(set(row) >= {"class", "probability"} for row in rows)
 
 
 def test_default_models_dir_is_dvc_yamls() -> None:

@@ -141,7 +141,9 @@ def test_server_dying_mid_training_costs_no_epoch_and_relog_backfills_the_run(
         best = c.get_metric_history(run_id, "best_val_accuracy")
         assert [m.value for m in best] == pytest.approx([record.best_val_accuracy])
         artifacts = {a.path for a in c.list_artifacts(run_id)}
-        assert {"model", "history.json", "train.json", "history.csv"} <= artifacts
+        assert {"history.json", "train.json", "history.csv"} <= artifacts
+        (output,) = c.get_run(run_id).outputs.model_outputs  # the logged model, relogged
+        assert c.get_logged_model(output.model_id).name == "tiny"
         assert RunFile.read(workdir / "models/tiny/mlflow_run.json").run_id == run_id
 
 
@@ -313,13 +315,17 @@ def test_run_left_running_by_kill_9_in_epoch_1_is_marked_killed_by_the_next_run(
 
 
 def _running_run(db: Path) -> str | None:
-    """A RUNNING run's id in the SQLite store, read with sqlite3 itself: an MLflow client here
-    would set up the tables the training process may be creating right now."""
+    """A RUNNING training run's id in the SQLite store (one with a pid tag, not its parent run),
+    read with sqlite3 itself: an MLflow client here would set up the tables the training process
+    may be creating right now."""
     if not db.exists():
         return None
     try:
         with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1) as conn:
-            row = conn.execute("SELECT run_uuid FROM runs WHERE status = 'RUNNING'").fetchone()
+            row = conn.execute(
+                "SELECT run_uuid FROM runs WHERE status = 'RUNNING' AND run_uuid IN "
+                f"(SELECT run_uuid FROM tags WHERE key = '{tracking.PID_TAG}')"
+            ).fetchone()
     except sqlite3.Error:  # tables not created yet, or locked for a moment
         return None
     return row[0] if row else None

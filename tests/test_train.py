@@ -68,8 +68,10 @@ def client():
 
 
 def runs(experiment: str = "train-test"):
+    """The training runs (not their parent run, see tracking.Lineage)."""
     exp = client().get_experiment_by_name(experiment)
-    return client().search_runs([exp.experiment_id]) if exp else []
+    found = client().search_runs([exp.experiment_id], "tags.stage = 'train'") if exp else []
+    return list(found)
 
 
 def test_trains_records_and_writes_outputs(tiny_prepared, workdir):
@@ -113,19 +115,39 @@ def test_trains_records_and_writes_outputs(tiny_prepared, workdir):
     assert tags["variant"] == "tiny" and tags["device"] == "cpu"
     assert tags["torch_version"] == torch.__version__
     artifacts = {a.path for a in client().list_artifacts(run_id)}
-    assert {"history.json", "train.json", "model.json", "history.csv", "model"} <= artifacts
+    assert {"history.json", "train.json", "model.json", "history.csv"} <= artifacts
     assert not (workdir / "metrics/tiny/curves.png").exists()  # figures are the compare stage's
+
+    # The model: a logged model named after the variant, the run's output, registered.
+    (output,) = client().get_run(run_id).outputs.model_outputs
+    logged = client().get_logged_model(output.model_id)
+    assert logged.name == "tiny" and logged.source_run_id == run_id
+    (version,) = client().search_model_versions("name = 'resnetlab-tiny'")
+    assert version.source == f"models:/{output.model_id}" and version.run_id == run_id
 
     import mlflow.artifacts
     import mlflow.pyfunc
+    import mlflow.pytorch
 
     # Downloaded with an explicit tracking URI: MLflow's global one may point anywhere.
     local = mlflow.artifacts.download_artifacts(
-        artifact_uri=f"runs:/{run_id}/model", tracking_uri=os.environ["MLFLOW_TRACKING_URI"]
+        artifact_uri=f"runs:/{run_id}/tiny", tracking_uri=os.environ["MLFLOW_TRACKING_URI"]
     )
+    # pyfunc: class names and probabilities, the output schema naming the classes.
     model = mlflow.pyfunc.load_model(local)
-    out = model.predict(np.random.rand(2, 3, 32, 32).astype(np.float32))
-    assert np.asarray(out).shape == (2, 10)
+    classes = record["classes"]
+    assert model.metadata.get_output_schema().input_names() == ["class", "probability", *classes]
+    images = np.random.default_rng(0).random((2, 3, 32, 32), dtype=np.float32)
+    out = model.predict(images)
+    assert list(out.columns) == ["class", "probability", *classes] and len(out) == 2
+    assert set(out["class"]) <= set(classes)
+    assert out[classes].sum(axis=1).to_numpy() == pytest.approx([1.0, 1.0], abs=1e-5)
+    # mlflow.pytorch: the network itself, logits out.
+    net = mlflow.pytorch.load_model(local)
+    logits = net(torch.from_numpy(images)).detach()
+    assert logits.shape == (2, 10)
+    expected = torch.softmax(logits, 1).max(1).values.numpy()
+    assert out["probability"].to_numpy() == pytest.approx(expected, abs=1e-5)
 
 
 def test_resume_after_interruption_gives_identical_weights(tiny_prepared, workdir, monkeypatch):

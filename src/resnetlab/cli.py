@@ -31,6 +31,7 @@ def build_parser(stage: str | None = None) -> argparse.ArgumentParser:
         prog="resnetlab", description="Residual networks on CIFAR-10: the pipeline's stages."
     )
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="stage", required=True, metavar="STAGE")
     for name, help_text in STAGES.items():
         if name != stage:
@@ -46,6 +47,18 @@ def build_parser(stage: str | None = None) -> argparse.ArgumentParser:
         module.add_arguments(p)
         p.set_defaults(_run=module.run)
     return parser
+
+
+def _version() -> str:
+    """The installed distribution's version (pyproject.toml), else the package's own."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("resnetlab")
+    except PackageNotFoundError:
+        from resnetlab import __version__
+
+        return __version__
 
 
 def _chosen_stage(argv: list[str]) -> str | None:

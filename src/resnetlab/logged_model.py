@@ -329,7 +329,7 @@ def _allowed(node: ast.AST, guard: bool) -> bool:
 
 
 def load_uri(model_uri: str) -> tuple[torch.nn.Module, list[str] | None]:
-    """`load` of the MLflow model at `model_uri` (`runs:/<id>/model`, `models:/<name>/<v>`, a
+    """`load` of the MLflow model at `model_uri` (`runs:/<id>/<variant>`, `models:/<name>/<v>`, a
     local folder, ...): the one way `resnetlab predict` and the web app load a logged model."""
     from resnetlab import tracking
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import json
 import logging
 import os
@@ -58,8 +59,19 @@ _METRICS_BATCH = 1000  # ... and at most 1000 metrics
 _PROBE_TIMEOUT_S = 3.0  # a live server answers /health in milliseconds
 _CALL_S = 20.0  # one metadata call (params, metrics, tags, status, lookups)
 _UPLOAD_S = 120.0  # one artifact upload; the largest model is a few MB
+_MONITOR_STOP_S = 3.0  # the system metrics monitor's last sample and flush
 # Tags that let a later execution tell whether the process recording a RUNNING run still lives.
 HOST_TAG, PID_TAG = "host", "pid"
+# The parent run of a DVC experiment (or of a plain `dvc repro`) carries its key in this tag; see
+# `Lineage`.
+PARENT_KEY_TAG = "resnetlab.parent_key"
+# Set by the MLproject entry points to the run `mlflow run` made (which they unset as
+# MLFLOW_RUN_ID so that nothing logs into it by accident); see `Lineage`.
+LAUNCH_RUN_ENV = "RESNETLAB_LAUNCH_RUN_ID"
+# The module MLflow's pyfunc flavor imports to load the logged models (serving.py).
+PYFUNC_LOADER = "resnetlab.serving"
+# How long a stage that created a parent run waits before looking for a concurrent creator's.
+_SETTLE_S = 0.3
 
 
 def tracking_uri() -> str:
@@ -228,6 +240,182 @@ def common_tags(stage: str) -> dict[str, str]:
     return tags
 
 
+# --- where a run belongs: one parent run per DVC experiment -----------------------------------
+
+
+@dataclass(frozen=True)
+class Lineage:
+    """The group a stage's run belongs to, and the key of that group's parent run.
+
+    - Under `dvc exp run`: the DVC experiment, `dvc-exp:<name>@<baseline commit>`. DVC names an
+      experiment uniquely per baseline commit (its ref is refs/exps/<baseline>/<name>), so the
+      name alone could join a re-used name on another commit; the pair is the experiment. Every
+      stage of one `dvc exp run` (and a queued experiment's worker) sees the same DVC_EXP_NAME and
+      DVC_EXP_BASELINE_REV, so all find the same parent.
+    - Under an MLproject entry point (`mlflow run`): the run `mlflow run` made,
+      `mlflow-run:<run id>`; that run is the parent when it is in the stages' experiment, and is
+      linked to it (tags both ways) when it is not.
+    - Under a plain `dvc repro`: `repro:<git commit>:<params digest>`, the digest being the first
+      12 hex digits of SHA-256 over params.yaml's parsed content (canonical JSON, so comments and
+      layout do not count). Two `dvc repro`s from the same commit with the same params share a
+      parent: they are the same experiment, re-run. Uncommitted code edits are not part of the
+      key (dvc.lock records them); `no-git` stands for the commit outside a git repository.
+    """
+
+    key: str
+    exp_name: str = ""  # DVC's experiment name; "" outside `dvc exp run`
+    baseline: str = ""  # DVC's baseline revision (a commit), under `dvc exp run`
+    commit: str = ""
+    launch_run: str = ""  # the `mlflow run` run, under an MLproject entry point
+
+    @property
+    def parent_name(self) -> str:
+        if self.exp_name:
+            return self.exp_name
+        if self.launch_run:
+            return f"mlflow run {self.launch_run[:8]}"
+        return f"repro {self.commit[:7] or 'no-git'} {self.key.rsplit(':', 1)[-1][:6]}"
+
+    def tags(self) -> dict[str, str]:
+        tags = {PARENT_KEY_TAG: self.key}
+        if self.exp_name:
+            tags["dvc_exp_name"] = self.exp_name
+        if self.baseline:
+            tags["dvc_baseline"] = self.baseline
+        if self.launch_run:
+            tags["resnetlab.launch_run"] = self.launch_run
+        return tags
+
+    def run_name(self, variant: str) -> str:
+        """`resnet20 · tiny1` under a DVC experiment, else the variant alone."""
+        return f"{variant} · {self.exp_name}" if self.exp_name else variant
+
+
+def params_digest(params_file: Path | None) -> str:
+    """SHA-256 (12 hex digits) of the params file's parsed content; `none` without a file."""
+    import yaml
+
+    if params_file is None or not Path(params_file).is_file():
+        return "none"
+    raw = yaml.safe_load(Path(params_file).read_text())
+    blob = json.dumps(raw, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:12]
+
+
+def lineage(params_file: Path | None) -> Lineage:
+    """The `Lineage` of the stage running now (from DVC's and `mlflow run`'s environment)."""
+    commit = git_commit() or ""
+    exp_name = os.environ.get("DVC_EXP_NAME", "")
+    baseline = os.environ.get("DVC_EXP_BASELINE_REV", "")
+    launch = os.environ.get(LAUNCH_RUN_ENV, "")
+    if exp_name:
+        key = f"dvc-exp:{exp_name}@{baseline or commit or 'no-git'}"
+    elif launch:
+        key = f"mlflow-run:{launch}"
+    else:
+        key = f"repro:{commit or 'no-git'}:{params_digest(params_file)}"
+    return Lineage(key, exp_name, baseline, commit, launch)
+
+
+def parent_run(c: MlflowClient, exp_id: str, group: Lineage) -> str:
+    """The id of `group`'s parent run in experiment `exp_id`, found by its key tag or created.
+
+    Safe when stages race (DVC queue workers, parallel `dvc exp run`s of one experiment): a
+    stage that finds none creates one, waits `_SETTLE_S`, and searches again; of the parents it
+    then sees, the first created (start time, then run id) is the parent, and a later one it made
+    itself is deleted. Every racer picks the same one: a creator that did not see another's
+    parent created it at least `_SETTLE_S` before the other's run existed, hence earlier.
+    """
+    from mlflow.entities import RunTag
+
+    if group.launch_run:
+        launch = _launch_run(c, group.launch_run)
+        if launch is not None and launch.info.experiment_id == exp_id:
+            # The `mlflow run` run is the parent; tagging it again is harmless.
+            c.log_batch(launch.info.run_id, tags=[RunTag(k, v) for k, v in group.tags().items()])
+            return launch.info.run_id
+    found = _parents(c, exp_id, group.key)
+    if found:
+        return found[0]
+    tags = {**common_tags("experiment"), **group.tags(), "mlflow.note.content": _parent_note(group)}
+    mine = c.create_run(exp_id, run_name=group.parent_name, tags=tags).info.run_id
+    # A container, not a process: FINISHED at once, so that no run stays RUNNING if compare, which
+    # logs into it, does not run.
+    c.set_terminated(mine, status="FINISHED")
+    time.sleep(_SETTLE_S)
+    winner = (_parents(c, exp_id, group.key) or [mine])[0]
+    if winner != mine:
+        c.delete_run(mine)
+        log.info("parent run %s: a concurrent stage created %s first; using it", mine, winner)
+    elif group.launch_run and (launch := _launch_run(c, group.launch_run)) is not None:
+        # `mlflow run` ran in another experiment: link the two runs both ways.
+        c.set_tag(launch.info.run_id, "resnetlab.parent_run", mine)
+        c.set_tag(mine, "resnetlab.launch_experiment", launch.info.experiment_id)
+        log.warning(
+            "`mlflow run` recorded run %s in experiment %s, not in the stages' one; the two are "
+            "linked by tags. Pass `--experiment-name <mlflow.experiment>` to nest the stages' "
+            "runs under it",
+            launch.info.run_id,
+            launch.info.experiment_id,
+        )
+    return winner
+
+
+def _parents(c: MlflowClient, exp_id: str, key: str) -> list[str]:
+    runs = c.search_runs([exp_id], f"tags.`{PARENT_KEY_TAG}` = '{_quote(key)}'", max_results=100)
+    return [r.info.run_id for r in sorted(runs, key=lambda r: (r.info.start_time, r.info.run_id))]
+
+
+def _launch_run(c: MlflowClient, run_id: str) -> Any:
+    try:
+        return c.get_run(run_id)
+    except Exception as exc:
+        if not _is_missing(exc):
+            raise
+        log.warning("%s names run %s, which the store does not hold", LAUNCH_RUN_ENV, run_id)
+        return None
+
+
+def _parent_note(group: Lineage) -> str:
+    if group.exp_name:
+        return f"DVC experiment {group.exp_name} (baseline {group.baseline[:7]})"
+    if group.launch_run:
+        return f"`mlflow run` {group.launch_run}"
+    return f"`dvc repro` at commit {group.commit[:7] or '(no git)'}, params {group.key[-12:]}"
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """The prepared data a run trained on, as MLflow's dataset input: a digest of the arrays,
+    a name, where it came from, and the split sizes (its profile)."""
+
+    name: str
+    digest: str
+    source: str  # the archive's URL or path
+    splits: Mapping[str, int]
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """What places and describes a training run: its group (parent run), a one-line
+    description, and the data it trained on (None when unknown, as for `resnetlab relog`)."""
+
+    lineage: Lineage
+    description: str = ""
+    dataset: DatasetInfo | None = None
+
+
+def describe_run(
+    model: Mapping[str, Any], overrides: Sequence[str], variant: str, data: str
+) -> str:
+    """The run description: one line naming the model, the recipe's source and the data."""
+    args = ", ".join(f"{k}={v}" for k, v in model.items() if k != "name")
+    recipe = "params.yaml `train`"
+    if overrides:
+        recipe += f" + variants.{variant} ({', '.join(overrides)})"
+    return f"model {model.get('name')}({args}) · recipe: {recipe} · data: {data}"
+
+
 def _param(value: Any) -> str:
     text = json.dumps(value) if isinstance(value, list | dict | tuple) else str(value)
     return text[:_PARAM_MAX]
@@ -295,9 +483,15 @@ class TrainingRun:
         params: Mapping[str, Any],
         tags: Mapping[str, str],
         run_id: str | None = None,
+        context: RunContext | None = None,
     ):
         self.experiment = experiment
         self.name = name
+        self.context = context
+        self.run_name = context.lineage.run_name(name) if context else name
+        self.model_id = ""  # the logged model, once created
+        self.model_version = ""  # its registered version, once registered
+        self._monitor: Any = None
         self.params = dict(params)
         self.tags = {**tags, HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid())}
         self.run_id = run_id or ""
@@ -323,7 +517,35 @@ class TrainingRun:
             self._calls(self._open, _CALL_S)
         except Exception as exc:
             raise _not_usable(self._calls.uri, exc) from None
+        self._start_monitor()
         return self
+
+    def _start_monitor(self) -> None:
+        """System metrics (CPU, memory, disk, network, GPU: `system/*`) every 10 s
+        (MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL), sampled with psutil on a daemon thread."""
+        try:
+            from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+            self._monitor = SystemMetricsMonitor(
+                self.run_id, resume_logging=not self.created, tracking_uri=self._calls.uri
+            )
+            self._monitor.start()
+        except Exception as exc:  # a missing psutil or GPU library must not stop training
+            log.warning("%s: system metrics are not recorded (%s)", self.name, _first_line(exc))
+            self._monitor = None
+
+    def _stop_monitor(self) -> None:
+        monitor, self._monitor = self._monitor, None
+        if monitor is None:
+            return
+        # Its thread may be stuck in MLflow's retries of a dead server, and `finish` joins it
+        # unbounded: waited for a few seconds on a thread of its own (not `_calls`, whose next
+        # call would wait for it too). Past that, the last sample is lost, nothing else.
+        stopper = threading.Thread(target=monitor.finish, name="resnetlab-sysmetrics", daemon=True)
+        stopper.start()
+        stopper.join(_MONITOR_STOP_S)
+        if stopper.is_alive():
+            log.debug("%s: system metrics monitor did not stop in time", self.name)
 
     def _open(self) -> None:
         """Create the run, or re-open the one to resume (on the worker thread)."""
@@ -344,15 +566,31 @@ class TrainingRun:
                 self._resume_id = None
         self.created = self._resume_id is None
         if self._resume_id is None:
-            run = c.create_run(exp_id, run_name=self.name, tags=self.tags)
+            tags = dict(self.tags)
+            if self.context is not None:
+                tags.update(self._context_tags(c, exp_id, self.context))
+            run = c.create_run(exp_id, run_name=self.run_name, tags=tags)
             self.run_id = run.info.run_id
             params = [Param(k, _param(v)) for k, v in self.params.items()]
             for start in range(0, len(params), _BATCH):
                 c.log_batch(self.run_id, params=params[start : start + _BATCH])
+            if self.context is not None and self.context.dataset is not None:
+                c.log_inputs(self.run_id, datasets=[_dataset_input(self.context.dataset)])
         else:
             self.run_id = self._resume_id
             c.update_run(self.run_id, status="RUNNING")
             c.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in self.tags.items()])
+
+    @staticmethod
+    def _context_tags(c: MlflowClient, exp_id: str, context: RunContext) -> dict[str, str]:
+        group = context.lineage
+        # The group's key goes in a tag of its own: PARENT_KEY_TAG marks the parent alone.
+        tags = {k: v for k, v in group.tags().items() if k != PARENT_KEY_TAG}
+        tags["resnetlab.group"] = group.key
+        tags["mlflow.parentRunId"] = parent_run(c, exp_id, group)
+        if context.description:
+            tags["mlflow.note.content"] = context.description
+        return tags
 
     def _end_orphans(self, c: MlflowClient, exp_id: str) -> None:
         host = self.tags[HOST_TAG]
@@ -360,7 +598,7 @@ class TrainingRun:
             tags = run.data.tags
             pid = tags.get(PID_TAG, "")
             if (
-                run.info.run_name != self.name
+                run.info.run_name != self.run_name
                 or tags.get(HOST_TAG) != host
                 or run.info.run_id == self._resume_id
                 or not pid.isdigit()
@@ -385,6 +623,7 @@ class TrainingRun:
             if exc_type is None and not self._finish_tried:
                 self.finish()
             elif exc_type is not None and not isinstance(exc, TrackingBehind):
+                self._stop_monitor()
                 status = "KILLED" if issubclass(exc_type, KeyboardInterrupt) else "FAILED"
                 end = _Record(f"the end ({status})", self._terminator(status))
                 # Best effort: the stage is failing already, with its own message.
@@ -399,6 +638,7 @@ class TrainingRun:
     def finish(self) -> None:
         """Record everything pending and end the run FINISHED, or raise `TrackingBehind`."""
         self._finish_tried = True
+        self._stop_monitor()
         if not self._flush([_Record("its end", self._terminator("FINISHED"))]):
             raise TrackingBehind(self._calls.uri, self.run_id, self.pending(), self._reason)
         self._finished = True
@@ -535,23 +775,73 @@ class TrainingRun:
     def log_model(
         self, model: torch.nn.Module, input_example: np.ndarray, classes: Sequence[str]
     ) -> None:
-        """Log `model` as the run's `model` artifact: pyfunc-servable on N x 3 x 32 x 32 float
-        arrays in [0, 1]; output: logits in the order of `classes` (kept in its metadata).
+        """Log `model` as an MLflow logged model named after the variant (`runs:/<run>/<variant>`,
+        `models:/<model id>`), a run output, registered as version n+1 of `resnetlab-<variant>`.
+        Two flavors over one pt2 program (see `save_model_artifact`): `mlflow.pytorch.load_model`
+        gives the network (logits), pyfunc/serving gives class names and probabilities.
         Exported (seconds) only when the store answers, then uploaded with the other records."""
         if self._staging is None:
             self._staging = tempfile.TemporaryDirectory(prefix="resnetlab-model-")
         local = Path(self._staging.name) / "model"
         export = functools.partial(save_model_artifact, model, local, input_example, classes)
-        upload = functools.partial(_log_artifacts, self.run_id, str(local), "model")
+        upload = functools.partial(self._upload_model, local)
         self._pending.append(_Record("the model", upload, _UPLOAD_S, prepare=export))
+
+    def _upload_model(self, local: Path, c: MlflowClient) -> None:
+        """Each step once, even when a retry follows a call abandoned half way."""
+        from mlflow.entities import LoggedModelOutput
+
+        if not self.model_id:
+            exp_id = c.get_run(self.run_id).info.experiment_id
+            params = {k: _param(v)[:_PARAM_MAX] for k, v in self.params.items()}
+            logged = c.create_logged_model(
+                exp_id, name=self.name, source_run_id=self.run_id, params=params,
+                model_type="resnetlab-classifier",
+            )  # fmt: skip
+            self.model_id = logged.model_id
+            c.log_model_artifacts(self.model_id, str(local))
+            c.finalize_logged_model(self.model_id, "READY")
+            c.log_outputs(self.run_id, [LoggedModelOutput(self.model_id, 0)])
+        if not self.model_version:
+            name = registered_name(self.name)
+            _ensure_registered_model(c, name)
+            version = c.create_model_version(
+                name, f"models:/{self.model_id}", run_id=self.run_id, model_id=self.model_id,
+                await_creation_for=0, tags={"variant": self.name},
+            )  # fmt: skip
+            self.model_version = str(version.version)
 
 
 def _log_batch(run_id: str, metrics: Sequence[Any], c: MlflowClient) -> None:
     c.log_batch(run_id, metrics=metrics)
 
 
-def _log_artifacts(run_id: str, local: str, artifact_path: str, c: MlflowClient) -> None:
-    c.log_artifacts(run_id, local, artifact_path=artifact_path)
+def registered_name(variant: str) -> str:
+    return f"resnetlab-{variant}"
+
+
+def _ensure_registered_model(c: MlflowClient, name: str) -> None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        c.create_registered_model(name, description=f"resnetlab variant {name[10:]}")
+    except MlflowException as exc:  # it exists (made by an earlier or a concurrent training)
+        if getattr(exc, "error_code", None) != "RESOURCE_ALREADY_EXISTS":
+            raise
+
+
+def _dataset_input(dataset: DatasetInfo) -> Any:
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+
+    kind = urlparse(dataset.source).scheme
+    entity = Dataset(
+        name=dataset.name,
+        digest=dataset.digest,
+        source_type="http" if kind in ("http", "https") else "local",
+        source=json.dumps({"url": dataset.source}),
+        profile=json.dumps({f"{k}_images": v for k, v in dataset.splits.items()}),
+    )
+    return DatasetInput(entity, tags=[InputTag("mlflow.data.context", "training")])
 
 
 def _row_metrics(row: HistoryRow) -> dict[str, float]:
@@ -587,31 +877,48 @@ def save_model_artifact(
     model: torch.nn.Module, local: Path, input_example: np.ndarray, classes: Sequence[str]
 ) -> None:
     """Save `model` as an MLflow model folder at `local`, in the one format
-    `resnetlab.logged_model` loads back: pt2 (torch.export's program), no code paths."""
+    `resnetlab.logged_model` loads back: pt2 (torch.export's program), no code paths, nothing
+    pickled. Two flavors read that one program: `pytorch` (`mlflow.pytorch.load_model`: the
+    network, [0, 1] N x 3 x 32 x 32 images in, logits out) and `python_function`, whose loader is
+    `resnetlab.serving` (pyfunc and `mlflow models serve`: one row per image with the predicted
+    class, its probability and every class's probability; the output schema names the classes).
+    """
     import mlflow.pytorch
     import numpy as np
     import torch
     import torchvision
-    from mlflow.models import infer_signature
+    from mlflow.models import Model, ModelSignature
+    from mlflow.types import ColSpec, Schema, TensorSpec
 
     model = model.cpu().eval()
-    with torch.no_grad():
-        output = model(torch.from_numpy(input_example)).numpy()
+    signature = ModelSignature(
+        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 3, 32, 32))]),
+        outputs=Schema(
+            [ColSpec("string", "class"), ColSpec("double", "probability")]
+            + [ColSpec("double", name) for name in classes]
+        ),
+    )
     mlflow.pytorch.save_model(
         model,
         str(local),
-        signature=infer_signature(input_example, output),
+        signature=signature,
         input_example=input_example,
         metadata={"classes": list(classes)},
         # torch.export's program: loading it runs no pickled code and needs no resnetlab.
         serialization_format="pt2",
-        # Explicit requirements skip MLflow's slow inference of them.
+        # Explicit requirements skip MLflow's slow inference of them. The pyfunc loader is
+        # resnetlab's: serve with `--env-manager local` in an environment that has it installed.
         pip_requirements=[
+            f"mlflow=={mlflow.__version__}",
             f"torch=={torch.__version__.split('+')[0]}",
             f"torchvision=={torchvision.__version__.split('+')[0]}",
             f"numpy=={np.__version__}",
         ],
     )
+    spec = Model.load(str(local / "MLmodel"))
+    # Named, not imported: the train stage never runs the loader (nor its imports).
+    spec.flavors["python_function"]["loader_module"] = PYFUNC_LOADER
+    spec.save(str(local / "MLmodel"))
 
 
 def model_folder(model_uri: str) -> Path:
@@ -637,10 +944,14 @@ def _local_model_dir(model_uri: str) -> Path:
     source = model_uri
     if parsed.scheme == "runs":
         run_id, _, path = model_uri[len("runs:/") :].partition("/")
-        source = client().get_run(run_id).info.artifact_uri.rstrip("/") + "/" + path
+        source = _run_model_location(client(), run_id, path)
     elif parsed.scheme == "models":
         name, _, version = model_uri[len("models:/") :].partition("/")
-        source = client().get_model_version_download_uri(name, version)
+        if version:
+            source = client().get_model_version_download_uri(name, version)
+        if source.startswith("models:/"):  # a logged model: models:/<model id>
+            model_id = source[len("models:/") :].strip("/")
+            source = client().get_logged_model(model_id).artifact_location
     local = urlparse(source)
     if local.scheme in ("", "file"):
         folder = Path(local.path if local.scheme else source)
@@ -654,6 +965,22 @@ def _local_model_dir(model_uri: str) -> Path:
     )
 
 
+def _run_model_location(c: MlflowClient, run_id: str, name: str) -> str:
+    """Where `runs:/<run_id>/<name>` lives: the logged model `name` the run made (MLflow 3),
+    else the run's artifact folder `name` (models logged as run artifacts)."""
+    run = c.get_run(run_id)
+    for found in c.search_logged_models(
+        experiment_ids=[run.info.experiment_id], filter_string=f"name = '{_quote(name)}'"
+    ):
+        if found.source_run_id == run_id:
+            return found.artifact_location
+    return run.info.artifact_uri.rstrip("/") + "/" + name
+
+
+def _quote(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("'", "\\'")
+
+
 def log_evaluation(run_id: str, metrics: Mapping[str, float], files: Sequence[Path]) -> None:
     """Add test-set metrics (already `test_`-prefixed) and files to a finished training run."""
     uri = tracking_uri()
@@ -664,7 +991,12 @@ def log_evaluation(run_id: str, metrics: Mapping[str, float], files: Sequence[Pa
         from mlflow.entities import Metric
 
         c = client()
-        c.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()])
+        # Linked to the run's logged model too (MLflow 3): the Models tab ranks models by them.
+        outputs = getattr(c.get_run(run_id), "outputs", None)
+        models = [o.model_id for o in getattr(outputs, "model_outputs", None) or []]
+        model_id = models[-1] if models else None
+        batch = [Metric(k, float(v), now, 0, model_id=model_id) for k, v in metrics.items()]
+        c.log_batch(run_id, metrics=batch)
         for path in files:
             c.log_artifact(run_id, str(path), artifact_path="evaluation")
 
@@ -682,28 +1014,34 @@ def log_evaluation(run_id: str, metrics: Mapping[str, float], files: Sequence[Pa
 
 def log_comparison(
     experiment: str,
+    group: Lineage,
     leaderboard: pd.DataFrame,
     files: Iterable[Path],
     variant_files: Mapping[str, Sequence[Path]] | None = None,
 ) -> str:
-    """Record the leaderboard and comparison figures as a run of their own, and each variant's
-    figures into that variant's training run (`variant_files`: run id -> files); returns the
-    comparison run's id."""
+    """Record the leaderboard and comparison figures into the parent run of `group` (found or
+    created, see `parent_run`), and each variant's figures into that variant's training run
+    (`variant_files`: run id -> files); returns the parent run's id."""
     uri = tracking_uri()
     calls = _Caller(uri)
     files = list(files)
-    made: list[str] = []
 
     def record() -> str:
         from mlflow.entities import RunTag
 
         c = client()
-        run = c.create_run(experiment_id(c, experiment), run_name="compare")
-        made.append(run.info.run_id)
-        c.log_batch(run.info.run_id, tags=[RunTag(k, v) for k, v in common_tags("compare").items()])
-        c.log_table(run.info.run_id, leaderboard, "leaderboard.json")
+        parent = parent_run(c, experiment_id(c, experiment), group)
+        tags = {**common_tags("compare"), **group.tags(), "compared": "true"}
+        # The leaderboard as an MLflow table (the UI shows it as one); written whole each time,
+        # where log_table would append the rows to a re-run's earlier table.
+        tags["mlflow.loggedArtifacts"] = json.dumps([{"path": "leaderboard.json", "type": "table"}])
+        with tempfile.TemporaryDirectory(prefix="resnetlab-compare-") as tmp:
+            table = Path(tmp) / "leaderboard.json"
+            table.write_text(leaderboard.to_json(orient="split", index=False))
+            c.log_artifact(parent, str(table))
+        c.log_batch(parent, tags=[RunTag(k, v) for k, v in tags.items()])
         for path in files:
-            c.log_artifact(run.info.run_id, str(path))
+            c.log_artifact(parent, str(path))
         for variant_run, paths in (variant_files or {}).items():
             try:
                 c.get_run(variant_run)
@@ -714,18 +1052,13 @@ def log_comparison(
                 continue
             for path in paths:
                 c.log_artifact(variant_run, str(path), artifact_path="figures")
-        c.set_terminated(run.info.run_id, status="FINISHED")
-        return run.info.run_id
+        c.set_terminated(parent, status="FINISHED")
+        return parent
 
     try:
         calls.probe()
         return calls(record, _UPLOAD_S)
     except Exception as exc:
-        if made:  # best effort: the stage fails with the message below either way
-            try:
-                calls(lambda: client().set_terminated(made[0], status="FAILED"), _CALL_S)
-            except Exception:
-                log.debug("comparison run %s not marked FAILED", made[0])
         raise ResnetlabError(
             f"MLflow tracking store {uri} did not take the comparison ({_first_line(exc)}): the "
             "reports are written but not recorded; re-run this stage when the store answers"

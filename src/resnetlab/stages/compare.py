@@ -1,5 +1,7 @@
 """`resnetlab compare`: every variant's train/eval records -> the leaderboard (CSV + Markdown) and
-every figure of the pipeline (`resnetlab.figures`, under `<out>/figures/`), also logged to MLflow.
+every figure of the pipeline (`resnetlab.figures`, under `<out>/figures/`), also logged to MLflow:
+into the parent run of the DVC experiment (or `dvc repro`) it runs under, the variants' own
+figures into their training runs.
 
 The only stage that draws, so editing a figure re-runs nothing else. Params read: `variants`
 (which to compare), `mlflow.experiment`. An unreachable tracking store stops it at start.
@@ -60,7 +62,8 @@ def run(args: argparse.Namespace) -> None:
         log.info("%s", line)
 
     runs = _runs_of(per_variant, args.models)
-    tracking.log_comparison(params.mlflow.experiment, board, files, variant_files=runs)
+    group = tracking.lineage(args.params)
+    tracking.log_comparison(params.mlflow.experiment, group, board, files, variant_files=runs)
 
 
 def _runs_of(

@@ -7,8 +7,9 @@ file that cannot be read as an image is reported on stderr, the others are still
 the exit status is 1.
 
 --variant loads `<models-dir>/<NAME>/model.pt`, the train stage's output. --model-uri loads the
-model the train stage logged to MLflow (e.g. `runs:/<run id>/model`); its class names come from the
-model's MLflow metadata (CIFAR-10's ten classes, in label order, for a model logged without them).
+model the train stage logged to MLflow (e.g. `models:/resnetlab-<variant>/<version>` or
+`runs:/<run id>/<variant>`); its class names come from the model's MLflow metadata (CIFAR-10's
+ten classes, in label order, for a model logged without them).
 Only the format the train stage logs is loaded (pt2, no code paths; `resnetlab.logged_model`): a
 model folder that would unpickle or import its own code is refused before anything of it runs.
 """
@@ -46,7 +47,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--variant", metavar="NAME", help="a trained variant: loads <models-dir>/<NAME>/model.pt"
     )
     source.add_argument(
-        "--model-uri", metavar="URI", help="an MLflow model URI, e.g. runs:/<run id>/model"
+        "--model-uri",
+        metavar="URI",
+        help="an MLflow model URI, e.g. models:/resnetlab-resnet56/1 or runs:/<run id>/resnet56",
     )
     p.add_argument(
         "--models-dir",

@@ -71,7 +71,8 @@ def relog(variant: str, params: Path, out_dir: Path, metrics_dir: Path) -> str:
     }
     run_id = _earlier_run(out_dir, variant)
     try:
-        with tracking.TrainingRun(experiment, variant, run_params, tags, run_id) as run:
+        context = tracking.RunContext(tracking.lineage(params))
+        with tracking.TrainingRun(experiment, variant, run_params, tags, run_id, context) as run:
             if run.created:
                 run.log_metrics({"parameters": float(record.parameters)}, step=0)
             run.log_history(history.rows)

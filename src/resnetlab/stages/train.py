@@ -1,6 +1,7 @@
 """`resnetlab train --variant NAME`: train one variant, resumably, recording it in MLflow.
 
-Params read: `train` (the defaults), `variants.<NAME>` (model and overrides), `mlflow.experiment`.
+Params read: `train` (the defaults), `variants.<NAME>` (model and overrides), `mlflow.experiment`,
+and `data` (recorded with the run: which data it trained on).
 Works unchanged under `torchrun --nproc_per_node=N` (DistributedDataParallel).
 
 Outputs (paths from the command line, i.e. from dvc.yaml):
@@ -21,16 +22,23 @@ training.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import hashlib
+import json
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from resnetlab import tracking
-from resnetlab.config import Variant, flatten, load_params
+from resnetlab.config import DataConfig, Params, Variant, flatten, load_params
 from resnetlab.errors import ResnetlabError
 from resnetlab.inference import classifier_of
 from resnetlab.progress import ConsoleProgress
 from resnetlab.records import RunFile, TrainSummary
 from resnetlab.training import Trainer
+
+if TYPE_CHECKING:
+    from resnetlab.data import Prepared
 
 log = logging.getLogger(__name__)
 
@@ -46,14 +54,32 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> None:
     params = load_params(args.params)
     variant = params.variant(args.variant)
-    train_variant(variant, params.mlflow.experiment, args.data, args.out, args.metrics)
+    train_variant(
+        variant,
+        params.mlflow.experiment,
+        args.data,
+        args.out,
+        args.metrics,
+        data_config=params.data,
+        params_file=args.params,
+        overrides=_overrides(params, variant),
+    )
 
 
 def train_variant(
-    variant: Variant, experiment: str, data_dir: Path, out_dir: Path, metrics_dir: Path
+    variant: Variant,
+    experiment: str,
+    data_dir: Path,
+    out_dir: Path,
+    metrics_dir: Path,
+    data_config: DataConfig | None = None,
+    params_file: Path | None = None,
+    overrides: tuple[str, ...] = (),
 ) -> TrainSummary:
     """Train `variant` to completion (resuming a matching unfinished checkpoint), write its
-    outputs and record it in MLflow; returns the summary written to train.json."""
+    outputs and record it in MLflow; returns the summary written to train.json. `data_config`
+    (the `data` params), `params_file` (keys the run's parent, see `tracking.Lineage`) and
+    `overrides` (the `train` keys the variant sets) only describe the run."""
     out_dir, metrics_dir = Path(out_dir), Path(metrics_dir)
     trainer = Trainer(variant, data_dir, out_dir / "checkpoint.pt")
     console = ConsoleProgress(variant.name, variant.train.batch_size)
@@ -64,10 +90,23 @@ def train_variant(
 
     tracking.ensure_reachable(experiment)  # fail now, not after hours of training
     run_params = {**flatten(variant.to_dict()), "parameters": trainer.parameters}
+    if data_config is not None:
+        run_params.update(flatten({"data": dataclasses.asdict(data_config)}))
     tags = tracking.training_tags(variant.name, trainer.device, trainer.dist.world)
+    dataset = _dataset(trainer.data, data_dir, data_config)
+    data_words = f"{dataset.splits['train']} train / {dataset.splits['val']} val images"
+    if data_config is not None and data_config.subset:
+        data_words += f" (subset {data_config.subset}, seed {data_config.seed})"
+    context = tracking.RunContext(
+        tracking.lineage(params_file),
+        tracking.describe_run(variant.model.to_dict(), overrides, variant.name, data_words),
+        dataset,
+    )
     resume_id = trainer.progress.run_id
     behind: tracking.TrackingBehind | None = None
-    with tracking.TrainingRun(experiment, variant.name, run_params, tags, resume_id) as run:
+    with tracking.TrainingRun(
+        experiment, variant.name, run_params, tags, resume_id, context
+    ) as run:
         trainer.progress.run_id = run.run_id
         trainer.fit([console, run], sync_every=console.sync_every)
 
@@ -93,3 +132,23 @@ def train_variant(
     best = f"{100 * record.best_val_accuracy:.2f}% at epoch {record.best_epoch}"
     log.info("%s: best val accuracy %s; model -> %s", variant.name, best, out_dir / "model.pt")
     return summary
+
+
+def _overrides(params: Params, variant: Variant) -> tuple[str, ...]:
+    """The `train` keys whose value the variant changes from the defaults."""
+    defaults, own = dataclasses.asdict(params.train), dataclasses.asdict(variant.train)
+    return tuple(k for k in own if own[k] != defaults.get(k))
+
+
+def _dataset(data: Prepared, data_dir: Path, config: DataConfig | None) -> tracking.DatasetInfo:
+    """The training data as an MLflow dataset: SHA-256 over the train and val arrays (the test
+    split is not loaded here; meta.json, also hashed, holds its counts and class statistics)."""
+    digest = hashlib.sha256((Path(data_dir) / "meta.json").read_bytes())
+    for split in ("train", "val"):
+        digest.update(data.images[split].tobytes())
+        digest.update(data.labels[split].tobytes())
+    counts = json.loads((Path(data_dir) / "meta.json").read_text()).get("counts", {})
+    splits = {s: int(counts.get(s, 0)) for s in ("train", "val", "test")}
+    source = config.url if config is not None else str(Path(data_dir).resolve())
+    name = "cifar10" if not config or not config.subset else f"cifar10-subset{config.subset}"
+    return tracking.DatasetInfo(name, digest.hexdigest()[:16], source, splits)

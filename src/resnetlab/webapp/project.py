@@ -136,7 +136,7 @@ def best_variant(candidates: Sequence[str], ranking: Sequence[str]) -> str | Non
 
 
 def logged_model_uris(project: Project) -> dict[str, str]:
-    """Variant -> `runs:/<run id>/model`, the model its training logged to MLflow, for every
+    """Variant -> `runs:/<run id>/<variant>`, the model its training logged to MLflow, for every
     variant whose run file is readable. Reads the run files only; MLflow is not contacted."""
     from resnetlab.records import RecordError, RunFile
 
@@ -146,7 +146,7 @@ def logged_model_uris(project: Project) -> dict[str, str]:
             run_id = RunFile.read(project.models / variant / RUN_FILE, variant).run_id
         except RecordError:
             continue
-        uris[variant] = f"runs:/{run_id}/model"
+        uris[variant] = f"runs:/{run_id}/{variant}"
     return uris
 
 

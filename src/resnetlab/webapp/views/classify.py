@@ -59,7 +59,7 @@ def choose_logged(proj: data.Project) -> tuple[str, ModelLoader] | None:
     typed = st.text_input(
         "or any model URI",
         key="model_uri",
-        placeholder="runs:/<run id>/model, models:/<name>/<version>, a local folder",
+        placeholder="runs:/<run id>/<variant>, models:/<name>/<version>, a local folder",
     ).strip()
     uri = typed or chosen
     if not uri:
