@@ -345,3 +345,14 @@ def test_default_models_dir_is_dvc_yamls() -> None:
     (dvc_vars,) = yaml.safe_load((repo / "dvc.yaml").read_text())["vars"]
     args = build_parser("predict").parse_args(["predict", "--variant", "v", "x.png"])
     assert args.models_dir == Path(dvc_vars["models"])
+
+
+def test_version_is_the_installed_distributions(capsys) -> None:
+    from importlib.metadata import version
+
+    from resnetlab.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out == f"resnetlab {version('resnetlab')}\n"
