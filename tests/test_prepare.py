@@ -15,9 +15,11 @@ import pytest
 from cifar_archive import make_archive
 from conftest import SHARED_CIFAR
 
+from resnetlab import data
 from resnetlab.cli import main
 from resnetlab.data import (
     UnsafePickleError,
+    channel_stats,
     load_prepared,
     prepare,
     read_archive,
@@ -82,6 +84,52 @@ def test_not_an_archive(tmp_path):
     bad.write_bytes(b"not gzip")
     with pytest.raises(ResnetlabError, match=r"not a readable \.tar\.gz"):
         read_archive(bad)
+
+
+def test_truncated_padded_and_oversized_archives(tmp_path, monkeypatch):
+    archive = tmp_path / "cifar-10-python.tar.gz"
+    make_archive(archive)
+    blob = archive.read_bytes()
+    reference = read_archive(archive)
+
+    archive.write_bytes(blob[: len(blob) // 2])
+    with pytest.raises(ResnetlabError, match=r"not a readable \.tar\.gz .*end-of-stream"):
+        read_archive(archive)
+    archive.write_bytes(blob[:-4])  # the gzip trailer's size field is missing
+    with pytest.raises(ResnetlabError, match=r"not a readable \.tar\.gz"):
+        read_archive(archive)
+    archive.write_bytes(blob[:-8] + b"\0" * 8)  # wrong CRC
+    with pytest.raises(ResnetlabError, match=r"not a readable \.tar\.gz"):
+        read_archive(archive)
+
+    archive.write_bytes(blob + b"\0" * 100)  # zero padding after the member, as gzip allows
+    assert np.array_equal(read_archive(archive).train_images, reference.train_images)
+
+    archive.write_bytes(blob)
+    monkeypatch.setattr(data, "MAX_TAR_BYTES", 100_000)  # the tiny archive inflates to ~1 MB
+    with pytest.raises(ResnetlabError, match="decompresses to more than 100,000 bytes"):
+        read_archive(archive)
+
+
+def test_channel_stats_equal_the_float64_formula():
+    # The exact integer path must round exactly as mean/std over a float64 copy did (the
+    # prepared meta.json may not change). Random small sets cross rounding halfway points often.
+    rng = np.random.default_rng(0)
+    cases = [
+        rng.integers(lo, 256, size=(*rng.integers(1, [40, 6, 6]), 3), dtype=np.uint8)
+        for lo in rng.integers(0, 255, 600)
+    ]
+    # Exact halfway ties (128 pixels: channel 2's mean is exactly 0.4515625 and 0.5078125):
+    # only the float64 formula's own rounding noise decides these.
+    for seed in (734, 96194):
+        tie = np.random.default_rng(seed)
+        cases.append(
+            tie.integers(0, 256, size=(int(tie.integers(1, 400)), 1, 1, 3), dtype=np.uint8)
+        )
+    for images in cases:
+        x = images.reshape(-1, 3).astype(np.float64) / 255
+        expected = (tuple(x.mean(0).round(6).tolist()), tuple(x.std(0).round(6).tolist()))
+        assert channel_stats(images) == expected, images.shape
 
 
 def test_read_archive_layout(tiny_archive):

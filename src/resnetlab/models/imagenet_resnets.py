@@ -10,21 +10,26 @@ learning: the input is up-sampled inside the model to the size its ImageNet weig
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.models import ResNet, ResNet50_Weights
-from torchvision.models import resnet50 as tv_resnet50
-from torchvision.models.resnet import BasicBlock, Bottleneck
 
 from resnetlab.errors import ResnetlabError, invalid
 from resnetlab.models.cifar import he_init
 from resnetlab.models.registry import check_bool, check_positive_int, register_model
 
+if TYPE_CHECKING:
+    from torchvision.models import ResNet, ResNet50_Weights
+    from torchvision.models.resnet import BasicBlock, Bottleneck
+
+# torchvision is imported only when one of these models is built or its weights are asked for:
+# importing it takes ~2 s (it pulls in torch._dynamo), and every stage imports this registry.
+
 __all__ = [
-    "IMAGENET_WEIGHTS",
+    "IMAGENET_WEIGHTS",  # noqa: F822 - resolved on use by the module's __getattr__
     "CifarAdaptedResNet",
     "ImageNetTransferResNet50",
     "imagenet_weights_path",
@@ -34,9 +39,21 @@ __all__ = [
     "resnet50_imagenet",
 ]
 
-# Pinned rather than ResNet50_Weights.DEFAULT so an upgrade of torchvision cannot silently change
-# the starting point of the transfer experiment. V1 is the original release (76.1% top-1).
-IMAGENET_WEIGHTS = ResNet50_Weights.IMAGENET1K_V1
+
+def _imagenet_weights() -> ResNet50_Weights:
+    from torchvision.models import ResNet50_Weights
+
+    # Pinned rather than ResNet50_Weights.DEFAULT so an upgrade of torchvision cannot silently
+    # change the starting point of the transfer experiment. V1 is the original release (76.1%).
+    return ResNet50_Weights.IMAGENET1K_V1
+
+
+def __getattr__(name: str) -> Any:
+    # `IMAGENET_WEIGHTS`, the pinned weights enum member, resolved (importing torchvision) on use.
+    if name == "IMAGENET_WEIGHTS":
+        return _imagenet_weights()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 _STAGE_FILTERS = (64, 128, 256, 512)
 
@@ -56,6 +73,8 @@ class CifarAdaptedResNet(nn.Module):
         num_classes: int = 10,
         zero_init_residual: bool = False,
     ) -> None:
+        from torchvision.models.resnet import BasicBlock, Bottleneck
+
         super().__init__()
         self.conv1 = nn.Conv2d(3, stage_filters[0], 3, stride=1, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(stage_filters[0])
@@ -108,14 +127,16 @@ def _stage_filters(model: str, width: object) -> tuple[int, ...]:
 
 def _adapted(
     model: str,
-    block: type[BasicBlock | Bottleneck],
+    block: str,
     layers: list[int],
     num_classes: int,
     width: float,
     zero_init_residual: bool,
 ) -> CifarAdaptedResNet:
+    import torchvision.models.resnet
+
     return CifarAdaptedResNet(
-        block,
+        getattr(torchvision.models.resnet, block),
         layers,
         _stage_filters(model, width),
         num_classes=check_positive_int(model, "num_classes", num_classes),
@@ -128,7 +149,7 @@ def resnet18(
     num_classes: int = 10, width: float = 1, zero_init_residual: bool = False
 ) -> CifarAdaptedResNet:
     """ResNet-18 for 32x32 inputs: basic blocks 2-2-2-2 on 64/128/256/512 x ``width`` filters."""
-    return _adapted("resnet18", BasicBlock, [2, 2, 2, 2], num_classes, width, zero_init_residual)
+    return _adapted("resnet18", "BasicBlock", [2, 2, 2, 2], num_classes, width, zero_init_residual)
 
 
 @register_model("resnet34", depth=34)
@@ -136,7 +157,7 @@ def resnet34(
     num_classes: int = 10, width: float = 1, zero_init_residual: bool = False
 ) -> CifarAdaptedResNet:
     """ResNet-34 for 32x32 inputs: basic blocks 3-4-6-3."""
-    return _adapted("resnet34", BasicBlock, [3, 4, 6, 3], num_classes, width, zero_init_residual)
+    return _adapted("resnet34", "BasicBlock", [3, 4, 6, 3], num_classes, width, zero_init_residual)
 
 
 @register_model("resnet50", depth=50)
@@ -144,7 +165,7 @@ def resnet50(
     num_classes: int = 10, width: float = 1, zero_init_residual: bool = False
 ) -> CifarAdaptedResNet:
     """ResNet-50 for 32x32 inputs: bottleneck blocks 3-4-6-3, stages output 4x the filters."""
-    return _adapted("resnet50", Bottleneck, [3, 4, 6, 3], num_classes, width, zero_init_residual)
+    return _adapted("resnet50", "Bottleneck", [3, 4, 6, 3], num_classes, width, zero_init_residual)
 
 
 # --- transfer learning from ImageNet -----------------------------------------------------------
@@ -156,16 +177,19 @@ def imagenet_weights_path() -> str:
     The hub dir is ``$TORCH_HOME/hub`` (default ``~/.cache/torch/hub``) or whatever
     ``torch.hub.set_dir`` set.
     """
-    filename = os.path.basename(urlparse(IMAGENET_WEIGHTS.url).path)
+    filename = os.path.basename(urlparse(_imagenet_weights().url).path)
     return os.path.join(torch.hub.get_dir(), "checkpoints", filename)
 
 
 def _load_pretrained_resnet50() -> ResNet:
+    from torchvision.models import resnet50 as tv_resnet50
+
+    weights = _imagenet_weights()
     path = imagenet_weights_path()
     try:
         # Goes through torchvision's weights API: reads the cached file, or downloads it once
         # into the hub folder (hash-checked against the file name).
-        return tv_resnet50(weights=IMAGENET_WEIGHTS, progress=True)
+        return tv_resnet50(weights=weights, progress=True)
     except OSError as err:  # URLError, DNS failures and timeouts are all OSErrors
         if os.path.exists(path):
             raise ResnetlabError(
@@ -175,7 +199,7 @@ def _load_pretrained_resnet50() -> ResNet:
         raise ResnetlabError(
             f"resnet50_imagenet: pretrained=true needs the ImageNet weights file {filename}, "
             f"which is not in {folder} and could not be downloaded ({err}). On a machine with "
-            f"internet, download {IMAGENET_WEIGHTS.url} and copy it to {path} (the folder "
+            f"internet, download {weights.url} and copy it to {path} (the folder "
             "follows $TORCH_HOME/hub/checkpoints), or set pretrained: false."
         ) from err
 
@@ -196,6 +220,8 @@ class ImageNetTransferResNet50(nn.Module):
         freeze_backbone: bool = False,
         input_size: int = 224,
     ) -> None:
+        from torchvision.models import resnet50 as tv_resnet50
+
         super().__init__()
         self.input_size = input_size
         self.freeze_backbone = freeze_backbone

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import time
 from pathlib import Path
 
 import numpy as np
@@ -68,7 +69,11 @@ def evaluate_variant(variant: str, data_dir: Path, model_dir: Path, out_dir: Pat
     images = torch.from_numpy(data.images["test"]).to(device)
     labels = torch.from_numpy(data.labels["test"]).to(device)
     amp = autocast_dtype(cfg.precision, device)
+    start = time.perf_counter()
     logits = predict_logits(net, images, normalize, cfg.eval_batch_size, amp)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    forward_s = time.perf_counter() - start
     loss, _ = loss_and_accuracy(logits, labels)
     predicted = logits.argmax(1)
     # Probability of the predicted class per image: the web app ranks mistakes by it.
@@ -83,13 +88,17 @@ def evaluate_variant(variant: str, data_dir: Path, model_dir: Path, out_dir: Pat
     )
     headline = {f"test_{k}": full[k] for k in MLFLOW_HEADLINE}
     tracking.log_evaluation(run_file.run_id, headline, files)
+    # The forward passes' time is what bench/bench_stage_overhead.py subtracts from the wall.
     log.info(
-        "%s: test accuracy %.2f%% (loss %.4f, macro F1 %.4f) on %d images",
+        "%s: test accuracy %.2f%% (loss %.4f, macro F1 %.4f) on %d images; forward passes "
+        "%.2f s (%.0f images/s)",
         variant,
         100 * report.accuracy,
         loss,
         report.macro_f1,
         len(y_true),
+        forward_s,
+        len(y_true) / max(forward_s, 1e-9),
     )
     return report
 
