@@ -84,5 +84,8 @@ def register(root: Path, variant: str) -> str:
     run_id = RunFile.read(root / "models" / variant / "mlflow_run.json").run_id
     client = MlflowClient(mlflow_uri(root), registry_uri=mlflow_uri(root))
     client.create_registered_model(REGISTERED)
-    version = client.create_model_version(REGISTERED, f"runs:/{run_id}/model", run_id=run_id)
+    # The train stage registered it as resnetlab-<variant> already; a second name, by hand, as a
+    # user would (the logged model is named after the variant).
+    source = f"runs:/{run_id}/{variant}"
+    version = client.create_model_version(REGISTERED, source, run_id=run_id)
     return f"models:/{REGISTERED}/{version.version}"

@@ -115,10 +115,11 @@ def test_pipeline_reruns_exactly_what_changed(tiny_archive, tmp_path):
     assert len(runs) == 11
     assert all(r.info.status == "FINISHED" for r in runs)
     plain8 = sorted(
-        (r for r in runs if r.info.run_name == "plain8"), key=lambda r: r.info.start_time
+        (r for r in runs if r.data.tags["variant"] == "plain8"), key=lambda r: r.info.start_time
     )
     assert [r.data.params["train.epochs"] for r in plain8] == ["2", "2", "2", "2", "1"]
     assert plain8[-1].data.tags["dvc_exp_name"] == "short"
+    assert [r.info.run_name for r in plain8] == [*["plain8"] * 4, "plain8 · short"]
     assert plain8[-1].data.params["train.label_smoothing"] == "0.1"
     # Evaluation logged into the same run as the training.
     assert "test_accuracy" in plain8[-1].data.metrics
