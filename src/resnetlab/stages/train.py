@@ -1,6 +1,9 @@
-"""`resnetlab train --variant NAME`: train one variant, resumably, recording it in MLflow.
+"""`resnetlab train --variant NAME --seed K`: train one variant with training seed K, resumably,
+recording it in MLflow.
 
 Params read: `train` (the defaults), `variants.<NAME>` (model and overrides), `mlflow.experiment`.
+The seed comes from the command line (dvc.yaml cuts it from the stage name train@<NAME>-<K>),
+not from `seeds`: adding a seed to the list leaves the runs of the others untouched.
 Works unchanged under `torchrun --nproc_per_node=N` (DistributedDataParallel).
 
 Outputs (paths from the command line, i.e. from dvc.yaml):
@@ -35,6 +38,9 @@ log = logging.getLogger(__name__)
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file")
     p.add_argument("--variant", required=True, help="a key of `variants` in the params file")
+    p.add_argument(
+        "--seed", type=int, default=0, help="training seed: weights, batch order, augmentation"
+    )
     p.add_argument("--data", type=Path, required=True, help="prepared data folder")
     p.add_argument("--out", type=Path, required=True, help="folder for model and checkpoint")
     p.add_argument("--metrics", type=Path, required=True, help="folder for train.json/history")
@@ -42,7 +48,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> None:
     params = load_params(args.params)
-    variant = params.variant(args.variant)
+    variant = params.variant(args.variant).with_seed(args.seed)
     train_variant(variant, params.mlflow.experiment, args.data, args.out, args.metrics)
 
 
@@ -60,11 +66,13 @@ def train_variant(
         return trainer.summary()
 
     tracking.ensure_reachable(experiment)  # fail now, not after hours of training
-    run_params = {**flatten(variant.to_dict()), "parameters": trainer.parameters}
-    tags = tracking.training_tags(variant.name, trainer.device, trainer.dist.world)
+    seed = variant.train.seed
+    run_params = {**flatten(variant.to_dict()), "parameters": trainer.parameters, "seed": seed}
+    tags = tracking.training_tags(variant.name, trainer.device, trainer.dist.world, seed)
     resume_id = trainer.progress.run_id
     behind: tracking.TrackingBehind | None = None
-    with tracking.TrainingRun(experiment, variant.name, run_params, tags, resume_id) as run:
+    name = tracking.run_name(variant.name, seed)
+    with tracking.TrainingRun(experiment, name, run_params, tags, resume_id) as run:
         trainer.progress.run_id = run.run_id
         trainer.fit([console, run], sync_every=console.sync_every)
 
@@ -85,7 +93,7 @@ def train_variant(
     # An unrecorded run leaves the checkpoint resumable: re-running the stage trains nothing.
     trainer.finish(completed=behind is None)
     if behind is not None:
-        raise ResnetlabError(behind.stage_message(variant.name, out_dir, metrics_dir))
+        raise ResnetlabError(behind.stage_message(variant.name, out_dir, metrics_dir, seed))
     best = f"{100 * record.best_val_accuracy:.2f}% at epoch {record.best_epoch}"
     log.info("%s: best val accuracy %s; model -> %s", variant.name, best, out_dir / "model.pt")
     return summary
