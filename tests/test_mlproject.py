@@ -87,20 +87,21 @@ def test_mlflow_run_train_entry_point(tiny_archive, tmp_path) -> None:
     mlflow_bin = str(Path(sys.executable).parent / "mlflow")
     argv = ["run", str(dvc.root), "-e", "train", "-P", "variant=resnet8", "--env-manager", "local"]
     res = dvc.run(mlflow_bin, *argv)
-    assert "Running stage 'train@resnet8'" in res.stdout
+    assert "Running stage 'train@resnet8-0'" in res.stdout
     assert "train@plain8" not in res.stdout  # one variant only
-    assert (dvc.root / "models/resnet8/model.pt").exists()
+    assert (dvc.root / "models/resnet8/seed0/model.pt").exists()
 
     client = MlflowClient(dvc.env["MLFLOW_TRACKING_URI"])
     (launch,) = client.search_runs([client.get_experiment_by_name("Default").experiment_id])
     assert launch.info.status == "FINISHED"
-    assert launch.data.params == {"variant": "resnet8"}
+    assert launch.data.params.items() <= {"variant": "resnet8", "seed": "0"}.items()
+    assert launch.data.params["variant"] == "resnet8"
     # The stage recorded a run of its own, in params.yaml's experiment.
     (train,) = client.search_runs([client.get_experiment_by_name("e2e").experiment_id])
-    assert train.info.run_name == "resnet8" and train.info.status == "FINISHED"
+    assert train.info.run_name == "resnet8 · seed 0" and train.info.status == "FINISHED"
     assert train.data.tags["stage"] == "train" and train.info.run_id != launch.info.run_id
 
     # Up to date: DVC skips the training, and `mlflow run` still succeeds.
     res = dvc.run(mlflow_bin, *argv)
-    assert "Running stage 'train@resnet8'" not in res.stdout
+    assert "Running stage 'train@resnet8-0'" not in res.stdout
     assert len(client.search_runs([client.get_experiment_by_name("e2e").experiment_id])) == 1

@@ -132,7 +132,7 @@ def test_server_dying_mid_training_costs_no_epoch_and_relog_backfills_the_run(
         assert main(["relog", "--variant", "tiny"]) == 0
         c = mlflow_client(server.url)
         run = c.get_run(run_id)
-        assert run.info.status == "FINISHED" and run.info.run_name == "tiny"
+        assert run.info.status == "FINISHED" and run.info.run_name == "tiny · seed 0"
         for key in ("val_accuracy", "train_loss", "lr", "images_per_s"):
             steps = sorted(m.step for m in c.get_metric_history(run_id, key))
             assert steps == [1, 2, 3, 4], key  # epoch 1 once, 2-4 backfilled
@@ -301,7 +301,7 @@ def test_run_left_running_by_kill_9_in_epoch_1_is_marked_killed_by_the_next_run(
     # A run whose process lives (this one) is left alone.
     alive = c.create_run(
         orphan.info.experiment_id,
-        run_name="tiny",
+        run_name="tiny · seed 0",
         tags={tracking.HOST_TAG: socket.gethostname(), tracking.PID_TAG: str(os.getpid())},
     )
 
