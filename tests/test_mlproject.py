@@ -29,9 +29,10 @@ def test_entry_points_and_parameter_types(project) -> None:
     assert project.get_entry_point("main").parameters == {}
     for name in ("train", "evaluate"):
         params = project.get_entry_point(name).parameters
-        assert set(params) == {"variant"}
+        assert set(params) == {"variant", "seed"}
         assert params["variant"].type == "string"
         assert params["variant"].default is None  # required
+        assert params["seed"].default == "0"  # the default of `seeds`
 
 
 def test_commands_reproduce_dvc_stages(project) -> None:
@@ -39,16 +40,19 @@ def test_commands_reproduce_dvc_stages(project) -> None:
     for name in ("train", "evaluate"):
         entry = project.get_entry_point(name)
         command = entry.compute_command({"variant": "resnet56"}, None)
-        assert command == f"{UNSET}dvc repro {name}@resnet56"
+        assert command == f"{UNSET}dvc repro {name}@resnet56-0"
+        command = entry.compute_command({"variant": "resnet56", "seed": "2"}, None)
+        assert command == f"{UNSET}dvc repro {name}@resnet56-2"
         with pytest.raises(ExecutionException, match="variant"):
             entry.compute_command({}, None)
 
 
 def test_stage_names_exist_in_dvc_yaml() -> None:
-    """`train@<variant>` and `evaluate@<variant>` are foreach stages over params.yaml's variants."""
+    """`train@<variant>-<seed>` and `evaluate@<variant>-<seed>` are matrix stages over
+    params.yaml's variants and seeds."""
     stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
     for name in ("train", "evaluate"):
-        assert stages[name]["foreach"] == "${variants}"
+        assert stages[name]["matrix"] == {"variant": "${variants}", "seed": "${seeds}"}
     assert "resnet56" in yaml.safe_load((REPO / "params.yaml").read_text())["variants"]
 
 
