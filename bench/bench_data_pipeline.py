@@ -51,6 +51,7 @@ from resnetlab.models import build_model
 MODEL = "model only (pre-made batches)"
 RESNETLAB = "resnetlab, crop+flip"
 DATA_ONLY = "data only: "
+ROTATE_SHIFT = "resnetlab, crop+flip+rotation+channel shift"
 
 
 class CifarArrays(torch.utils.data.Dataset):
@@ -172,6 +173,10 @@ def make_pipelines(
     no_aug = AugmentConfig(crop_padding=0, flip=False, cutout_size=0)
     crop_flip = AugmentConfig(crop_padding=4, flip=True, cutout_size=0)
     cutout = AugmentConfig(crop_padding=4, flip=True, cutout_size=args.cutout)
+    # The write-ups' extra augmentations: a random rotation and a per-channel brightness shift.
+    rotate_shift = AugmentConfig(
+        crop_padding=4, flip=True, rotation=args.rotation, channel_shift=args.channel_shift
+    )
 
     # (1) Pre-made, augmented, normalised batches on the device.
     gen = torch.Generator(device=device).manual_seed(args.seed)
@@ -282,11 +287,13 @@ def make_pipelines(
         "resnetlab, no augmentation": resnetlab(no_aug),
         RESNETLAB: resnetlab(crop_flip),
         f"resnetlab, crop+flip+cutout{c}": resnetlab(cutout),
+        ROTATE_SHIFT: resnetlab(rotate_shift),
     }
     for w in args.workers:
         pipelines[f"torchvision DataLoader, workers={w}"] = torchvision(w, with_model=True)
     pipelines[f"{DATA_ONLY}resnetlab crop+flip"] = augment_only(crop_flip)
     pipelines[f"{DATA_ONLY}resnetlab crop+flip+cutout{c}"] = augment_only(cutout)
+    pipelines[f"{DATA_ONLY}{ROTATE_SHIFT}"] = augment_only(rotate_shift)
     for w in args.workers:
         pipelines[f"{DATA_ONLY}torchvision, workers={w}"] = torchvision(w, with_model=False)
     return pipelines, loaders
@@ -396,6 +403,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
     p.add_argument("--no-channels-last", action="store_true")
     p.add_argument("--cutout", type=int, default=16, help="Cutout hole size of the Cutout variant")
+    p.add_argument(
+        "--rotation", type=float, default=10.0, help="max degrees of the rotation variant"
+    )
+    p.add_argument(
+        "--channel-shift", type=float, default=0.05, help="its max per-channel brightness shift"
+    )
     p.add_argument(
         "--workers",
         default=f"0,{min(os.cpu_count() or 1, 8)}",

@@ -42,6 +42,7 @@ def build(root: Path, prepared: Path) -> Path:
     """Fill `root` with data/prepared, models/, metrics/, reports/ and mlflow.db."""
     from resnetlab import figures, leaderboard
     from resnetlab.config import parse_params
+    from resnetlab.records import run_folder
     from resnetlab.stages.evaluate import evaluate_variant
     from resnetlab.stages.train import train_variant
 
@@ -54,21 +55,22 @@ def build(root: Path, prepared: Path) -> Path:
         mp.chdir(root)
         mp.setenv("MLFLOW_TRACKING_URI", mlflow_uri(root))
         for name in VARIANTS:
+            # One training seed per variant, in the layout dvc.yaml gives it.
+            models, metrics = (
+                run_folder(root / "models", name, 0),
+                run_folder(root / "metrics", name, 0),
+            )
             train_variant(
-                config.variant(name),
-                EXPERIMENT,
-                root / "data" / "prepared",
-                root / "models" / name,
-                root / "metrics" / name,
+                config.variant(name), EXPERIMENT, root / "data" / "prepared", models, metrics
             )
-            evaluate_variant(
-                name, root / "data" / "prepared", root / "models" / name, root / "metrics" / name
-            )
+            evaluate_variant(name, root / "data" / "prepared", models, metrics)
         register(root, "tiny")
-    board = leaderboard.build_leaderboard(list(VARIANTS), root / "metrics")
-    leaderboard.write_leaderboard(board, root / "reports")
-    histories = leaderboard.load_histories(list(VARIANTS), root / "metrics")
-    figures.write_comparison_figures(board, histories, root / "reports" / "figures", None)
+    runs = leaderboard.build_runs(list(VARIANTS), [0], root / "metrics")
+    board = leaderboard.build_leaderboard(runs)
+    leaderboard.write_leaderboard(board, root / "reports", runs)
+    histories = leaderboard.load_histories(list(VARIANTS), [0], root / "metrics")
+    curves = leaderboard.curves_of(leaderboard.mean_curves(histories))
+    figures.write_comparison_figures(board, curves, root / "reports" / "figures", None, runs)
     return root
 
 
@@ -81,7 +83,7 @@ def register(root: Path, variant: str) -> str:
 
     from resnetlab.records import RunFile
 
-    run_id = RunFile.read(root / "models" / variant / "mlflow_run.json").run_id
+    run_id = RunFile.read(root / "models" / variant / "seed0" / "mlflow_run.json").run_id
     client = MlflowClient(mlflow_uri(root), registry_uri=mlflow_uri(root))
     client.create_registered_model(REGISTERED)
     # The train stage registered it as resnetlab-<variant> already; a second name, by hand, as a

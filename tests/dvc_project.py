@@ -41,6 +41,9 @@ class DvcProject:
         self.dvc("config", "core.analytics", "false")
         shutil.copy(REPO / ".gitignore", root / ".gitignore")  # mlflow.db, checkpoints, ...
         shutil.copy(REPO / ".dvcignore", root / ".dvcignore")
+        # The published numbers compare reports against, and the top-level plots' template.
+        shutil.copy(REPO / "published.yaml", root / "published.yaml")
+        shutil.copytree(REPO / ".dvc" / "plots", root / ".dvc" / "plots")
         self.commit("init")
 
     @classmethod

@@ -16,65 +16,70 @@ from resnetlab.cli import main
 from resnetlab.config import parse_params
 from resnetlab.errors import ResnetlabError
 
-# variant -> (model, depth, test accuracy, best val accuracy)
+# variant -> (model, depth, test accuracy, best val accuracy) of seed 0; seed k adds k / 100 to
+# both, so over SEEDS each has mean + 0.01 and sample std 0.01.
 FAKE = {
     "plain8": ("plain", 8, 0.71, 0.70),
     "resnet8": ("resnet_v1", 8, 0.78, 0.77),
     "resnet14": ("resnet_v1", 14, 0.83, 0.81),
 }
+SEEDS = [0, 1, 2]
 
 
-def make_params(variants: dict[str, tuple]) -> dict:
+def make_params(variants: dict[str, tuple], seeds: list[int] = SEEDS) -> dict:
     return {
+        "seeds": seeds,
         "mlflow": {"experiment": "compare-test"},
         "variants": {v: {"model": {"name": m, "depth": d}} for v, (m, d, *_) in variants.items()},
     }
 
 
-def write_metrics(metrics: Path, variants: dict[str, tuple]) -> None:
-    for v, (model, depth, test_acc, val_acc) in variants.items():
-        folder = metrics / v
-        folder.mkdir(parents=True)
-        card = {
-            "variant": v,
-            "model": model,
-            "model_args": {"depth": depth},
-            "depth": depth,
-            "parameters": 1000 * depth,
-            "best_epoch": 2,
-        }
-        (folder / "model.json").write_text(json.dumps(card))
-        train = {
-            "epochs": 3,
-            "best_val_accuracy": val_acc,
-            "train_time_s": 12.5 * depth,
-            "images_per_s": 1000.0 / depth,
-        }
-        (folder / "train.json").write_text(json.dumps({v: train}))
-        evaluation = {
-            "accuracy": test_acc,
-            "loss": 1.0 - test_acc,
-            "macro_f1": test_acc - 0.01,
-            "weighted_f1": test_acc - 0.005,
-        }
-        (folder / "eval.json").write_text(json.dumps({v: evaluation}))
-        classes = ["cat", "dog"]
-        pd.DataFrame(
-            [[40, 10], [5, 45]], index=pd.Index(classes, name="actual"), columns=classes
-        ).to_csv(folder / "confusion.csv")
-        e = np.arange(1, 4)
-        pd.DataFrame(
-            {
-                "epoch": e,
-                "train_loss": 2.0 / e,
-                "train_accuracy": val_acc * e / 3 + 0.02,
-                "val_loss": 2.1 / e,
-                "val_accuracy": val_acc * e / 3,
-                "lr": 0.1,
-                "epoch_time_s": 4.0,
+def write_metrics(metrics: Path, variants: dict[str, tuple], seeds: list[int] = SEEDS) -> None:
+    for v, (model, depth, test0, val0) in variants.items():
+        for k in seeds:
+            test_acc, val_acc = test0 + k / 100, val0 + k / 100
+            folder = metrics / v / f"seed{k}"
+            folder.mkdir(parents=True)
+            card = {
+                "variant": v,
+                "model": model,
+                "model_args": {"depth": depth},
+                "depth": depth,
+                "parameters": 1000 * depth,
+                "best_epoch": 2,
+            }
+            (folder / "model.json").write_text(json.dumps(card))
+            train = {
+                "epochs": 3,
+                "best_val_accuracy": val_acc,
+                "train_time_s": 12.5 * depth,
                 "images_per_s": 1000.0 / depth,
             }
-        ).to_csv(folder / "history.csv", index=False)
+            (folder / "train.json").write_text(json.dumps({f"{v}-{k}": train}))
+            evaluation = {
+                "accuracy": test_acc,
+                "loss": 1.0 - test_acc,
+                "macro_f1": test_acc - 0.01,
+                "weighted_f1": test_acc - 0.005,
+            }
+            (folder / "eval.json").write_text(json.dumps({f"{v}-{k}": evaluation}))
+            classes = ["cat", "dog"]
+            pd.DataFrame(
+                [[40, 10], [5, 45]], index=pd.Index(classes, name="actual"), columns=classes
+            ).to_csv(folder / "confusion.csv")
+            e = np.arange(1, 4)
+            pd.DataFrame(
+                {
+                    "epoch": e,
+                    "train_loss": 2.0 / e,
+                    "train_accuracy": val_acc * e / 3 + 0.02,
+                    "val_loss": 2.1 / e,
+                    "val_accuracy": val_acc * e / 3,
+                    "lr": 0.1,
+                    "epoch_time_s": 4.0,
+                    "images_per_s": 1000.0 / depth,
+                }
+            ).to_csv(folder / "history.csv", index=False)
 
 
 @pytest.fixture
@@ -83,39 +88,76 @@ def fake_run(tmp_path: Path) -> tuple[list[str], Path]:
     return list(parse_params(make_params(FAKE)).variants), tmp_path / "metrics"
 
 
-def test_build_leaderboard(fake_run) -> None:
+def board_of(variants: list[str], metrics: Path, seeds: list[int] = SEEDS) -> pd.DataFrame:
+    return leaderboard.build_leaderboard(leaderboard.build_runs(variants, seeds, metrics))
+
+
+def test_build_leaderboard_over_seeds(fake_run) -> None:
     variants, metrics = fake_run
-    board = leaderboard.build_leaderboard(variants, metrics)
+    runs = leaderboard.build_runs(variants, SEEDS, metrics)
+    assert list(runs.columns) == list(leaderboard.RUN_COLUMNS)
+    assert len(runs) == 9 and runs["seed"].tolist() == SEEDS * 3
+    board = leaderboard.build_leaderboard(runs)
     assert list(board.columns) == list(leaderboard.LEADERBOARD_COLUMNS)
     assert board["variant"].tolist() == ["resnet14", "resnet8", "plain8"]  # best test acc first
     row = board.set_index("variant").loc["plain8"]
     assert row["model"] == "plain" and row["depth"] == 8 and row["parameters"] == 8000
-    assert row["test_accuracy"] == pytest.approx(0.71)
-    assert row["test_error"] == pytest.approx(0.29)
-    assert row["best_val_accuracy"] == pytest.approx(0.70)
-    assert row["macro_f1"] == pytest.approx(0.70)
+    assert row["n"] == 3 and row["seeds"] == "0 1 2"
+    # Mean and sample (ddof = 1) std of 0.71, 0.72, 0.73.
+    assert row["test_accuracy"] == pytest.approx(0.72)
+    assert row["test_accuracy_std"] == pytest.approx(0.01)
+    assert row["test_error"] == pytest.approx(0.28)
+    assert row["test_error_std"] == pytest.approx(0.01)
+    assert row["best_val_accuracy"] == pytest.approx(0.71)
+    assert row["best_val_accuracy_std"] == pytest.approx(0.01)
+    assert row["macro_f1"] == pytest.approx(0.71)
+    assert row["macro_f1_std"] == pytest.approx(0.01)
     assert row["train_time_s"] == pytest.approx(100.0)
+
+    # One seed: n = 1, no std (one run says nothing about the spread), and no "±" shown.
+    single = board_of(variants, metrics, [2])
+    assert single["n"].tolist() == [1, 1, 1]
+    assert single["test_accuracy_std"].isna().all()
+    assert single.set_index("variant").loc["plain8", "test_accuracy"] == pytest.approx(0.73)
+    md = leaderboard.leaderboard_markdown(single)
+    assert "±" not in md and "| 73.00% |" in md
 
 
 def test_degradation_groups(fake_run) -> None:
-    board = leaderboard.build_leaderboard(*fake_run)
+    board = board_of(*fake_run)
     # resnet14 has no plain twin of its depth, so it stays out.
     assert leaderboard.degradation_groups(board) == {"plain": ["plain8"], "ResNet": ["resnet8"]}
     no_plain = board[board["model"] != "plain"]
     assert leaderboard.degradation_groups(no_plain) == {}
 
 
+def test_mean_curves(fake_run) -> None:
+    variants, metrics = fake_run
+    curves = leaderboard.mean_curves(leaderboard.load_histories(variants, SEEDS, metrics))
+    assert len(curves) == 3 * 3  # 3 variants x 3 epochs
+    last = curves[(curves["variant"] == "plain8") & (curves["epoch"] == 3)].iloc[0]
+    assert last["n"] == 3
+    assert last["val_accuracy"] == pytest.approx(0.71)  # mean of 0.70, 0.71, 0.72
+    assert last["val_accuracy_std"] == pytest.approx(0.01)
+    assert set(leaderboard.curves_of(curves)) == set(variants)
+
+
 def test_leaderboard_and_comparison_figures(fake_run, tmp_path: Path) -> None:
     variants, metrics = fake_run
-    board = leaderboard.build_leaderboard(variants, metrics)
-    histories = leaderboard.load_histories(variants, metrics)
+    runs = leaderboard.build_runs(variants, SEEDS, metrics)
+    board = leaderboard.build_leaderboard(runs)
+    curves = leaderboard.mean_curves(leaderboard.load_histories(variants, SEEDS, metrics))
     out = tmp_path / "reports"
-    written = leaderboard.write_leaderboard(board, out)
-    written += figures.write_comparison_figures(board, histories, out / "figures")
+    written = leaderboard.write_leaderboard(board, out, runs, curves)
+    written += figures.write_comparison_figures(
+        board, leaderboard.curves_of(curves), out / "figures", None, runs
+    )
     names = {p.relative_to(out).as_posix() for p in written}
     assert names == {
         "leaderboard.csv",
         "leaderboard.md",
+        "runs.csv",
+        "curves.csv",
         "figures/test_accuracy.png",
         "figures/degradation.png",
     }
@@ -128,66 +170,128 @@ def test_leaderboard_and_comparison_figures(fake_run, tmp_path: Path) -> None:
     csv = pd.read_csv(out / "leaderboard.csv")
     assert list(csv.columns) == list(leaderboard.LEADERBOARD_COLUMNS)
     assert csv["variant"].tolist() == ["resnet14", "resnet8", "plain8"]
-    assert csv["test_accuracy"].tolist() == pytest.approx([0.83, 0.78, 0.71])
+    assert csv["test_accuracy"].tolist() == pytest.approx([0.84, 0.79, 0.72])
+    assert len(pd.read_csv(out / "runs.csv")) == 9
 
     md = (out / "leaderboard.md").read_text().splitlines()
-    assert md[0].startswith("| variant | model | depth | parameters | epochs | best val accuracy")
+    assert md[0].startswith("| variant | model | depth | parameters | epochs | n | best val acc")
     assert md[0].endswith("| train time | images/s |")
     rows = md[2:]
     assert len(rows) == 3
     assert [r.split("|")[1].strip() for r in rows] == ["resnet14", "resnet8", "plain8"]
-    assert "| 83.00% |" in rows[0] and "| 17.00% |" in rows[0]  # test accuracy, test error
+    # test accuracy and test error as mean ± sample std, and n = 3
+    assert "| 84.00% ± 1.00% |" in rows[0] and "| 16.00% ± 1.00% |" in rows[0]
+    assert "| 3 |" in rows[0]
     assert all(len(r.split("|")) == len(md[0].split("|")) for r in md)
+
+
+def test_accuracy_bars_have_error_bars_and_seed_dots(fake_run, tmp_path: Path, monkeypatch):
+    from resnetlab import plots
+
+    variants, metrics = fake_run
+    runs = leaderboard.build_runs(variants, SEEDS, metrics)
+    board = leaderboard.build_leaderboard(runs)
+    drawn = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path: drawn.append(fig))
+    plots.plot_test_accuracy(board, tmp_path / "acc.png", runs)
+    (ax,) = drawn[0].axes
+    (dots,) = ax.collections[-1:]  # the scatter of the seeds, drawn last
+    offsets = dots.get_offsets()
+    assert len(offsets) == 9  # one dot per variant and seed
+    # plain8's seeds sit on plain8's bar (the lowest: bars run best on top).
+    plain_row = sorted(board["test_accuracy"]).index(
+        board.set_index("variant").loc["plain8"]["test_accuracy"]
+    )
+    plain_x = sorted(x for x, y in offsets if y == plain_row)
+    assert plain_x == pytest.approx([71.0, 72.0, 73.0])
+    # One error bar per variant, one sample std (1 point) each side of the mean.
+    from matplotlib.container import ErrorbarContainer
+
+    (bars,) = [c for c in ax.containers if isinstance(c, ErrorbarContainer)]
+    (errorbar,) = bars.lines[2]
+    segments = errorbar.get_segments()
+    assert len(segments) == 3
+    assert all(seg[1][0] - seg[0][0] == pytest.approx(2.0) for seg in segments)
+
+
+def test_degradation_draws_bands_over_seeds(fake_run, tmp_path: Path, monkeypatch):
+    from matplotlib.collections import PolyCollection
+
+    from resnetlab import plots
+
+    variants, metrics = fake_run
+    curves = leaderboard.curves_of(
+        leaderboard.mean_curves(leaderboard.load_histories(variants, SEEDS, metrics))
+    )
+    drawn = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path: drawn.append(fig))
+    plots.plot_degradation(curves, {"plain": ["plain8"], "ResNet": ["resnet8"]}, tmp_path / "d")
+    for ax in drawn[0].axes:
+        bands = [c for c in ax.collections if isinstance(c, PolyCollection)]
+        assert len(bands) == 2  # training and validation error, each mean +- one std
+    # A single seed has no spread: no band.
+    single = leaderboard.curves_of(
+        leaderboard.mean_curves(leaderboard.load_histories(variants, [0], metrics))
+    )
+    plots.plot_degradation(single, {"plain": ["plain8"]}, tmp_path / "d1")
+    assert not drawn[1].axes[0].collections
 
 
 def test_comparison_figures_without_plain_skip_degradation(fake_run, tmp_path: Path) -> None:
     variants, metrics = fake_run
-    board = leaderboard.build_leaderboard(variants, metrics)
+    board = board_of(variants, metrics)
     board = board[board["model"] != "plain"]
     out = tmp_path / "reports"
     (out / "figures").mkdir(parents=True)
     (out / "figures/degradation.png").write_bytes(b"stale")
-    histories = leaderboard.load_histories(variants, metrics)
-    written = figures.write_comparison_figures(board, histories, out / "figures")
+    curves = leaderboard.mean_curves(leaderboard.load_histories(variants, SEEDS, metrics))
+    written = figures.write_comparison_figures(
+        board, leaderboard.curves_of(curves), out / "figures"
+    )
     assert "degradation.png" not in {p.name for p in written}
     assert not (out / "figures/degradation.png").exists()  # a stale figure would mislead
 
 
-def test_missing_eval_json_names_the_file(fake_run) -> None:
+def test_missing_eval_json_names_the_file_and_the_run(fake_run) -> None:
     variants, metrics = fake_run
-    (metrics / "resnet8" / "eval.json").unlink()
+    (metrics / "resnet8" / "seed1" / "eval.json").unlink()
     with pytest.raises(ResnetlabError) as err:
-        leaderboard.build_leaderboard(variants, metrics)
-    assert str(metrics / "resnet8" / "eval.json") in str(err.value)
-    assert "dvc repro evaluate@resnet8" in str(err.value)
+        leaderboard.build_runs(variants, SEEDS, metrics)
+    assert str(metrics / "resnet8" / "seed1" / "eval.json") in str(err.value)
+    assert "dvc repro evaluate@resnet8-1" in str(err.value)
+    # A seed not yet trained: the same kind of message, naming its stage.
+    with pytest.raises(ResnetlabError, match=r"dvc repro train@plain8-7"):
+        leaderboard.build_runs(variants, [0, 7], metrics)
 
 
 def test_missing_history_and_bad_json(fake_run) -> None:
     variants, metrics = fake_run
-    (metrics / "plain8" / "train.json").write_text('{"plain8": {"epochs": 3}}')
+    (metrics / "plain8" / "seed0" / "train.json").write_text('{"plain8-0": {"epochs": 3}}')
     with pytest.raises(ResnetlabError, match=r"train.json: missing field 'best_val_accuracy'"):
-        leaderboard.build_leaderboard(variants, metrics)
-    (metrics / "plain8" / "history.csv").unlink()
-    with pytest.raises(ResnetlabError, match=r"plain8.history\.csv: not found"):
-        leaderboard.load_histories(variants, metrics)
+        leaderboard.build_runs(variants, SEEDS, metrics)
+    (metrics / "plain8" / "seed2" / "history.csv").unlink()
+    with pytest.raises(ResnetlabError, match=r"seed2.history\.csv: not found"):
+        leaderboard.load_histories(variants, SEEDS, metrics)
 
 
 def test_variant_figures_replace_stale_folders(fake_run, tmp_path: Path) -> None:
     variants, metrics = fake_run
     folder = tmp_path / "figures"
     (folder / "gone").mkdir(parents=True)
-    histories = leaderboard.load_histories(variants, metrics)
-    confusions = {v: figures.load_confusion(metrics / v / "confusion.csv", v) for v in variants}
-    written = figures.write_variant_figures(histories, confusions, folder)
+    curves = leaderboard.mean_curves(leaderboard.load_histories(variants, SEEDS, metrics))
+    confusions = {v: figures.pooled_confusion(v, SEEDS, metrics) for v in variants}
+    assert confusions["plain8"][1].tolist() == [[120, 30], [15, 135]]  # summed over 3 seeds
+    written = figures.write_variant_figures(leaderboard.curves_of(curves), confusions, folder)
     assert sorted(written) == sorted(variants)
     assert not (folder / "gone").exists()  # a removed variant's figures would mislead
     for v in variants:
         for name in figures.VARIANT_PNGS:
             with Image.open(folder / v / name) as im:
                 assert im.format == "PNG"
-    (metrics / "plain8" / "confusion.csv").write_text("a,b\n1,2\n")
+    path = metrics / "plain8" / "seed0" / "confusion.csv"
+    path.write_text("a,b\n1,2\n")
     with pytest.raises(ResnetlabError, match=r"confusion.csv: not a square confusion matrix"):
-        figures.load_confusion(metrics / "plain8" / "confusion.csv", "plain8")
+        figures.pooled_confusion("plain8", SEEDS, metrics)
 
 
 def test_cli_compare_draws_and_logs_to_mlflow(fake_run, tmp_path: Path, monkeypatch) -> None:
@@ -205,7 +309,7 @@ def test_cli_compare_draws_and_logs_to_mlflow(fake_run, tmp_path: Path, monkeypa
     # A training run of resnet8, as the train stage would have left it.
     experiment_id = client.create_experiment("compare-test")
     train_run = client.create_run(experiment_id, run_name="resnet8").info.run_id
-    RunFile(train_run, "compare-test").write(tmp_path / "models/resnet8/mlflow_run.json")
+    RunFile(train_run, "compare-test").write(tmp_path / "models/resnet8/seed0/mlflow_run.json")
     gradients = tmp_path / "reports" / "gradient_profile.csv"
     assert main(["diagnose", "--params", str(params_path), "--out", str(gradients)]) == 0
 
@@ -235,7 +339,104 @@ def test_cli_compare_draws_and_logs_to_mlflow(fake_run, tmp_path: Path, monkeypa
     assert board["variant"].tolist() == ["resnet14", "resnet8", "plain8"]
     assert (out / "figures/plain8/curves.png").is_file()
 
-    # A missing variant is a one-line error (exit 1), not a traceback, and nothing is logged.
-    (metrics / "resnet14" / "train.json").unlink()
+    # A missing run is a one-line error (exit 1), not a traceback, and nothing is logged.
+    (metrics / "resnet14" / "seed2" / "train.json").unlink()
     assert main(argv) == 1
     assert len(client.search_runs([experiment_id], filter_string="tags.stage = 'compare'")) == 1
+
+
+PUBLISHED = """
+sources:
+  paper: {cite: "A. Author. A Paper. 2015"}
+results:
+  # plain8 measures 71, 72, 73 % test accuracy: mean 72, std 1, standard error 0.577.
+  - {variant: plain8, source: paper, where: Table 1, metric: test_accuracy, value: 72.5, epochs: 3}
+  - {variant: resnet8, source: paper, metric: test_accuracy, value: 70.0, epochs: 3}
+  - {variant: resnet14, source: paper, metric: test_error, value: 10.0, pm: 0.5, epochs: 3}
+  - {variant: resnet14, source: paper, where: longer, metric: test_error, value: 16.2, epochs: 9}
+  - {variant: gone, source: paper, metric: test_error, value: 1.0}
+claims:
+  - {name: order, statement: resnet14 beats plain8, source: paper, metric: test_error,
+     higher: plain8, lower: resnet14}
+  - {name: reversed, statement: plain8 beats resnet14, source: paper, metric: test_error,
+     higher: resnet14, lower: plain8}
+  - {name: degradation, statement: plain8 trains worse than resnet8, source: paper,
+     metric: final_train_error, higher: plain8, lower: resnet8}
+  - {name: missing, statement: x, source: paper, metric: test_error, higher: x, lower: plain8}
+"""
+
+
+def test_published_vs_measured_verdicts_and_claims(fake_run, tmp_path: Path) -> None:
+    from resnetlab import published
+
+    variants, metrics = fake_run
+    path = tmp_path / "published.yaml"
+    path.write_text(PUBLISHED)
+    data = published.load_published(path)
+    runs = leaderboard.build_runs(variants, SEEDS, metrics)
+    finals = published.final_train_errors(leaderboard.load_histories(variants, SEEDS, metrics))
+    table = published.compare_published(data, runs, finals, train_images=45000, subset=0)
+    verdicts = dict(zip(table["variant"] + "/" + table["where"], table["verdict"], strict=True))
+    assert verdicts == {
+        "plain8/Table 1": "reproduced",  # 0.5 below: within 2 standard errors (1.15)
+        "resnet8/": "better",  # 79 +- 1 against 70
+        "resnet14/": "worse",  # 16 % error against 10 +- 0.5
+        "resnet14/longer": "not comparable: 3 epochs, source 9",
+    }
+    row = table[table["variant"] == "plain8"].iloc[0]
+    assert (row["measured_mean"], row["measured_std"], row["n"]) == pytest.approx((72, 1, 3))
+    assert row["difference"] == pytest.approx(-0.5)
+    # A subset run is never the source's budget.
+    subset = published.compare_published(data, runs, finals, train_images=500, subset=500)
+    assert subset["verdict"].str.startswith("not comparable: ").all()
+    assert "500-image subset" in subset["verdict"].iloc[0]
+
+    checks = {c.claim.name: c.verdict for c in published.check_claims(data, runs, finals)}
+    assert checks == {
+        "order": "holds",  # 28 +- 1 vs 16 +- 1 % error
+        "reversed": "contradicted",
+        "degradation": "holds",  # last-epoch training error 28 +- 1 vs 21 +- 1 %
+        "missing": "not checked",
+    }
+    single = leaderboard.build_runs(variants, [0], metrics)
+    one = {c.claim.name: c.verdict for c in published.check_claims(data, single, finals)}
+    assert one["order"] == "holds (n = 1)"
+
+    out = tmp_path / "reports"
+    written = published.write_report(table, published.check_claims(data, runs, finals), out)
+    assert [p.name for p in written] == ["published_vs_measured.csv", "published_vs_measured.md"]
+    md = (out / "published_vs_measured.md").read_text()
+    assert "| plain8 | test_accuracy | 72.50 | 72.00 ± 1.00% (n = 3) | -0.50 | reproduced |" in md
+    assert "A. Author. A Paper. 2015, Table 1" in md
+    assert "**resnet14 beats plain8** (A. Author. A Paper. 2015): **holds**" in md
+    csv = pd.read_csv(out / "published_vs_measured.csv")
+    assert csv["verdict"].tolist()[-4:] == ["holds", "contradicted", "holds", "not checked"]
+
+
+def test_published_file_errors_name_the_entry(tmp_path: Path) -> None:
+    from resnetlab import published
+
+    path = tmp_path / "published.yaml"
+    with pytest.raises(ResnetlabError, match=r"published\.yaml: not found"):
+        published.load_published(path)
+    path.write_text("sources: {a: {cite: x}}\nresults:\n  - {variant: v, source: b}\n")
+    with pytest.raises(ResnetlabError, match=r"results\[0\].source: 'b' is not a key of sources"):
+        published.load_published(path)
+    path.write_text(
+        "sources: {a: {cite: x}}\nresults:\n  - {variant: v, source: a, metric: speed}\n"
+    )
+    with pytest.raises(ResnetlabError, match=r"results\[0\].metric: 'speed'"):
+        published.load_published(path)
+
+
+def test_shipped_published_file_names_shipped_variants() -> None:
+    from resnetlab import published
+    from resnetlab.config import load_params
+
+    root = Path(__file__).resolve().parents[1]
+    data = published.load_published(root / "published.yaml")
+    declared = set(load_params(root / "params.yaml").variants)
+    named = {r.variant for r in data.results}
+    named |= {v for c in data.claims for v in (c.higher, c.lower)}
+    assert named <= declared, sorted(named - declared)
+    assert all(r.epochs for r in data.results)  # every number carries its budget

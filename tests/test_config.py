@@ -192,6 +192,61 @@ def test_merge_keys_and_the_shipped_params_still_load(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------
+# Training seeds
+
+
+def test_seeds_default_and_per_run_seed():
+    assert parse_params(params()).seeds == (0,)
+    raw = {**params(), "seeds": [3, 1, 2]}
+    config = parse_params(raw)
+    assert config.seeds == (3, 1, 2)  # the order given: it is the order of the runs
+    tiny = config.variant("tiny")
+    seeded = tiny.with_seed(2)
+    assert seeded.train.seed == 2 and seeded.model == tiny.model
+    assert seeded.fingerprint() != tiny.fingerprint()  # a checkpoint resumes its own seed only
+
+
+@pytest.mark.parametrize(
+    ("seeds", "message"),
+    [
+        ([], r"seeds: \[\] is not allowed; expected a non-empty list of distinct integers"),
+        ([0, 0], r"seeds: \[0, 0\] is not allowed; expected a non-empty list of distinct"),
+        ([0, -1], r"seeds\[1\]: -1 is not allowed; expected an integer >= 0"),
+        ([True], r"seeds\[0\]: True is not allowed"),
+        (0, r"seeds: 0 is not allowed; expected a non-empty list"),
+    ],
+)
+def test_bad_seeds_are_refused(seeds, message):
+    with pytest.raises(ConfigError, match=message):
+        parse_params({**params(), "seeds": seeds})
+
+
+def test_a_train_or_variant_seed_points_to_seeds():
+    raw = params()
+    raw["train"] = {**raw.get("train", {}), "seed": 1}
+    with pytest.raises(ConfigError, match=r"^train.seed: the training seed comes from the top"):
+        parse_params(raw)
+    raw = params()
+    raw["variants"]["tiny"]["seed"] = 1
+    with pytest.raises(ConfigError, match=r"^variants.tiny.seed: the training seed comes from"):
+        parse_params(raw)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("rotation", -1, r"augment.rotation: -1.0 is not allowed; expected 0..180 degrees"),
+        ("channel_shift", 2, r"augment.channel_shift: 2.0 is not allowed; expected a fraction"),
+    ],
+)
+def test_bad_augmentation_ranges_are_refused(key, value, message):
+    raw = params()
+    raw["variants"]["tiny"]["augment"] = {key: value}
+    with pytest.raises(ConfigError, match=message):
+        parse_params(raw)
+
+
+# ---------------------------------------------------------------------------------------------
 # A hostile variant name under DVC
 
 
@@ -221,7 +276,7 @@ def test_hostile_variant_name_never_reaches_the_shell(tiny_archive, tmp_path):
     # DVC's own view of the pipeline: the stage exists, its command does not hold the name.
     with Repo(str(root)) as repo:
         commands = {s.addressing.split(":")[-1]: s.cmd for s in repo.index.stages}
-    assert set(commands) >= {f"train@{HOSTILE}", f"evaluate@{HOSTILE}"}
+    assert set(commands) >= {f"train@{HOSTILE}-0", f"evaluate@{HOSTILE}-0"}
     assert not [cmd for cmd in commands.values() if "PWNED" in cmd or "touch" in cmd]
 
     # Run the stage for real (its upstream stages stand in: -s runs this one only, as a re-run
@@ -230,7 +285,7 @@ def test_hostile_variant_name_never_reaches_the_shell(tiny_archive, tmp_path):
     (root / "data/prepared/meta.json").write_text("{}")
     start = time.monotonic()
     res = subprocess.run(
-        [str(Path(sys.executable).parent / "dvc"), "repro", "-s", f"train@{HOSTILE}"],
+        [str(Path(sys.executable).parent / "dvc"), "repro", "-s", f"train@{HOSTILE}-0"],
         cwd=root,
         env=project.env,
         capture_output=True,

@@ -256,6 +256,9 @@ def resolve_stages(dvc: Mapping[str, Any], root: Path = REPO) -> dict[str, dict[
         if "do" in spec:
             variants = list(_variants(name, spec, context))
             body = spec["do"] or {}
+        elif "matrix" in spec:  # the stage body sits beside `matrix`
+            variants = list(_variants(name, spec, context))
+            body = {k: v for k, v in spec.items() if k != "matrix"}
         else:
             variants, body = [(name, {})], spec
         for variant_name, local in variants:
@@ -454,11 +457,12 @@ def test_foreach_and_matrix_stages_expand() -> None:
                 "do": {"cmd": "c ${key}", "deps": ["${out}/${key}"]},
             },
             "m": {
-                "matrix": {"p": ["u", "v"]},
-                "do": {"cmd": "c ${item.p}", "deps": ["src/${item.p}"]},
+                "matrix": {"p": ["u", "v"], "k": [0, 1]},
+                "cmd": "c ${item.p}",
+                "deps": ["src/${item.p}"],
             },
         },
     }
     stages = resolve_stages(dvc, root=Path("/nonexistent"))
     assert stages["a@x"] == {"cmds": ["c x"], "deps": ["o/x"]}
-    assert stages["m@v"]["deps"] == ["src/v"]
+    assert stages["m@v-1"]["deps"] == ["src/v"]

@@ -98,7 +98,7 @@ def test_first_experiment_in_a_clone_is_quiet_and_reruns_only_the_change(shared)
     assert "No file hash info found" not in out
     assert "WARNING" not in out, out
     ran = sorted(line.split("'")[1] for line in out.splitlines() if line.startswith("Running"))
-    assert ran == ["compare", "evaluate@resnet8", "train@resnet8"]
+    assert ran == ["compare", "evaluate@resnet8-0", "train@resnet8-0"]
 
 
 def test_exp_show_is_narrow(shared):
@@ -106,11 +106,11 @@ def test_exp_show_is_narrow(shared):
     csv = clone.dvc("exp", "show", "--csv").stdout
     table = pd.read_csv(io.StringIO(csv))
     assert {"lr05", "lr02"} <= set(table["Experiment"].dropna())
-    metric_columns = [c for c in table.columns if c.split(".")[0] in ("plain8", "resnet8")]
-    # Numbers only: the headline metrics of train.json and eval.json, 4 + 4 per variant, each
-    # named after its variant alone (no `metrics/<v>/eval.json:` before it).
+    metric_columns = [c for c in table.columns if c.split(".")[0] in ("plain8-0", "resnet8-0")]
+    # Numbers only: the headline metrics of train.json and eval.json, 4 + 4 per run, each
+    # named after its run (variant and seed) alone (no `metrics/<v>/eval.json:` before it).
     assert len(metric_columns) == 2 * 8, metric_columns
-    assert "resnet8.accuracy" in metric_columns and "plain8.best_val_accuracy" in metric_columns
+    assert "resnet8-0.accuracy" in metric_columns and "plain8-0.best_val_accuracy" in metric_columns
     assert not any(":" in c for c in table.columns), list(table.columns)
 
     changed = clone.dvc("exp", "show", "--only-changed", "--csv").stdout
@@ -132,12 +132,12 @@ def test_exp_show_is_narrow(shared):
         check=True,
     )
     header = next(line for line in res.stdout.splitlines() if "Experiment" in line)
-    named = header.count("resnet8.")  # columns named after the variant: the metrics, the param
+    named = header.count("resnet8")  # columns named after the variant: the metrics, the param
     assert header.split() == [
         "Experiment",
-        "resnet8.best_val_accuracy",
-        "resnet8.accuracy",
-        "resnet8.macro_f1",
+        "resnet8-0.best_val_accuracy",
+        "resnet8-0.accuracy",
+        "resnet8-0.macro_f1",
         "variants.resnet8.lr",
     ], header
     width = max(map(len, res.stdout.splitlines())) + named * (len("resnet56") - len("resnet8"))

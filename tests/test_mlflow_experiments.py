@@ -71,17 +71,21 @@ def test_one_parent_run_per_experiment_with_nested_variant_runs(experiments, sto
 def test_runs_say_what_they_are_and_what_they_trained_on(experiments, store) -> None:
     _, parents, children = store
     names = [c.info.run_name for c in children]
-    assert sorted(names) == ["plain8 · tiny1", "resnet8 · tiny1", "resnet8 · tiny2"]
+    assert sorted(names) == [
+        "plain8 · seed 0 · tiny1",
+        "resnet8 · seed 0 · tiny1",
+        "resnet8 · seed 0 · tiny2",
+    ]
     params = experiments.project.params()["data"]
     for run in children:
         tags, logged = run.data.tags, run.data.params
-        exp_name = run.info.run_name.split(" · ")[1]
+        exp_name = run.info.run_name.split(" · ")[-1]
         assert tags["dvc_exp_name"] == exp_name and tags["dvc_baseline"]
         assert {logged[f"data.{k}"] for k in params} == {str(v) for v in params.values()}
         note = tags["mlflow.note.content"]
         assert "\n" not in note and "model " in note and "recipe: params.yaml" in note
         assert "250 train / 50 val images" in note
-        if run.info.run_name == "resnet8 · tiny2":
+        if run.info.run_name == "resnet8 · seed 0 · tiny2":
             assert "variants.resnet8 (lr)" in note
         (dataset,) = run.inputs.dataset_inputs
         assert dataset.dataset.name == "cifar10" and len(dataset.dataset.digest) == 16

@@ -34,9 +34,10 @@ def test_entry_points_and_parameter_types(project) -> None:
     assert project.get_entry_point("main").parameters == {}
     for name in ("train", "evaluate"):
         params = project.get_entry_point(name).parameters
-        assert set(params) == {"variant"}
+        assert set(params) == {"variant", "seed"}
         assert params["variant"].type == "string"
         assert params["variant"].default is None  # required
+        assert params["seed"].default == "0"  # the default of `seeds`
 
 
 def test_commands_reproduce_dvc_stages(project) -> None:
@@ -44,16 +45,19 @@ def test_commands_reproduce_dvc_stages(project) -> None:
     for name in ("train", "evaluate"):
         entry = project.get_entry_point(name)
         command = entry.compute_command({"variant": "resnet56"}, None)
-        assert command == f"{UNSET}dvc repro {name}@resnet56"
+        assert command == f"{UNSET}dvc repro {name}@resnet56-0"
+        command = entry.compute_command({"variant": "resnet56", "seed": "2"}, None)
+        assert command == f"{UNSET}dvc repro {name}@resnet56-2"
         with pytest.raises(ExecutionException, match="variant"):
             entry.compute_command({}, None)
 
 
 def test_stage_names_exist_in_dvc_yaml() -> None:
-    """`train@<variant>` and `evaluate@<variant>` are foreach stages over params.yaml's variants."""
+    """`train@<variant>-<seed>` and `evaluate@<variant>-<seed>` are matrix stages over
+    params.yaml's variants and seeds."""
     stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
     for name in ("train", "evaluate"):
-        assert stages[name]["foreach"] == "${variants}"
+        assert stages[name]["matrix"] == {"variant": "${variants}", "seed": "${seeds}"}
     assert "resnet56" in yaml.safe_load((REPO / "params.yaml").read_text())["variants"]
 
 
@@ -93,9 +97,9 @@ def test_mlflow_run_train_entry_point(tiny_archive, tmp_path) -> None:
     argv = ["run", str(dvc.root), "-e", "train", "-P", "variant=resnet8", "--env-manager", "local"]
     argv += ["--experiment-name", "e2e"]  # params.yaml's mlflow.experiment, as the README says
     res = dvc.run(mlflow_bin, *argv)
-    assert "Running stage 'train@resnet8'" in res.stdout
+    assert "Running stage 'train@resnet8-0'" in res.stdout
     assert "train@plain8" not in res.stdout  # one variant only
-    assert (dvc.root / "models/resnet8/model.pt").exists()
+    assert (dvc.root / "models/resnet8/seed0/model.pt").exists()
 
     client = MlflowClient(dvc.env["MLFLOW_TRACKING_URI"])
     exp_id = client.get_experiment_by_name("e2e").experiment_id
@@ -103,10 +107,10 @@ def test_mlflow_run_train_entry_point(tiny_archive, tmp_path) -> None:
     everything = client.search_runs([exp_id])
     (launch,) = [r for r in everything if r.data.tags.get("stage") != "train"]
     assert launch.info.status == "FINISHED"
-    assert launch.data.params == {"variant": "resnet8"}
+    assert launch.data.params == {"variant": "resnet8", "seed": "0"}
     # The stage recorded a run of its own, nested under the `mlflow run` run.
     (train,) = client.search_runs([exp_id], "tags.stage = 'train'")
-    assert train.info.run_name == "resnet8" and train.info.status == "FINISHED"
+    assert train.info.run_name == "resnet8 · seed 0" and train.info.status == "FINISHED"
     assert train.data.tags["mlflow.parentRunId"] == launch.info.run_id
     key = f"mlflow-run:{launch.info.run_id}"
     assert launch.data.tags[tracking.PARENT_KEY_TAG] == key
@@ -114,7 +118,7 @@ def test_mlflow_run_train_entry_point(tiny_archive, tmp_path) -> None:
 
     # Up to date: DVC skips the training, and `mlflow run` still succeeds.
     res = dvc.run(mlflow_bin, *argv)
-    assert "Running stage 'train@resnet8'" not in res.stdout
+    assert "Running stage 'train@resnet8-0'" not in res.stdout
     assert len(client.search_runs([exp_id], "tags.stage = 'train'")) == 1
 
 

@@ -20,10 +20,15 @@ from resnetlab.errors import ConfigError, ResnetlabError
 from resnetlab.models import build_model, count_parameters, list_models, model_depth, register_model
 from resnetlab.models import registry as registry_module
 from resnetlab.models.cifar import BasicBlockV1, PreActBasicBlock, PreActBottleneck, ZeroPadShortcut
-from resnetlab.models.imagenet_resnets import IMAGENET_WEIGHTS, imagenet_weights_path
+from resnetlab.models.imagenet_resnets import (
+    IMAGENET_WEIGHTS,
+    PlainBasicBlock,
+    imagenet_weights_path,
+)
 
 MODEL_NAMES = [
     "plain",
+    "plain18",
     "resnet18",
     "resnet34",
     "resnet50",
@@ -62,6 +67,8 @@ GOLDEN = {
     ("resnet_v2", "depth=164"): 1_703_258,
     ("resnet_v2", "depth=1001"): 10_327_706,
     ("resnet18", "(defaults)"): 11_173_962,
+    # resnet18 less its three projection shortcuts (1x1 conv + BN): 11,173,962 - 173,824.
+    ("plain18", "(defaults)"): 11_000_138,
     ("resnet34", "(defaults)"): 21_282_122,
     ("resnet50", "(defaults)"): 23_520_842,
     ("resnet50_imagenet", "(defaults)"): 23_528_522,
@@ -110,6 +117,8 @@ def block_kind(block: nn.Module) -> str:
     if isinstance(block, (Bottleneck, PreActBottleneck)):
         return "bottleneck"
     if isinstance(block, BasicBlockV1) and block.shortcut is None:
+        return "plain"
+    if isinstance(block, PlainBasicBlock):
         return "plain"
     assert isinstance(block, (BasicBlockV1, PreActBasicBlock, BasicBlock))
     return "basic"
@@ -324,6 +333,22 @@ def test_paper_parameter_counts() -> None:
     assert f"{GOLDEN[('resnet18', '(defaults)')] / 1e6:.1f}" == "11.2"
 
 
+def test_plain18_is_resnet18_without_shortcuts() -> None:
+    plain, residual = build_meta("plain18"), build_meta("resnet18")
+    assert count_parameters(residual) - count_parameters(plain) == sum(
+        count_parameters(m) for n, m in residual.named_modules() if n.endswith("downsample")
+    )
+    assert not any(n.endswith("downsample") for n, _ in plain.named_modules())
+    # Same layers otherwise: every conv of plain18 has its twin's shape.
+    convs = [m.weight.shape for m in plain.modules() if isinstance(m, nn.Conv2d)]
+    twins = [
+        m.weight.shape
+        for n, m in residual.named_modules()
+        if isinstance(m, nn.Conv2d) and "downsample" not in n
+    ]
+    assert convs == twins
+
+
 def test_plain_has_the_parameters_of_its_resnet_twin() -> None:
     for depth in (20, 32, 44, 56, 110):
         assert GOLDEN[("plain", f"depth={depth}")] == GOLDEN[("resnet_v1", f"depth={depth}")]
@@ -343,6 +368,7 @@ TINY = [
     ("resnet_v2", {"depth": 8, "block": "basic"}),
     ("resnet_v2", {"depth": 11}),
     ("resnet18", {"width": 1 / 16}),
+    ("plain18", {"width": 1 / 16}),
     ("resnet34", {"width": 1 / 16}),
     ("resnet50", {"width": 1 / 16}),
     ("resnet50_imagenet", {"input_size": 32}),

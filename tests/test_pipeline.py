@@ -11,8 +11,31 @@ from dvc_project import DvcProject, tiny_params
 
 pytestmark = pytest.mark.slow
 
-TRAIN_ON = ["train@plain8", "train@resnet8", "evaluate@plain8", "evaluate@resnet8", "compare"]
+TRAIN_ON = ["train@plain8-0", "train@resnet8-0", "evaluate@plain8-0", "evaluate@resnet8-0"]
+TRAIN_ON.append("compare")
 ALL = ["download", "prepare", "diagnose", *TRAIN_ON]
+
+
+# Reference numbers for the tiny variants, in the shipped file's format: one on the budget the
+# variant trains with (a verdict), one on another (not comparable), and two claims.
+TINY_PUBLISHED = """
+sources:
+  tiny: {cite: "Reference numbers for the tiny variants"}
+results:
+  - {variant: resnet8, source: tiny, where: Table 1, metric: test_accuracy, value: 10.0, epochs: 2}
+  - {variant: plain8, source: tiny, metric: test_error, value: 90.0, epochs: 182}
+claims:
+  - {name: degradation, statement: plain8 ends training with a higher training error than resnet8,
+     source: tiny, metric: final_train_error, higher: plain8, lower: resnet8}
+  - {name: depth, statement: resnet14 has a lower test error than resnet8, source: tiny,
+     metric: test_error, higher: resnet8, lower: resnet14}
+"""
+
+
+def ran(res) -> list[str]:
+    """The stages a `dvc exp run` ran, sorted."""
+    lines = res.stdout.splitlines()
+    return sorted(line.split("'")[1] for line in lines if line.startswith("Running stage '"))
 
 
 def mlflow_train_runs(project: DvcProject) -> list:
@@ -29,6 +52,8 @@ def test_pipeline_reruns_exactly_what_changed(tiny_archive, tmp_path):
     params = tiny_params(archive, md5)
     project = DvcProject(tmp_path / "proj", params)
     root = project.root
+    (root / "published.yaml").write_text(TINY_PUBLISHED)
+    project.commit("tiny published numbers")
 
     assert sorted(project.repro()) == sorted(ALL)
     board = pd.read_csv(root / "reports/leaderboard.csv")
@@ -38,15 +63,16 @@ def test_pipeline_reruns_exactly_what_changed(tiny_archive, tmp_path):
     for name in ("degradation.png", "gradient_profile.png", "resnet8/curves.png"):
         assert (root / "reports/figures" / name).is_file()
     assert (root / "reports/figures/plain8/confusion_normalized.png").is_file()
-    # DVC metrics hold headline numbers only; the per-class table is a plain output.
-    ev = json.loads((root / "metrics/resnet8/eval.json").read_text())
-    assert set(ev["resnet8"]) == {"accuracy", "loss", "macro_f1", "weighted_f1"}
-    per_class = pd.read_csv(root / "metrics/resnet8/per_class.csv")
+    # DVC metrics hold headline numbers only, under the run's name; the per-class table is a
+    # plain output.
+    ev = json.loads((root / "metrics/resnet8/seed0/eval.json").read_text())
+    assert set(ev["resnet8-0"]) == {"accuracy", "loss", "macro_f1", "weighted_f1"}
+    per_class = pd.read_csv(root / "metrics/resnet8/seed0/per_class.csv")
     assert len(per_class) == 10 + 2  # classes, then the macro and weighted averages
     # The checkpoint stays out of git; metrics and plots are committed for `dvc metrics diff`.
     status = project.git("status", "--porcelain", "--untracked-files=all")
     assert "checkpoint.pt" not in status and "mlflow.db" not in status
-    assert "metrics/resnet8/eval.json" in status
+    assert "metrics/resnet8/seed0/eval.json" in status
     project.commit("baseline")
 
     # Nothing changed, nothing runs; not even in a fresh clone, which has no bytecode caches
@@ -60,12 +86,12 @@ def test_pipeline_reruns_exactly_what_changed(tiny_archive, tmp_path):
     # One variant's recipe: only its train and evaluate stages, and compare.
     params["variants"]["resnet8"]["lr"] = 0.05
     project.write_params(params)
-    assert sorted(project.repro()) == ["compare", "evaluate@resnet8", "train@resnet8"]
+    assert sorted(project.repro()) == ["compare", "evaluate@resnet8-0", "train@resnet8-0"]
     diff = project.dvc("params", "diff").stdout
     assert "variants.resnet8.lr" in diff and "0.05" in diff
     metrics_diff = project.dvc("metrics", "diff").stdout
-    assert "metrics/resnet8/train.json" in metrics_diff
-    assert "metrics/plain8/train.json" not in metrics_diff  # untouched variant, no change
+    assert "metrics/resnet8/seed0/train.json" in metrics_diff
+    assert "metrics/plain8/seed0/train.json" not in metrics_diff  # untouched variant, no change
     project.commit("resnet8 lr")
 
     # The shared training defaults: every variant retrains.
@@ -96,15 +122,15 @@ def test_pipeline_reruns_exactly_what_changed(tiny_archive, tmp_path):
     # A new variant trains alone (then compare takes it in).
     params["variants"]["resnet14"] = {"model": {"name": "resnet_v1", "depth": 14}}
     project.write_params(params)
-    assert sorted(project.repro()) == ["compare", "evaluate@resnet14", "train@resnet14"]
+    assert sorted(project.repro()) == ["compare", "evaluate@resnet14-0", "train@resnet14-0"]
     board = pd.read_csv(root / "reports/leaderboard.csv")
     assert sorted(board["variant"]) == ["plain8", "resnet14", "resnet8"]
     project.commit("resnet14")
 
     # A DVC experiment with a changed parameter; `dvc exp show` lists it with the new value.
     res = project.dvc("exp", "run", "-n", "short", "-S", "+variants.plain8.epochs=1")
-    assert "Running stage 'train@plain8'" in res.stdout
-    assert "Running stage 'train@resnet8'" not in res.stdout
+    assert "Running stage 'train@plain8-0'" in res.stdout
+    assert "Running stage 'train@resnet8-0'" not in res.stdout
     shown = project.dvc("exp", "show", "--csv").stdout
     rows = list(pd.read_csv(__import__("io").StringIO(shown))["Experiment"].fillna(""))
     assert "short" in rows
@@ -119,7 +145,60 @@ def test_pipeline_reruns_exactly_what_changed(tiny_archive, tmp_path):
     )
     assert [r.data.params["train.epochs"] for r in plain8] == ["2", "2", "2", "2", "1"]
     assert plain8[-1].data.tags["dvc_exp_name"] == "short"
-    assert [r.info.run_name for r in plain8] == [*["plain8"] * 4, "plain8 · short"]
+    assert [r.info.run_name for r in plain8] == [
+        *["plain8 · seed 0"] * 4,
+        "plain8 · seed 0 · short",
+    ]
     assert plain8[-1].data.params["train.label_smoothing"] == "0.1"
     # Evaluation logged into the same run as the training.
     assert "test_accuracy" in plain8[-1].data.metrics
+
+    # Seeds: three per variant, as an experiment. Only the new runs train (seed 0's are up to
+    # date); compare then reports mean ± std over n = 3.
+    res = project.dvc("exp", "run", "-n", "seeds", "-S", "seeds=[0,1,2]")
+    variants = ["plain8", "resnet14", "resnet8"]
+    new = [f"{s}@{v}-{k}" for s in ("evaluate", "train") for v in variants for k in (1, 2)]
+    assert ran(res) == sorted(["compare", *new])
+    for v in variants:
+        for k in (0, 1, 2):
+            assert (root / f"models/{v}/seed{k}/model.pt").is_file()
+    board = pd.read_csv(root / "reports/leaderboard.csv")
+    assert sorted(board["variant"]) == variants
+    assert board["n"].tolist() == [3, 3, 3] and (board["seeds"] == "0 1 2").all()
+    assert board["test_accuracy_std"].notna().all() and board["macro_f1_std"].notna().all()
+    assert len(pd.read_csv(root / "reports/runs.csv")) == 9
+    assert "±" in (root / "reports/leaderboard.md").read_text()
+    report = pd.read_csv(root / "reports/published_vs_measured.csv").set_index("variant")
+    assert report.loc["resnet8", "verdict"] in {"reproduced", "better", "worse"}
+    assert report.loc["resnet8", "n"] == 3
+    assert report.loc["plain8", "verdict"] == "not comparable: 1 epochs, source 182"
+    assert report.loc["claim: degradation", "verdict"] in {"holds", "contradicted", "inconclusive"}
+    md = (root / "reports/published_vs_measured.md").read_text()
+    assert "Reference numbers for the tiny variants, Table 1" in md and "(n = 3)" in md
+    # MLflow: one finished run per variant and seed, each with its seed as param and tag.
+    seeds_of: dict[str, set[str]] = {}
+    for r in mlflow_train_runs(project):
+        assert r.data.params["seed"] == r.data.tags["seed"] == r.data.params["train.seed"]
+        name = [r.data.tags["variant"], f"seed {r.data.tags['seed']}"]
+        assert r.info.run_name.split(" · ")[:2] == name
+        if r.data.tags.get("dvc_exp_name") == "seeds":
+            seeds_of.setdefault(r.data.tags["variant"], set()).add(r.data.tags["seed"])
+    assert seeds_of == {v: {"1", "2"} for v in variants}  # seed 0's runs were already there
+    project.commit("three seeds")
+
+    # One variant's recipe: all of its seeds re-run, no other variant's.
+    params = project.params()
+    params["variants"]["plain8"]["lr"] = 0.05
+    project.write_params(params)
+    again = [f"{s}@plain8-{k}" for s in ("evaluate", "train") for k in (0, 1, 2)]
+    assert sorted(project.repro()) == sorted(["compare", *again])
+
+    # The top-level DVC plots overlay every variant (one line each, averaged over its seeds),
+    # drawn with markers so that a one-epoch run (plain8) shows points.
+    shown = json.loads(project.dvc("plots", "show", "--json", "validation_accuracy").stdout)
+    (plot,) = shown["data"]["validation_accuracy"]
+    spec = plot["content"]
+    assert spec["mark"]["point"] is True and spec["encoding"]["color"]["field"] == "variant"
+    points = spec["data"]["values"]
+    assert {p["variant"] for p in points} == set(variants)
+    assert [p["epoch"] for p in points if p["variant"] == "plain8"] == ["1"]

@@ -31,7 +31,7 @@ PAIR = re.compile(r"(\w+) (\d+\.\d)%")
 
 @pytest.fixture(scope="module")
 def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """`<tmp>/models/tiny/model.pt`, saved the way the train stage saves it."""
+    """`<tmp>/models/tiny/seed0/model.pt`, saved the way the train stage saves it."""
     torch.manual_seed(0)
     net = build_model("resnet_v1", depth=8)
     # An untrained net's softmax is nearly uniform (all classes ~10%), so the order of the top
@@ -50,7 +50,7 @@ def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         best_val_accuracy=0.0,
     )
     root = tmp_path_factory.mktemp("predict") / "models"
-    record.write(root / "tiny" / "model.pt")
+    record.write(root / "tiny" / "seed0" / "model.pt")
     return root
 
 
@@ -138,7 +138,7 @@ def test_predict_variant(models_dir, images, capsys) -> None:
         check_top(top, 3)
 
     # The printed classes are the model's top classes on the same preprocessing.
-    clf, _ = load_classifier(models_dir / "tiny" / "model.pt")
+    clf, _ = load_classifier(models_dir / "tiny" / "seed0" / "model.pt")
     with torch.no_grad():
         logits = clf(torch.from_numpy(np.stack([load_image(p) for p in _good(images)])))
     expected = logits.topk(3, dim=1).indices.tolist()
@@ -243,7 +243,7 @@ def logged(models_dir, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, s
     """(tracking URI, model URI) of the tiny model logged with `tracking.log_trained_model`."""
     root = tmp_path_factory.mktemp("mlflow")
     uri = f"sqlite:///{root / 'mlflow.db'}"
-    clf, record = load_classifier(models_dir / "tiny" / "model.pt")
+    clf, record = load_classifier(models_dir / "tiny" / "seed0" / "model.pt")
     # Batch of 4: MLflow exports the model with torch.export, which makes the batch dimension
     # dynamic only when the example's is > 1 (as in the train stage).
     example = np.random.default_rng(0).random((4, 3, 32, 32), dtype=np.float32)
@@ -308,7 +308,7 @@ def test_pyfunc_predicts_batches(models_dir, logged, monkeypatch) -> None:
     model = mlflow.pyfunc.load_model(local)
     x = np.random.default_rng(1).random((2, 3, 32, 32), dtype=np.float32)
     out = model.predict(x)
-    clf, record = load_classifier(models_dir / "tiny" / "model.pt")
+    clf, record = load_classifier(models_dir / "tiny" / "seed0" / "model.pt")
     # Class names and probabilities (the softmax of the network's logits), not logits.
     assert list(out.columns) == ["class", "probability", *record.classes] and len(out) == 2
     with torch.no_grad():

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.slow
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 RECOVERY = "dvc exp apply HEAD"
-TARGET = "train@resnet8"
+TARGET = "train@resnet8-0"
 # Not results: git and DVC internals, the copied sources, MLflow's store (runs are records).
 SKIP = {".git", ".dvc", "src", "mlruns", "mlflow.db"}
 
@@ -52,11 +52,11 @@ def test_readme_recovery_restores_the_last_good_results(tiny_archive, tmp_path):
     root = project.root
 
     # Up to training only, to stay quick: evaluate, diagnose and compare would add nothing new
-    # (their results are git-tracked files like metrics/<v>/train.json, or DVC-cached ones).
+    # (their results are git-tracked files like metrics/<v>/seed<k>/train.json, or DVC-cached ones).
     assert dvc(project, "repro", TARGET).returncode == 0
     project.commit("good run")
     good = snapshot(root)
-    for path in ("models/resnet8/model.pt", "metrics/resnet8/train.json", "dvc.lock"):
+    for path in ("models/resnet8/seed0/model.pt", "metrics/resnet8/seed0/train.json", "dvc.lock"):
         assert path in good
     assert dvc(project, "status", TARGET).stdout.strip() == "Data and pipelines are up to date."
 
@@ -66,8 +66,8 @@ def test_readme_recovery_restores_the_last_good_results(tiny_archive, tmp_path):
     assert res.returncode != 0
     assert "the loss became" in res.stderr and "Lower the learning rate" in res.stderr
     broken = snapshot(root)
-    assert "models/resnet8/model.pt" not in broken  # what this is about
-    assert "metrics/resnet8/train.json" not in broken
+    assert "models/resnet8/seed0/model.pt" not in broken  # what this is about
+    assert "metrics/resnet8/seed0/train.json" not in broken
     assert broken["data/prepared/meta.json"] != good["data/prepared/meta.json"]
     assert float(project.params()["train"]["lr"]) == 1e30  # DVC writes 1e+30, a YAML string
 

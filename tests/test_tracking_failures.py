@@ -45,7 +45,7 @@ def write_params(root: Path, **train) -> Path:
 
 def train_argv(data: Path) -> list[str]:
     argv = ["train", "--variant", "tiny", "--data", str(data)]
-    return [*argv, "--out", "models/tiny", "--metrics", "metrics/tiny"]
+    return [*argv, "--out", "models/tiny/seed0", "--metrics", "metrics/tiny/seed0"]
 
 
 def cli_error(capsys: pytest.CaptureFixture[str]) -> str:
@@ -114,12 +114,12 @@ def test_server_dying_mid_training_costs_no_epoch_and_relog_backfills_the_run(
         assert saved == [1, 2, 3, 4]
         assert list(waits) == ["epoch 1", "epoch 2", "epoch 3", "epoch 4", "finish"]
         assert max(waits.values()) < 10, waits  # was: 8.5 minutes in epoch 2, then a crash
-        history = History.read(workdir / "metrics/tiny/history.csv")
+        history = History.read(workdir / "metrics/tiny/seed0/history.csv")
         assert [r.epoch for r in history.rows] == [1, 2, 3, 4]
-        assert (workdir / "metrics/tiny/train.json").exists()
-        record = ModelRecord.read(workdir / "models/tiny/model.pt")
-        assert not (workdir / "models/tiny/mlflow_run.json").exists()  # the run is incomplete
-        state = checkpoint.load(workdir / "models/tiny/checkpoint.pt")
+        assert (workdir / "metrics/tiny/seed0/train.json").exists()
+        record = ModelRecord.read(workdir / "models/tiny/seed0/model.pt")
+        assert not (workdir / "models/tiny/seed0/mlflow_run.json").exists()  # the run is incomplete
+        state = checkpoint.load(workdir / "models/tiny/seed0/checkpoint.pt")
         assert state["progress"]["epoch"] == EPOCHS and not state["finished"]  # still resumable
         run_id = state["progress"]["run_id"]
 
@@ -132,7 +132,7 @@ def test_server_dying_mid_training_costs_no_epoch_and_relog_backfills_the_run(
         assert main(["relog", "--variant", "tiny"]) == 0
         c = mlflow_client(server.url)
         run = c.get_run(run_id)
-        assert run.info.status == "FINISHED" and run.info.run_name == "tiny"
+        assert run.info.status == "FINISHED" and run.info.run_name == "tiny · seed 0"
         for key in ("val_accuracy", "train_loss", "lr", "images_per_s"):
             steps = sorted(m.step for m in c.get_metric_history(run_id, key))
             assert steps == [1, 2, 3, 4], key  # epoch 1 once, 2-4 backfilled
@@ -144,7 +144,7 @@ def test_server_dying_mid_training_costs_no_epoch_and_relog_backfills_the_run(
         assert {"history.json", "train.json", "history.csv"} <= artifacts
         (output,) = c.get_run(run_id).outputs.model_outputs  # the logged model, relogged
         assert c.get_logged_model(output.model_id).name == "tiny"
-        assert RunFile.read(workdir / "models/tiny/mlflow_run.json").run_id == run_id
+        assert RunFile.read(workdir / "models/tiny/seed0/mlflow_run.json").run_id == run_id
 
 
 def test_stage_error_when_tracking_is_behind_at_the_end_names_files_and_relog(
@@ -167,14 +167,15 @@ def test_stage_error_when_tracking_is_behind_at_the_end_names_files_and_relog(
     assert main(train_argv(tiny_prepared)) == 1
     assert sum("tracking is behind" in r.getMessage() for r in caplog.records) == 1
     uri = f"sqlite:///{workdir / 'mlflow.db'}"
-    run_id = checkpoint.load(workdir / "models/tiny/checkpoint.pt")["progress"]["run_id"]
+    run_id = checkpoint.load(workdir / "models/tiny/seed0/checkpoint.pt")["progress"]["run_id"]
     assert cli_error(capsys) == (
         f"resnetlab train: error: tiny: training is complete but not recorded: MLflow tracking "
         f"store {uri} did not take the records (unreachable (refused by the test)): run "
         f"{run_id} lacks epoch 2, the model, history.json, train.json, model.json, history.csv, "
         "best_val_accuracy, best_epoch, its end. The model and metrics are on disk "
-        "(models/tiny/model.pt, metrics/tiny/history.csv, metrics/tiny/train.json); when the "
-        "store answers, record them with `resnetlab relog --variant tiny`, or re-run this stage "
+        "(models/tiny/seed0/model.pt, metrics/tiny/seed0/history.csv, "
+        "metrics/tiny/seed0/train.json); when the store answers, record them with "
+        "`resnetlab relog --variant tiny --seed 0`, or re-run this stage "
         "(it resumes after the last epoch, trains nothing and records)"
     )
 
@@ -193,7 +194,7 @@ def test_stage_error_when_tracking_is_behind_at_the_end_names_files_and_relog(
     c = mlflow_client(uri)
     assert c.get_run(run_id).info.status == "FINISHED"
     assert sorted(m.step for m in c.get_metric_history(run_id, "val_accuracy")) == [1, 2]
-    assert RunFile.read(workdir / "models/tiny/mlflow_run.json").run_id == run_id
+    assert RunFile.read(workdir / "models/tiny/seed0/mlflow_run.json").run_id == run_id
 
 
 # --- evaluate and compare against a store that does not answer ----------------------------------
@@ -213,7 +214,7 @@ def dead_uri(request) -> Iterator[str]:
 
 @pytest.fixture
 def trained(workdir: Path) -> Path:
-    """models/tiny/{model.pt, mlflow_run.json} as the train stage leaves them (untrained)."""
+    """models/tiny/seed0/{model.pt, mlflow_run.json} as the train stage leaves them (untrained)."""
     variant = parse_params({"variants": VARIANT}).variant("tiny")
     ModelRecord(
         state_dict=build_model("resnet_v1", depth=8).state_dict(),
@@ -224,11 +225,11 @@ def trained(workdir: Path) -> Path:
         parameters=0,
         best_epoch=1,
         best_val_accuracy=0.1,
-    ).write(workdir / "models/tiny/model.pt")
+    ).write(workdir / "models/tiny/seed0/model.pt")
     RunFile("0123456789abcdef0123456789abcdef", "failures").write(
-        workdir / "models/tiny/mlflow_run.json"
+        workdir / "models/tiny/seed0/mlflow_run.json"
     )
-    return workdir / "models/tiny"
+    return workdir / "models/tiny/seed0"
 
 
 def test_evaluate_fails_fast_when_the_store_does_not_answer(
@@ -237,19 +238,19 @@ def test_evaluate_fails_fast_when_the_store_does_not_answer(
     monkeypatch.setenv("MLFLOW_TRACKING_URI", dead_uri)
     start = time.monotonic()
     argv = ["evaluate", "--variant", "tiny", "--data", str(tiny_prepared)]
-    assert main([*argv, "--model", str(trained), "--out", "metrics/tiny"]) == 1
+    assert main([*argv, "--model", str(trained), "--out", "metrics/tiny/seed0"]) == 1
     assert time.monotonic() - start < 15  # was: 4.5 minutes, after all the work
     err = cli_error(capsys)
     assert err.startswith(f"resnetlab evaluate: error: MLflow tracking store {dead_uri} is not ")
     assert "unreachable (" in err and "Re-run its train stage" not in err
-    assert not Path("metrics/tiny").exists()  # nothing evaluated in vain
+    assert not Path("metrics/tiny/seed0").exists()  # nothing evaluated in vain
 
 
 def test_evaluate_tells_a_missing_run_from_an_unreachable_store(
     tiny_prepared, trained, workdir, capsys
 ):
     argv = ["evaluate", "--variant", "tiny", "--data", str(tiny_prepared)]
-    assert main([*argv, "--model", str(trained), "--out", "metrics/tiny"]) == 1
+    assert main([*argv, "--model", str(trained), "--out", "metrics/tiny/seed0"]) == 1
     assert cli_error(capsys) == (
         "resnetlab evaluate: error: MLflow run 0123456789abcdef0123456789abcdef (from the train "
         f"stage) not found in sqlite:///{workdir / 'mlflow.db'}. Re-run its train stage "
@@ -294,7 +295,7 @@ def test_run_left_running_by_kill_9_in_epoch_1_is_marked_killed_by_the_next_run(
         proc.send_signal(signal.SIGKILL)
         proc.wait()
     assert run_id is not None, "the run never appeared"
-    assert not (workdir / "models/tiny/checkpoint.pt").exists()  # killed inside epoch 1
+    assert not (workdir / "models/tiny/seed0/checkpoint.pt").exists()  # killed inside epoch 1
     c = mlflow_client(uri)
     orphan = c.get_run(run_id)
     assert orphan.info.status == "RUNNING"
@@ -302,16 +303,16 @@ def test_run_left_running_by_kill_9_in_epoch_1_is_marked_killed_by_the_next_run(
     # A run whose process lives (this one) is left alone.
     alive = c.create_run(
         orphan.info.experiment_id,
-        run_name="tiny",
+        run_name="tiny · seed 0",
         tags={tracking.HOST_TAG: socket.gethostname(), tracking.PID_TAG: str(os.getpid())},
     )
 
     assert main(train_argv(tiny_prepared)) == 0
     assert c.get_run(orphan.info.run_id).info.status == "KILLED"
     assert c.get_run(alive.info.run_id).info.status == "RUNNING"
-    finished = json.loads((workdir / "models/tiny/mlflow_run.json").read_text())["run_id"]
+    finished = json.loads((workdir / "models/tiny/seed0/mlflow_run.json").read_text())["run_id"]
     assert c.get_run(finished).info.status == "FINISHED"
-    assert torch.load(workdir / "models/tiny/model.pt", weights_only=True)["best_epoch"] == 1
+    assert torch.load(workdir / "models/tiny/seed0/model.pt", weights_only=True)["best_epoch"] == 1
 
 
 def _running_run(db: Path) -> str | None:

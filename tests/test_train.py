@@ -101,7 +101,7 @@ def test_trains_records_and_writes_outputs(tiny_prepared, workdir):
     # the model and the history table.
     (run,) = runs()
     run_id = json.loads((workdir / "models/tiny/mlflow_run.json").read_text())["run_id"]
-    assert run.info.run_id == run_id and run.info.run_name == "tiny"
+    assert run.info.run_id == run_id and run.info.run_name == "tiny · seed 0"
     assert run.info.status == "FINISHED"
     p = run.data.params
     assert p["train.lr"] == "0.05" and p["model.depth"] == "8" and p["model.name"] == "resnet_v1"

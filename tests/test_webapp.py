@@ -96,11 +96,11 @@ def grid_captions(at: AppTest) -> list[str]:
 def test_evaluate_writes_index_and_confidence(app_project: Path):
     """predictions.csv: one row per test image in order, the predicted class and its softmax
     probability, as the model itself computes them (actual/predicted stay for DVC's plot)."""
-    frame = pd.read_csv(app_project / "metrics/tiny/predictions.csv")
+    frame = pd.read_csv(app_project / "metrics/tiny/seed0/predictions.csv")
     assert list(frame.columns) == ["index", "actual", "predicted", "confidence"]
     test = load_prepared(app_project / "data/prepared", splits=("test",))
     assert frame["index"].tolist() == list(range(len(test.labels["test"])))
-    model, record = load_classifier(app_project / "models/tiny/model.pt")
+    model, record = load_classifier(app_project / "models/tiny/seed0/model.pt")
     with torch.no_grad():
         images = torch.from_numpy(test.images["test"]).permute(0, 3, 1, 2).float() / 255
         probs = torch.softmax(model(images), dim=1)
@@ -158,10 +158,10 @@ def test_variants_and_the_best_one(app_project: Path, tmp_path: Path):
     assert data.best_variant(["zzz", "tiny_plain"], ["tiny", "tiny_plain"]) == "tiny_plain"
     assert data.best_variant(["b", "a"], []) == "b"
     assert data.best_variant([], ["tiny"]) is None
-    assert data.repro_command(proj, "train") == "dvc repro train@tiny"
+    assert data.repro_command(proj, "train") == "dvc repro train@tiny-0"
     empty = Project(tmp_path)
     assert data.trained_variants(empty) == [] and data.leaderboard_order(empty) == []
-    assert data.repro_command(empty, "evaluate") == "dvc repro evaluate@resnet20"
+    assert data.repro_command(empty, "evaluate") == "dvc repro evaluate@resnet20-0"
 
 
 def test_old_or_broken_predictions_name_the_file_and_the_fix(tmp_path: Path):
@@ -178,7 +178,7 @@ def test_old_or_broken_predictions_name_the_file_and_the_fix(tmp_path: Path):
 
 
 def test_uploads_go_through_the_predict_path(app_project: Path, tmp_path: Path):
-    model, record = load_classifier(app_project / "models/tiny/model.pt")
+    model, record = load_classifier(app_project / "models/tiny/seed0/model.pt")
     files = upload_set()
     results = data.classify_uploads(model, record.classes, [(n, b) for n, b, _ in files])
     assert [r.name for r in results] == [n for n, _, _ in files]
@@ -248,7 +248,7 @@ def test_classify_page_with_a_logged_or_registered_mlflow_model(in_project: Path
     at.radio[0].set_value("MLflow model").run()
     assert not at.exception, at.exception
     (choice,) = at.selectbox
-    run_id = (in_project / "models/tiny/mlflow_run.json").read_text()
+    run_id = (in_project / "models/tiny/seed0/mlflow_run.json").read_text()
     logged = [o for o in choice.options if o.startswith("tiny: runs:/")]
     assert len(logged) == 1 and logged[0].split("runs:/")[1].split("/")[0] in run_id
     assert f"models:/{REGISTERED}/1" in choice.options
@@ -273,7 +273,7 @@ def test_classify_page_with_a_logged_or_registered_mlflow_model(in_project: Path
 
 def test_mistakes_page_filters_by_select_and_by_confusion_cell(in_project: Path):
     at = open_page("mistakes")
-    preds = pd.read_csv(in_project / "metrics/tiny/predictions.csv")
+    preds = pd.read_csv(in_project / "metrics/tiny/seed0/predictions.csv")
     at.selectbox(key="mistakes_variant").set_value("tiny").run()
     wrong = preds[preds["actual"] != preds["predicted"]]
     assert f"**tiny** gets **{len(wrong)}** of {len(preds)} test images wrong" in markdown(at)[0]
@@ -325,8 +325,8 @@ def test_compare_page_shows_leaderboard_figures_and_right_wrong_images(in_projec
     assert "test accuracy" in figure_captions and "degradation" in figure_captions
     a, b = at.selectbox(key="compare_a").value, at.selectbox(key="compare_b").value
     assert {a, b} == {"tiny", "tiny_plain"}
-    pa = pd.read_csv(in_project / f"metrics/{a}/predictions.csv")
-    pb = pd.read_csv(in_project / f"metrics/{b}/predictions.csv")
+    pa = pd.read_csv(in_project / f"metrics/{a}/seed0/predictions.csv")
+    pb = pd.read_csv(in_project / f"metrics/{b}/seed0/predictions.csv")
     a_only = (pa["actual"] == pa["predicted"]) & (pb["actual"] != pb["predicted"])
     b_only = (pb["actual"] == pb["predicted"]) & (pa["actual"] != pa["predicted"])
     assert a_only.sum() > 0  # the two nets do differ on the tiny test set
@@ -346,7 +346,7 @@ def test_empty_project_says_which_command_makes_what(tmp_path: Path, monkeypatch
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     at = open_page()
-    assert "`dvc repro train@resnet20` trains one" in at.info[0].value
+    assert "`dvc repro train@resnet20-0` trains one" in at.info[0].value
     at.radio[0].set_value("MLflow model").run()
     assert not at.exception, at.exception
     assert "No MLflow model logged yet" in at.info[0].value
@@ -373,12 +373,12 @@ def test_missing_or_broken_files_give_messages_not_crashes(
     assert not at.exception and "No prepared data" in at.warning[0].value
     # Only trained, not evaluated: the mistakes page names the evaluate command.
     for variant in ("tiny", "tiny_plain"):
-        (root / f"metrics/{variant}/predictions.csv").unlink()
+        (root / f"metrics/{variant}/seed0/predictions.csv").unlink()
     at.switch_page("views/mistakes.py").run()
-    assert "`dvc repro evaluate@tiny` evaluates one" in at.info[0].value
+    assert "`dvc repro evaluate@tiny-0` evaluates one" in at.info[0].value
     # A predictions file from before this app, a corrupt model file, no leaderboard.
-    (root / "metrics/tiny/predictions.csv").write_text("actual,predicted\ncat,cat\n")
-    (root / "models/tiny/model.pt").write_bytes(b"not a model")
+    (root / "metrics/tiny/seed0/predictions.csv").write_text("actual,predicted\ncat,cat\n")
+    (root / "models/tiny/seed0/model.pt").write_bytes(b"not a model")
     (root / "reports/leaderboard.csv").unlink()
     at.switch_page("views/mistakes.py").run()
     assert not at.exception, at.exception

@@ -1,10 +1,11 @@
 """Batched augmentation on the training device: no per-sample Python, no PIL, no workers.
 
 Images stay uint8 NHWC on the device (one byte per channel: 45k training images are 138 MB). A
-batch is cropped and flipped as uint8, converted to float once, normalised with the train split's
-mean/std, and Cutout is applied after normalisation (a hole is 0 = the mean colour, as in DeVries &
-Taylor). The result is an NCHW tensor; when `channels_last` it keeps the NHWC memory layout, which
-is exactly torch's channels_last format, so no copy is made.
+batch is cropped, flipped and brightness-shifted per channel as uint8, converted to float once,
+normalised with the train split's mean/std, then rotated and Cutout is applied after
+normalisation (a rotated-in corner and a hole are 0 = the mean colour, as in DeVries & Taylor).
+The result is an NCHW tensor; when `channels_last` it keeps the NHWC memory layout, which is
+exactly torch's channels_last format, so no copy is made.
 """
 
 from __future__ import annotations
@@ -54,18 +55,53 @@ def cutout(x: torch.Tensor, size: int, count: int, generator: torch.Generator) -
     return x.mul_(keep)  # in place: keeps the channels_last layout
 
 
+def channel_shift(x: torch.Tensor, max_shift: float, generator: torch.Generator) -> torch.Tensor:
+    """Add to each channel of each uint8 NHWC image one offset uniform in [-max_shift, max_shift]
+    (a fraction of the 0..255 range), clipped to 0..255: Keras's `channel_shift_range`, batched."""
+    n, _, _, c = x.shape
+    offsets = torch.rand(n, 1, 1, c, device=x.device, generator=generator) * 2.0 - 1.0
+    offsets = torch.round(offsets * (255.0 * max_shift)).to(torch.int16)
+    return (x.to(torch.int16) + offsets).clamp_(0, 255).to(torch.uint8)
+
+
+def random_rotation(
+    x: torch.Tensor, max_degrees: float, generator: torch.Generator
+) -> torch.Tensor:
+    """Rotate each float NCHW image about its centre by an angle uniform in
+    [-max_degrees, max_degrees]: one affine grid and one bilinear `grid_sample` for the whole
+    batch. Corners rotated in from outside are 0 (after normalisation: the mean colour)."""
+    n = x.shape[0]
+    angle = (torch.rand(n, device=x.device, generator=generator) * 2.0 - 1.0) * max_degrees
+    rad = torch.deg2rad(angle)
+    cos, sin = torch.cos(rad), torch.sin(rad)
+    zero = torch.zeros_like(cos)
+    # Square images: normalised coordinates rotate without an aspect correction.
+    theta = torch.stack([torch.stack([cos, -sin, zero], 1), torch.stack([sin, cos, zero], 1)], 1)
+    grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
+    out = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    if x.is_contiguous(memory_format=torch.channels_last):
+        out = out.contiguous(memory_format=torch.channels_last)
+    return out
+
+
 def augment_batch(
     x_uint8_nhwc: torch.Tensor,
     cfg: AugmentConfig,
     normalize: Callable[[torch.Tensor], torch.Tensor],
     generator: torch.Generator,
 ) -> torch.Tensor:
-    """Crop, flip, normalise (`normalize`: uint8 NHWC -> float NCHW, e.g.
-    `resnetlab.inference.Normalizer`) and Cutout one uint8 NHWC batch; returns float NCHW."""
+    """Crop, flip, channel shift, normalise (`normalize`: uint8 NHWC -> float NCHW, e.g.
+    `resnetlab.inference.Normalizer`), rotate and Cutout one uint8 NHWC batch; returns float
+    NCHW. Steps that are off (the defaults for rotation and channel shift) draw no random
+    numbers, so turning them off leaves the batches of the others unchanged."""
     x = random_crop(x_uint8_nhwc, cfg.crop_padding, generator)
     if cfg.flip:
         x = random_flip(x, generator)
+    if cfg.channel_shift:
+        x = channel_shift(x, cfg.channel_shift, generator)
     x = normalize(x)
+    if cfg.rotation:
+        x = random_rotation(x, cfg.rotation, generator)
     if cfg.cutout_size:
         x = cutout(x, cfg.cutout_size, cfg.cutout_count, generator)
     return x

@@ -6,6 +6,7 @@ stops the program before any work, with a message naming the key, the value and 
 Layout of `params.yaml`::
 
     data:      {url, md5, val_size, seed, subset}
+    seeds:     [0, 1, 2]                   # training seeds: every variant trains once per seed
     mlflow:    {experiment}
     diagnose:  {gradient_depths, seed}
     train:     {epochs, batch_size, optimizer, lr, ..., augment: {crop_padding, flip, ...}}
@@ -14,7 +15,9 @@ Layout of `params.yaml`::
         model: {name: <registry name>, <model arguments>...}
         <any train key>: <override>        # e.g. epochs: 2, augment: {cutout_size: 16}
 
-A variant's training config is `train` deep-merged with the variant's overrides.
+A variant's training config is `train` deep-merged with the variant's overrides; its training
+seed (weights, batch order, augmentation) is one of `seeds`, given per run (`Variant.with_seed`).
+The validation split and the subset stay tied to `data.seed`, so every seed sees the same images.
 """
 
 from __future__ import annotations
@@ -87,8 +90,19 @@ class AugmentConfig:
         0  # side in pixels of each square Cutout hole (DeVries & Taylor: 16); 0 = off
     )
     cutout_count: int = 1  # holes per image
+    rotation: float = 0.0  # max rotation in degrees, uniform in [-rotation, rotation]; 0 = off
+    # max per-channel brightness shift, a fraction of the 0..255 range, uniform in [-x, x] for
+    # each channel of each image (Keras's channel_shift_range / 255); 0 = off
+    channel_shift: float = 0.0
 
     def validate(self, prefix: str) -> None:
+        _check(0 <= self.rotation <= 180, f"{prefix}.rotation", self.rotation, "0..180 degrees")
+        _check(
+            0 <= self.channel_shift <= 1,
+            f"{prefix}.channel_shift",
+            self.channel_shift,
+            "a fraction of the 0..255 range in [0, 1]",
+        )
         _check(
             0 <= self.crop_padding <= 16,
             f"{prefix}.crop_padding",
@@ -227,6 +241,16 @@ class Variant:
         """The resolved config, as plain data (JSON-safe): what a checkpoint and MLflow record."""
         return {"variant": self.name, "model": self.model.to_dict(), "train": _plain(self.train)}
 
+    def with_seed(self, seed: int) -> Variant:
+        """This variant trained with training seed `seed` (one of the params' `seeds`)."""
+        _check(
+            isinstance(seed, int) and not isinstance(seed, bool) and seed >= 0,
+            "seeds",
+            seed,
+            "integers >= 0",
+        )
+        return dataclasses.replace(self, train=dataclasses.replace(self.train, seed=seed))
+
     def fingerprint(self) -> str:
         """Stable hash of the resolved config: a checkpoint only resumes a run with the same one."""
         blob = json.dumps(self.to_dict(), sort_keys=True).encode()
@@ -240,6 +264,8 @@ class Params:
     train: TrainConfig
     variants: Mapping[str, Variant]
     diagnose: DiagnoseConfig = field(default_factory=DiagnoseConfig)
+    # Training seeds: each variant trains once per seed (DVC stage train@<variant>-<seed>).
+    seeds: tuple[int, ...] = (0,)
 
     def variant(self, name: str) -> Variant:
         if name not in self.variants:
@@ -298,13 +324,15 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 
 def parse_params(raw: Mapping[str, Any]) -> Params:
     _require_mapping(raw, "params")
-    _reject_unknown(raw, {"data", "mlflow", "train", "variants", "diagnose"}, "")
+    _reject_unknown(raw, {"data", "mlflow", "train", "variants", "diagnose", "seeds"}, "")
+    seeds = parse_seeds(raw.get("seeds", [0]))
     data = _build(DataConfig, raw.get("data", {}), "data")
     data.validate()
     mlflow = _build(MlflowConfig, raw.get("mlflow", {}), "mlflow")
     mlflow.validate()
     train_raw = raw.get("train", {})
     _require_mapping(train_raw, "train")
+    _refuse_seed_key(train_raw, "train")
     train = _build(TrainConfig, train_raw, "train")
     train.validate("train")
     variants_raw = raw.get("variants", {}) or {}
@@ -318,7 +346,32 @@ def parse_params(raw: Mapping[str, Any]) -> Params:
             check_batch_fits(variant, data.subset)
     diagnose = _build(DiagnoseConfig, raw.get("diagnose", {}), "diagnose")
     diagnose.validate()
-    return Params(data, mlflow, train, types.MappingProxyType(variants), diagnose)
+    return Params(data, mlflow, train, types.MappingProxyType(variants), diagnose, seeds)
+
+
+def parse_seeds(value: Any) -> tuple[int, ...]:
+    """The top-level `seeds` list: distinct integers >= 0, at least one."""
+    expected = "a non-empty list of distinct integers >= 0, e.g. [0, 1, 2]"
+    if not isinstance(value, list | tuple) or not value:
+        raise invalid("seeds", value, expected)
+    for i, seed in enumerate(value):
+        _check(
+            isinstance(seed, int) and not isinstance(seed, bool) and seed >= 0,
+            f"seeds[{i}]",
+            seed,
+            "an integer >= 0",
+        )
+    _check(len(set(value)) == len(value), "seeds", list(value), expected)
+    return tuple(value)
+
+
+def _refuse_seed_key(raw: Mapping[str, Any], key: str) -> None:
+    # One source of the training seed: a `seed` beside `seeds` would silently lose to it.
+    if isinstance(raw, Mapping) and "seed" in raw:
+        raise ConfigError(
+            f"{key}.seed: the training seed comes from the top-level `seeds` list (each variant "
+            "trains once per seed); remove this key and list the seeds there"
+        )
 
 
 def check_batch_fits(variant: Variant, n_train: int) -> None:
@@ -356,6 +409,7 @@ def _parse_variant(name: str, spec: Any, train_raw: Mapping[str, Any]) -> Varian
             f"{key}.max_epochs: not allowed in a variant; train.max_epochs caps every variant"
         )
     overrides = {k: v for k, v in spec.items() if k != "model"}
+    _refuse_seed_key(overrides, key)
     merged = _deep_merge(train_raw, overrides)
     train = _build(TrainConfig, merged, key)
     train.validate(key)  # the recipe as written

@@ -1,6 +1,7 @@
 """Every figure of the pipeline, drawn from the stages' records: per variant its training curves
-and test confusion matrices, across variants test accuracy, the plain-vs-ResNet degradation
-curves (He et al. 2015, Fig. 6) and the gradient profile at initialisation."""
+(mean over seeds, with a band) and test confusion matrices (summed over seeds), across variants
+test accuracy (mean, error bar, every seed as a dot), the plain-vs-ResNet degradation curves (He
+et al. 2015, Fig. 6; mean curves with a band) and the gradient profile at initialisation."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from resnetlab.plots import (
     plot_history,
     plot_test_accuracy,
 )
-from resnetlab.records import RecordError, read_csv
+from resnetlab.records import RecordError, read_csv, run_folder, run_name
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -32,12 +33,29 @@ VARIANT_PNGS = ("curves.png", "confusion.png", "confusion_normalized.png")
 
 
 def load_confusion(path: Path, variant: str) -> tuple[list[str], Any]:
-    """(class names, counts) from an evaluate stage's confusion.csv."""
+    """(class names, counts) from an evaluate stage's confusion.csv (`variant`: the stage's
+    suffix, `<variant>-<seed>`)."""
     path = Path(path)
     frame = read_csv(path, f"evaluate@{variant}", index_col=0)
     if list(frame.index.astype(str)) != list(frame.columns) or not frame.shape[0]:
         raise RecordError(f"{path}: not a square confusion matrix with class names")
     return list(frame.columns), frame.to_numpy()
+
+
+def pooled_confusion(
+    variant: str, seeds: Sequence[int], metrics_dir: Path
+) -> tuple[list[str], Any]:
+    """A variant's test confusion counts summed over its seeds (each seed classifies the same
+    test images, so the sum counts every (image, seed) prediction once)."""
+    total: Any = None
+    classes: list[str] = []
+    for k in seeds:
+        path = run_folder(metrics_dir, variant, k) / "confusion.csv"
+        names, counts = load_confusion(path, run_name(variant, k))
+        if total is not None and names != classes:
+            raise RecordError(f"{path}: class names differ from seed {seeds[0]}'s")
+        classes, total = names, counts if total is None else total + counts
+    return classes, total
 
 
 def load_gradient_profile(path: Path) -> dict[str, list[float]]:
@@ -56,15 +74,18 @@ def write_comparison_figures(
     histories: Mapping[str, pd.DataFrame],
     figures: Path,
     gradients: Mapping[str, Sequence[float]] | None = None,
+    runs: pd.DataFrame | None = None,
 ) -> list[Path]:
-    """Test accuracy per variant, the degradation curves (when there are plain variants) and
-    the gradient profile (``gradients``: label -> norms, as the diagnose stage measured them;
-    None or empty skips it) under ``figures``; returns the paths written. A figure that no
-    longer applies is removed rather than left to mislead."""
+    """Test accuracy per variant (``runs``: one row per seed, drawn as dots), the degradation
+    curves (when there are plain variants; ``histories``: variant -> its curves, averaged over
+    seeds with `_std` columns for the band) and the gradient profile (``gradients``: label ->
+    norms, as the diagnose stage measured them; None or empty skips it) under ``figures``;
+    returns the paths written. A figure that no longer applies is removed rather than left to
+    mislead."""
     figures = Path(figures)
     figures.mkdir(parents=True, exist_ok=True)
     written = [figures / TEST_ACCURACY_PNG]
-    plot_test_accuracy(leaderboard, written[0])
+    plot_test_accuracy(leaderboard, written[0], runs)
 
     groups = degradation_groups(leaderboard)
     degradation = figures / DEGRADATION_PNG
@@ -104,8 +125,9 @@ def write_variant_figures(
     confusions: Mapping[str, tuple[list[str], Any]],
     figures_dir: Path,
 ) -> dict[str, list[Path]]:
-    """Per variant, under ``figures_dir/<variant>/``: training curves and the test confusion
-    matrix (counts, row-normalised). Folders of variants no longer compared are removed."""
+    """Per variant, under ``figures_dir/<variant>/``: training curves (``histories``: averaged
+    over seeds, with a band where `_std` columns are given) and the test confusion matrix
+    (counts, row-normalised). Folders of variants no longer compared are removed."""
     figures_dir = Path(figures_dir)
     if figures_dir.is_dir():
         for stale in figures_dir.iterdir():

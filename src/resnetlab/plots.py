@@ -131,10 +131,34 @@ def plot_confusion(
     _save(fig, path)
 
 
-def plot_test_accuracy(leaderboard: pd.DataFrame, path: Path) -> None:
+def _std(frame: pd.DataFrame, column: str) -> np.ndarray:
+    """`<column>_std` as floats (NaN where there is no spread to show), zeros when absent."""
+    name = f"{column}_std"
+    if name not in frame.columns:
+        return np.zeros(len(frame))
+    return frame[name].to_numpy(dtype=np.float64)
+
+
+def _band(ax: Any, x: np.ndarray, mean: np.ndarray, std: np.ndarray, colour: Any) -> None:
+    """Mean +- one sample std around a curve; a lone epoch gets an error bar (a band of one
+    point has no width). Nothing where the std is NaN (a single seed)."""
+    ok = np.isfinite(std)
+    if not ok.any():
+        return
+    if len(x) == 1:
+        ax.errorbar(x, mean, yerr=np.where(ok, std, 0.0), fmt="none", color=colour, capsize=4)
+    else:
+        ax.fill_between(x, mean - std, mean + std, where=ok, color=colour, alpha=0.18, lw=0)
+
+
+def plot_test_accuracy(
+    leaderboard: pd.DataFrame, path: Path, runs: pd.DataFrame | None = None
+) -> None:
     """Horizontal bars of test accuracy (%) per variant, best at the top, values at the bar ends.
 
-    ``leaderboard`` needs the columns ``variant`` and ``test_accuracy`` (a fraction).
+    ``leaderboard`` needs the columns ``variant`` and ``test_accuracy`` (a fraction; the mean
+    over seeds); with ``test_accuracy_std`` each bar gets an error bar of one sample std, and
+    ``runs`` (``variant``, ``test_accuracy`` per seed) adds every seed's result as a dot.
     """
     missing = {"variant", "test_accuracy"} - set(leaderboard.columns)
     if missing:
@@ -144,15 +168,31 @@ def plot_test_accuracy(leaderboard: pd.DataFrame, path: Path) -> None:
     # Ascending, because barh draws the first row at the bottom: the best ends up on top.
     rows = leaderboard.sort_values("test_accuracy", ascending=True, kind="stable")
     pct = rows["test_accuracy"].to_numpy(dtype=np.float64) * 100.0
+    std = _std(rows, "test_accuracy") * 100.0
     names = rows["variant"].astype(str).tolist()
 
     fig = Figure(figsize=(7.0, max(2.0, 0.45 * len(rows) + 1.0)))
     ax = fig.subplots()
-    bars = ax.barh(names, pct, color="tab:blue")
-    ax.bar_label(bars, labels=[f"{p:.2f}%" for p in pct], padding=3, fontsize=9)
+    has_std = np.isfinite(std) & (std > 0)
+    xerr = np.where(has_std, std, 0.0) if has_std.any() else None
+    bars = ax.barh(names, pct, color="tab:blue", alpha=0.75, xerr=xerr, capsize=3)
+    labels = [
+        f"{p:.2f} ± {s:.2f}%" if ok else f"{p:.2f}%"
+        for p, s, ok in zip(pct, std, has_std, strict=True)
+    ]
+    ax.bar_label(bars, labels=labels, padding=3, fontsize=9)
+    top = float(pct.max())
+    if runs is not None and not runs.empty:
+        position = {name: k for k, name in enumerate(names)}
+        dots = runs[runs["variant"].astype(str).isin(position)]
+        y = dots["variant"].astype(str).map(position).to_numpy(dtype=np.float64)
+        x = dots["test_accuracy"].to_numpy(dtype=np.float64) * 100.0
+        ax.scatter(x, y, s=14, color="black", zorder=3, label="one seed")
+        ax.legend(fontsize=8, loc="lower right")
+        top = max(top, float(x.max()))
     # Room on the right for the labels; accuracy cannot exceed 100 %.
-    ax.set_xlim(0.0, min(100.0, float(pct.max())) * 1.12 + 1.0)
-    ax.set_xlabel("test accuracy (%)")
+    ax.set_xlim(0.0, min(100.0, top) * 1.18 + 1.0)
+    ax.set_xlabel("test accuracy (%): mean over seeds, bar = ±1 sample std")
     ax.set_title("test accuracy per variant")
     ax.grid(axis="x", alpha=0.3)
     ax.set_axisbelow(True)
@@ -160,14 +200,21 @@ def plot_test_accuracy(leaderboard: pd.DataFrame, path: Path) -> None:
 
 
 def plot_history(history: pd.DataFrame, path: Path, title: str = "") -> None:
-    """One variant's training curves: loss and accuracy (%) against epoch, train and val."""
+    """One variant's training curves: loss and accuracy (%) against epoch, train and val. With
+    `<column>_std` columns (the mean over seeds, as `resnetlab.leaderboard.mean_curves` gives
+    it) each curve gets a band of one sample std."""
     fig = Figure(figsize=(10, 3.8))
     loss_ax, acc_ax = fig.subplots(1, 2)
     epoch = history["epoch"].to_numpy()
     marks = _markers(len(epoch))
-    for split, style in (("train", "--"), ("val", "-")):
-        loss_ax.plot(epoch, history[f"{split}_loss"], style, label=split, **marks)
-        acc_ax.plot(epoch, 100.0 * history[f"{split}_accuracy"], style, label=split, **marks)
+    for split, style, colour in (("train", "--", "C0"), ("val", "-", "C1")):
+        for ax, column, scale in (
+            (loss_ax, f"{split}_loss", 1.0),
+            (acc_ax, f"{split}_accuracy", 100.0),
+        ):
+            y = scale * history[column].to_numpy(dtype=np.float64)
+            ax.plot(epoch, y, style, color=colour, label=split, **marks)
+            _band(ax, epoch, y, scale * _std(history, column), colour)
     loss_ax.set_ylabel("cross-entropy")
     acc_ax.set_ylabel("accuracy (%)")
     for ax in (loss_ax, acc_ax):
@@ -187,6 +234,8 @@ def plot_degradation(
 ) -> None:
     """Error (%) against epoch, one panel per group (e.g. plain nets | ResNets), after He et al.
     2015, Fig. 6: training error dashed, validation error bold solid, one colour per variant.
+    A history with `train_accuracy_std` / `val_accuracy_std` columns (the mean over seeds) gets
+    a band of one sample std around each curve.
 
     ``histories`` maps a variant to its history frame (``epoch``, ``train_accuracy`` and
     ``val_accuracy`` as fractions); ``groups`` maps a panel title to the variants it shows. Empty
@@ -220,14 +269,15 @@ def plot_degradation(
             panel_epochs.append(epoch)
             marks = _markers(len(epoch))
             marked = marked or bool(marks)
-            train_err, val_err = (
-                100.0 * (1.0 - h["train_accuracy"]),
-                100.0 * (1.0 - h["val_accuracy"]),
-            )
+            train_err = 100.0 * (1.0 - h["train_accuracy"].to_numpy(dtype=np.float64))
+            val_err = 100.0 * (1.0 - h["val_accuracy"].to_numpy(dtype=np.float64))
             # Hollow train markers tell a lone train point from the val point of one variant.
             hollow = {"markerfacecolor": "white"} if marks else {}
             ax.plot(epoch, train_err, "--", color=colour, lw=1.0, **marks, **hollow)
             ax.plot(epoch, val_err, "-", color=colour, lw=2.2, label=v, **marks)
+            # The error's std over seeds is the accuracy's.
+            _band(ax, epoch, train_err, 100.0 * _std(h, "train_accuracy"), colour)
+            _band(ax, epoch, val_err, 100.0 * _std(h, "val_accuracy"), colour)
         key = {"marker": "o", "markersize": 5.0} if marked else {}
         style = [
             Line2D(

@@ -2,12 +2,16 @@
 
 | record          | file                          | written by | read by                 |
 |-----------------|-------------------------------|------------|-------------------------|
-| `ModelRecord`   | `models/<v>/model.pt`         | train      | evaluate, predict       |
-| `TrainSummary`  | `metrics/<v>/train.json`      | train      | compare                 |
-| `ModelCard`     | `metrics/<v>/model.json`      | train      | compare                 |
-| `History`       | `metrics/<v>/history.csv`     | train      | compare                 |
-| `EvalReport`    | `metrics/<v>/eval.json`       | evaluate   | compare                 |
-| `RunFile`       | `models/<v>/mlflow_run.json`  | train      | evaluate, compare       |
+| `ModelRecord`   | `models/<v>/seed<k>/model.pt`         | train      | evaluate, predict |
+| `TrainSummary`  | `metrics/<v>/seed<k>/train.json`      | train      | compare           |
+| `ModelCard`     | `metrics/<v>/seed<k>/model.json`      | train      | compare           |
+| `History`       | `metrics/<v>/seed<k>/history.csv`     | train      | compare           |
+| `EvalReport`    | `metrics/<v>/seed<k>/eval.json`       | evaluate   | compare           |
+| `RunFile`       | `models/<v>/seed<k>/mlflow_run.json`  | train      | evaluate, compare |
+
+One folder per variant and training seed `k` (`run_folder`); the DVC stages of that run are
+`train@<v>-<k>` and `evaluate@<v>-<k>` (`run_name`), and the DVC metrics files hold their numbers
+under that name.
 
 A reader gets the dataclass back or a `RecordError` naming the file and the missing or malformed
 field, with the stage to re-run; no reader lists the keys again. Accuracies are fractions in
@@ -23,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -46,6 +51,10 @@ __all__ = [
     "RecordError",
     "RunFile",
     "TrainSummary",
+    "first_seed_folder",
+    "run_folder",
+    "run_name",
+    "seed_folders",
 ]
 
 R = TypeVar("R")
@@ -54,6 +63,39 @@ J = TypeVar("J", bound="_JsonRecord")
 
 class RecordError(ResnetlabError):
     """A stage's output file is missing or malformed; the message names file and field."""
+
+
+SEED_FOLDER = re.compile(r"seed(\d+)")
+
+
+def run_name(variant: str, seed: int) -> str:
+    """What DVC's matrix appends to a stage name for this run: `train@<variant>-<seed>`."""
+    return f"{variant}-{seed}"
+
+
+def run_folder(root: Path, variant: str, seed: int) -> Path:
+    """`<root>/<variant>/seed<seed>`: where one training seed's files of a variant live (under
+    `models/` and `metrics/`, as dvc.yaml lays them out)."""
+    return Path(root) / variant / f"seed{seed}"
+
+
+def seed_folders(variant_folder: Path, filename: str | None = None) -> dict[int, Path]:
+    """Seed -> `seed<k>` sub-folder of `variant_folder` (holding `filename`, when given), by
+    ascending seed; empty if there are none."""
+    found: dict[int, Path] = {}
+    folder = Path(variant_folder)
+    if not folder.is_dir():
+        return found
+    for child in folder.iterdir():
+        match = SEED_FOLDER.fullmatch(child.name)
+        if match and child.is_dir() and (filename is None or (child / filename).is_file()):
+            found[int(match.group(1))] = child
+    return dict(sorted(found.items()))
+
+
+def first_seed_folder(variant_folder: Path, filename: str | None = None) -> Path | None:
+    """The lowest-seed run folder of a variant (holding `filename`, when given), or None."""
+    return next(iter(seed_folders(variant_folder, filename).values()), None)
 
 
 def _fail(path: Path, problem: str, stage: str) -> RecordError:
@@ -144,13 +186,14 @@ class _JsonRecord:
 
 
 class _MetricsRecord(_JsonRecord):
-    """A DVC metrics file: the fields under one key, the variant's name. DVC names a column of
-    `dvc exp show` after its key alone when no other file has that key, so the column reads
-    `resnet56.accuracy` rather than `metrics/resnet56/eval.json:accuracy`."""
+    """A DVC metrics file: the fields under one key, the run's name (`<variant>-<seed>`, as in
+    the stage name `train@resnet56-0`). DVC names a column of `dvc exp show` after its key alone
+    when no other file has that key, so the column reads `resnet56-0.accuracy` rather than
+    `metrics/resnet56/seed0/eval.json:accuracy`."""
 
     def write(self, path: Path, variant: str | None = None) -> None:  # type: ignore[override]
         if not variant:
-            raise ValueError(f"{path}: a metrics record is written under its variant's name")
+            raise ValueError(f"{path}: a metrics record is written under its run's name")
         _write_json(path, {variant: self.to_dict()})
 
     @classmethod
@@ -159,10 +202,10 @@ class _MetricsRecord(_JsonRecord):
         data = _read_json(path, stage)
         path = Path(path)
         if not (isinstance(data, Mapping) and len(data) == 1):
-            raise _fail(path, "expected one JSON object under the variant's name", stage)
+            raise _fail(path, "expected one JSON object under the run's name", stage)
         ((key, inner),) = data.items()
         if variant is not None and key != variant:
-            raise _fail(path, f"written for variant {key!r}, not {variant!r}", stage)
+            raise _fail(path, f"written for run {key!r}, not {variant!r}", stage)
         return _from_mapping(cls, inner, path, stage)
 
 

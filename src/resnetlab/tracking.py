@@ -214,13 +214,21 @@ def git_commit() -> str | None:
     return (res.stdout.strip() or None) if res.returncode == 0 else None
 
 
-def training_tags(variant: str, device: object, processes: int) -> dict[str, str]:
-    """Tags of a variant's training run: `common_tags` plus what ran it."""
+def run_name(variant: str, seed: int) -> str:
+    """The MLflow run name of one training seed of a variant."""
+    return f"{variant} · seed {seed}"
+
+
+def training_tags(variant: str, device: object, processes: int, seed: int) -> dict[str, str]:
+    """Tags of a variant's training run: `common_tags` plus what ran it. The `variant` tag groups
+    a variant's seeds (the runs of one variant share it; group or filter by it in the UI), the
+    `seed` tag tells them apart."""
     import torch
 
     return {
         **common_tags("train"),
         "variant": variant,
+        "seed": str(seed),
         "device": str(device),
         "torch_version": torch.__version__,
         "num_processes": str(processes),
@@ -286,9 +294,9 @@ class Lineage:
             tags["resnetlab.launch_run"] = self.launch_run
         return tags
 
-    def run_name(self, variant: str) -> str:
-        """`resnet20 · tiny1` under a DVC experiment, else the variant alone."""
-        return f"{variant} · {self.exp_name}" if self.exp_name else variant
+    def run_name(self, label: str) -> str:
+        """`resnet20 · seed 0 · tiny1` under a DVC experiment, else the label alone."""
+        return f"{label} · {self.exp_name}" if self.exp_name else label
 
 
 def params_digest(params_file: Path | None) -> str:
@@ -446,11 +454,15 @@ class TrackingBehind(ResnetlabError):
             f"lacks {pending}"
         )
 
-    def stage_message(self, name: str, out_dir: Path, metrics_dir: Path) -> str:
-        """What the train stage says when it ends with the run incomplete."""
-        relog = f"resnetlab relog --variant {name}"
-        if out_dir != Path("models") / name or metrics_dir != Path("metrics") / name:
-            relog += f" --models-dir {out_dir.parent} --metrics-dir {metrics_dir.parent}"
+    def stage_message(self, name: str, out_dir: Path, metrics_dir: Path, seed: int = 0) -> str:
+        """What the train stage says when it ends with the run incomplete (`out_dir` and
+        `metrics_dir`: the run's `<root>/<name>/seed<seed>` folders)."""
+        relog = f"resnetlab relog --variant {name} --seed {seed}"
+        run = Path(name) / f"seed{seed}"
+        if out_dir != Path("models") / run or metrics_dir != Path("metrics") / run:
+            relog += (
+                f" --models-dir {out_dir.parent.parent} --metrics-dir {metrics_dir.parent.parent}"
+            )
         return (
             f"{name}: training is complete but not recorded: {self}. The model and metrics are "
             f"on disk ({out_dir / 'model.pt'}, {metrics_dir / 'history.csv'}, "
@@ -484,11 +496,13 @@ class TrainingRun:
         tags: Mapping[str, str],
         run_id: str | None = None,
         context: RunContext | None = None,
+        seed: int | None = None,
     ):
         self.experiment = experiment
-        self.name = name
+        self.name = name  # the variant: names its logged and registered model
         self.context = context
-        self.run_name = context.lineage.run_name(name) if context else name
+        label = run_name(name, seed) if seed is not None else name
+        self.run_name = context.lineage.run_name(label) if context else label
         self.model_id = ""  # the logged model, once created
         self.model_version = ""  # its registered version, once registered
         self._monitor: Any = None

@@ -7,7 +7,8 @@ A variant in ``params.yaml`` names a model and its arguments and nothing else::
 Every model takes ``num_classes`` (default 10) and 3x32x32 input. CIFAR nets (``plain``,
 ``resnet_v1``, ``resnet_v2``) take ``depth`` (required) and an integer ``width`` multiplier of
 their 16/32/64 filters; ``resnet18/34/50`` take a ``width`` multiplier (int or float) of their
-64/128/256/512 filters; all but ``resnet50_imagenet`` take ``zero_init_residual``. Convolutions
+64/128/256/512 filters; all but ``resnet50_imagenet`` and ``plain18`` take
+``zero_init_residual``. ``plain18`` is ``resnet18`` without its shortcuts. Convolutions
 use He (kaiming normal) initialisation. Unknown names, unknown arguments and invalid values
 raise :class:`resnetlab.errors.ConfigError` saying what is allowed.
 
@@ -43,6 +44,7 @@ Variants (``num_classes=10``, ``width=1``; ``tests/test_models.py`` keeps this t
 | resnet_v2         | depth=164              |   164 | bottleneck 18-18-18    |  1,703,258 |
 | resnet_v2         | depth=1001             |  1001 | bottleneck 111-111-111 | 10,327,706 |
 | resnet18          | (defaults)             |    18 | basic 2-2-2-2          | 11,173,962 |
+| plain18           | (defaults)             |    18 | plain 2-2-2-2          | 11,000,138 |
 | resnet34          | (defaults)             |    34 | basic 3-4-6-3          | 21,282,122 |
 | resnet50          | (defaults)             |    50 | bottleneck 3-4-6-3     | 23,520,842 |
 | resnet50_imagenet | (defaults)             |    50 | bottleneck 3-4-6-3     | 23,528,522 |
@@ -56,6 +58,8 @@ Notes on the table:
   parameters (10,178,490); with them it is 10.33M.
 - ``plain`` has exactly the parameters of ``resnet_v1`` with option A, whose shortcuts are
   parameter-free; option B adds a 1x1 projection + BN at the two stage transitions.
+  ``plain18`` lacks ``resnet18``'s three projection shortcuts (1x1 conv + BN: 173,824
+  parameters).
 - ``resnet_v2`` without ``block`` uses bottleneck blocks when the depth is 9n+2 and basic blocks
   for other 6n+2 depths. Every 18k+2 depth is both, so ``depth=164`` is the paper's ResNet-164,
   but ``depth=20`` and ``depth=110`` are bottleneck nets too; the paper's pre-act ResNet-110

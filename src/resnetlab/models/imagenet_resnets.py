@@ -32,7 +32,9 @@ __all__ = [
     "IMAGENET_WEIGHTS",  # noqa: F822 - resolved on use by the module's __getattr__
     "CifarAdaptedResNet",
     "ImageNetTransferResNet50",
+    "PlainBasicBlock",
     "imagenet_weights_path",
+    "plain18",
     "resnet18",
     "resnet34",
     "resnet50",
@@ -58,11 +60,22 @@ def __getattr__(name: str) -> Any:
 _STAGE_FILTERS = (64, 128, 256, 512)
 
 
+class PlainBasicBlock(BasicBlock):
+    """torchvision's basic block without its shortcut: conv3x3-BN-ReLU-conv3x3-BN-ReLU (the
+    plain counterpart of He et al. 2015, Fig. 3 middle). Takes no ``downsample``: with no
+    shortcut there is nothing to project."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        return self.relu(self.bn2(self.conv2(out)))
+
+
 class CifarAdaptedResNet(nn.Module):
     """torchvision's ResNet layout with a 3x3 stride-1 stem and no max-pool.
 
     Module names follow torchvision (``conv1``, ``bn1``, ``layer1``..``layer4``, ``fc``).
-    Down-sampling shortcuts are 1x1 projections + BN (option B), as in torchvision.
+    Down-sampling shortcuts are 1x1 projections + BN (option B), as in torchvision; a
+    :class:`PlainBasicBlock` net has no shortcuts, hence no projections.
     """
 
     def __init__(
@@ -85,7 +98,7 @@ class CifarAdaptedResNet(nn.Module):
             stride = 1 if index == 0 else 2
             out_channels = planes * block.expansion
             downsample = None
-            if stride != 1 or in_channels != out_channels:
+            if block is not PlainBasicBlock and (stride != 1 or in_channels != out_channels):
                 downsample = nn.Sequential(
                     nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False),
                     nn.BatchNorm2d(out_channels),
@@ -150,6 +163,13 @@ def resnet18(
 ) -> CifarAdaptedResNet:
     """ResNet-18 for 32x32 inputs: basic blocks 2-2-2-2 on 64/128/256/512 x ``width`` filters."""
     return _adapted("resnet18", "BasicBlock", [2, 2, 2, 2], num_classes, width, zero_init_residual)
+
+
+@register_model("plain18", depth=18)
+def plain18(num_classes: int = 10, width: float = 1) -> CifarAdaptedResNet:
+    """ResNet-18 for 32x32 inputs without its shortcuts (and so without the three 1x1
+    projections): the plain net to set against ``resnet18`` like for like."""
+    return _adapted("plain18", PlainBasicBlock, [2, 2, 2, 2], num_classes, width, False)
 
 
 @register_model("resnet34", depth=34)

@@ -22,7 +22,7 @@ from resnetlab import metrics, tracking
 from resnetlab.data import load_prepared
 from resnetlab.device import autocast_dtype, resolve_device
 from resnetlab.inference import Normalizer, build_network, loss_and_accuracy, predict_logits
-from resnetlab.records import EvalReport, ModelRecord, RunFile
+from resnetlab.records import EvalReport, ModelRecord, RunFile, run_name
 
 log = logging.getLogger(__name__)
 
@@ -83,8 +83,10 @@ def evaluate_variant(variant: str, data_dir: Path, model_dir: Path, out_dir: Pat
     classes = list(data.classes)
     full = {**metrics.classification_report(y_true, y_pred, classes), "loss": loss}
     report = EvalReport(**{name: full[name] for name in EvalReport.fields()})
+    # eval.json's key: the run (variant and training seed) the model file says it is.
+    key = run_name(record.variant.name, record.variant.train.seed)
     files = _write(
-        Path(out_dir), variant, report, full, classes, y_true, y_pred, confidence.cpu().numpy()
+        Path(out_dir), key, report, full, classes, y_true, y_pred, confidence.cpu().numpy()
     )
     headline = {f"test_{k}": full[k] for k in MLFLOW_HEADLINE}
     tracking.log_evaluation(run_file.run_id, headline, files)
@@ -104,7 +106,7 @@ def evaluate_variant(variant: str, data_dir: Path, model_dir: Path, out_dir: Pat
 
 
 def _write(
-    out_dir: Path, variant: str, report: EvalReport, full: dict, classes, y_true, y_pred, confidence
+    out_dir: Path, key: str, report: EvalReport, full: dict, classes, y_true, y_pred, confidence
 ) -> list[Path]:
     import pandas as pd
 
@@ -112,7 +114,7 @@ def _write(
     paths = [
         out_dir / n for n in ("eval.json", "per_class.csv", "confusion.csv", "predictions.csv")
     ]
-    report.write(paths[0], variant)
+    report.write(paths[0], key)
     metrics.per_class_frame(full).to_csv(paths[1], index=False, float_format="%.6g")
     cm = metrics.confusion_matrix(y_true, y_pred, len(classes))
     pd.DataFrame(cm, index=pd.Index(classes, name="actual"), columns=classes).to_csv(paths[2])

@@ -6,10 +6,11 @@ probable first: `cat.png: cat 91.2%, dog 6.0%, frog 1.1%`; with --json, a JSON l
 file that cannot be read as an image is reported on stderr, the others are still classified, and
 the exit status is 1.
 
---variant loads `<models-dir>/<NAME>/model.pt`, the train stage's output. --model-uri loads the
-model the train stage logged to MLflow (e.g. `models:/resnetlab-<variant>/<version>` or
-`runs:/<run id>/<variant>`); its class names come from the model's MLflow metadata (CIFAR-10's
-ten classes, in label order, for a model logged without them).
+--variant loads `<models-dir>/<NAME>/seed<K>/model.pt`, the train stage's output for training
+seed K (--seed; by default the lowest seed trained). --model-uri loads the model the train stage
+logged to MLflow (e.g. `models:/resnetlab-<variant>/<version>` or `runs:/<run id>/<variant>`);
+its class names come from the model's MLflow metadata (CIFAR-10's ten classes, in label order,
+for a model logged without them).
 Only the format the train stage logs is loaded (pt2, no code paths; `resnetlab.logged_model`): a
 model folder that would unpickle or import its own code is refused before anything of it runs.
 """
@@ -27,6 +28,7 @@ import torch
 
 from resnetlab.classify import CIFAR10_CLASSES, format_prediction, load_image, predict
 from resnetlab.errors import ResnetlabError
+from resnetlab.records import first_seed_folder, run_folder
 
 MAX_TOP_K = 10
 
@@ -44,7 +46,9 @@ def _top_k(text: str) -> int:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument(
-        "--variant", metavar="NAME", help="a trained variant: loads <models-dir>/<NAME>/model.pt"
+        "--variant",
+        metavar="NAME",
+        help="a trained variant: loads <models-dir>/<NAME>/seed<K>/model.pt",
     )
     source.add_argument(
         "--model-uri",
@@ -57,6 +61,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=Path("models"),
         metavar="DIR",
         help="the train stage's output folder, as in dvc.yaml (default: models)",
+    )
+    p.add_argument(
+        "--seed",
+        type=int,
+        metavar="K",
+        help="with --variant: the training seed's model (default: the lowest seed trained)",
     )
     p.add_argument(
         "--top-k",
@@ -104,11 +114,19 @@ def run(args: argparse.Namespace) -> None:
         )
 
 
+def _model_file(models_dir: Path, variant: str, seed: int | None) -> Path:
+    """`<models_dir>/<variant>/seed<seed>/model.pt`; without a seed, the lowest trained one's."""
+    if seed is not None:
+        return run_folder(models_dir, variant, seed) / "model.pt"
+    folder = first_seed_folder(models_dir / variant, "model.pt")
+    return (folder or run_folder(models_dir, variant, 0)) / "model.pt"
+
+
 def _load(args: argparse.Namespace) -> tuple[torch.nn.Module, Sequence[str]]:
     if args.variant is not None:
         from resnetlab.inference import load_classifier
 
-        model, record = load_classifier(args.models_dir / args.variant / "model.pt")
+        model, record = load_classifier(_model_file(args.models_dir, args.variant, args.seed))
         return model, list(record.classes)
     from resnetlab import logged_model
 

@@ -1,13 +1,13 @@
-"""`resnetlab relog --variant NAME`: record a trained variant in MLflow from its files on disk.
+"""`resnetlab relog --variant NAME [--seed K]`: record a trained variant in MLflow from its files.
 
 For when the tracking store stopped answering during training: the train stage then fails at
-the end, but leaves `<models-dir>/<NAME>/model.pt`, `<metrics-dir>/<NAME>/history.csv`,
-`train.json` and `model.json` (and its checkpoint, still resumable). relog continues the
-variant's run (its id from the checkpoint, else from mlflow_run.json; a new run, with the
-variant's parameters, if neither names one the store holds), logs the epochs the run lacks, the
-best epoch, the history table, train.json, model.json, history.csv and the model, ends the run
-FINISHED and writes mlflow_run.json. Params read: `mlflow.experiment`. Trains nothing and needs
-no data.
+the end, but leaves `<models-dir>/<NAME>/seed<K>/model.pt`,
+`<metrics-dir>/<NAME>/seed<K>/history.csv`, `train.json` and `model.json` (and its checkpoint,
+still resumable). relog continues the run (its id from the checkpoint, else from
+mlflow_run.json; a new run, with the variant's parameters, if neither names one the store
+holds), logs the epochs the run lacks, the best epoch, the history table, train.json,
+model.json, history.csv and the model, ends the run FINISHED and writes mlflow_run.json.
+Params read: `mlflow.experiment`. Trains nothing and needs no data.
 """
 
 from __future__ import annotations
@@ -23,7 +23,16 @@ from resnetlab import checkpoint, tracking
 from resnetlab.config import flatten, load_params
 from resnetlab.errors import ResnetlabError
 from resnetlab.inference import classifier_of
-from resnetlab.records import History, ModelCard, ModelRecord, RecordError, RunFile, TrainSummary
+from resnetlab.records import (
+    History,
+    ModelCard,
+    ModelRecord,
+    RecordError,
+    RunFile,
+    TrainSummary,
+    run_folder,
+    run_name,
+)
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +40,7 @@ log = logging.getLogger(__name__)
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file")
     p.add_argument("--variant", required=True, help="the trained variant to record")
+    p.add_argument("--seed", type=int, default=0, help="its training seed (default: 0)")
     p.add_argument(
         "--models-dir",
         type=Path,
@@ -49,7 +59,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> None:
     relog(
-        args.variant, args.params, args.models_dir / args.variant, args.metrics_dir / args.variant
+        args.variant,
+        args.params,
+        run_folder(args.models_dir, args.variant, args.seed),
+        run_folder(args.metrics_dir, args.variant, args.seed),
     )
 
 
@@ -57,22 +70,30 @@ def relog(variant: str, params: Path, out_dir: Path, metrics_dir: Path) -> str:
     """Record the variant's training from its files; returns the MLflow run id."""
     record = ModelRecord.read(out_dir / "model.pt", variant)
     history = History.read(metrics_dir / "history.csv", variant)
-    summary = TrainSummary.read(metrics_dir / "train.json", variant)
+    seed = record.variant.train.seed
+    summary = TrainSummary.read(metrics_dir / "train.json", run_name(variant, seed))
     ModelCard.read(metrics_dir / "model.json", variant)  # logged with the others: check it now
     experiment = load_params(params).mlflow.experiment
     tracking.ensure_reachable(experiment)
 
-    run_params = {**flatten(record.variant.to_dict()), "parameters": record.parameters}
+    run_params = {
+        **flatten(record.variant.to_dict()),
+        "parameters": record.parameters,
+        "seed": seed,
+    }
     tags = {
         **tracking.common_tags("train"),
         "variant": variant,
+        "seed": str(seed),
         "torch_version": torch.__version__,
         "relogged": "true",
     }
     run_id = _earlier_run(out_dir, variant)
     try:
         context = tracking.RunContext(tracking.lineage(params))
-        with tracking.TrainingRun(experiment, variant, run_params, tags, run_id, context) as run:
+        with tracking.TrainingRun(
+            experiment, variant, run_params, tags, run_id, context, seed=seed
+        ) as run:
             if run.created:
                 run.log_metrics({"parameters": float(record.parameters)}, step=0)
             run.log_history(history.rows)

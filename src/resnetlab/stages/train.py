@@ -1,7 +1,10 @@
-"""`resnetlab train --variant NAME`: train one variant, resumably, recording it in MLflow.
+"""`resnetlab train --variant NAME --seed K`: train one variant with training seed K, resumably,
+recording it in MLflow.
 
 Params read: `train` (the defaults), `variants.<NAME>` (model and overrides), `mlflow.experiment`,
-and `data` (recorded with the run: which data it trained on).
+and `data` (recorded with the run: which data it trained on). The seed comes from the command
+line (dvc.yaml cuts it from the stage name train@<NAME>-<K>), not from `seeds`: adding a seed to
+the list leaves the runs of the others untouched.
 Works unchanged under `torchrun --nproc_per_node=N` (DistributedDataParallel).
 
 Outputs (paths from the command line, i.e. from dvc.yaml):
@@ -34,7 +37,7 @@ from resnetlab.config import DataConfig, Params, Variant, flatten, load_params
 from resnetlab.errors import ResnetlabError
 from resnetlab.inference import classifier_of
 from resnetlab.progress import ConsoleProgress
-from resnetlab.records import RunFile, TrainSummary
+from resnetlab.records import RunFile, TrainSummary, run_name
 from resnetlab.training import Trainer
 
 if TYPE_CHECKING:
@@ -46,6 +49,9 @@ log = logging.getLogger(__name__)
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file")
     p.add_argument("--variant", required=True, help="a key of `variants` in the params file")
+    p.add_argument(
+        "--seed", type=int, default=0, help="training seed: weights, batch order, augmentation"
+    )
     p.add_argument("--data", type=Path, required=True, help="prepared data folder")
     p.add_argument("--out", type=Path, required=True, help="folder for model and checkpoint")
     p.add_argument("--metrics", type=Path, required=True, help="folder for train.json/history")
@@ -53,7 +59,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> None:
     params = load_params(args.params)
-    variant = params.variant(args.variant)
+    variant = params.variant(args.variant).with_seed(args.seed)
     train_variant(
         variant,
         params.mlflow.experiment,
@@ -89,10 +95,11 @@ def train_variant(
         return trainer.summary()
 
     tracking.ensure_reachable(experiment)  # fail now, not after hours of training
-    run_params = {**flatten(variant.to_dict()), "parameters": trainer.parameters}
+    seed = variant.train.seed
+    run_params = {**flatten(variant.to_dict()), "parameters": trainer.parameters, "seed": seed}
     if data_config is not None:
         run_params.update(flatten({"data": dataclasses.asdict(data_config)}))
-    tags = tracking.training_tags(variant.name, trainer.device, trainer.dist.world)
+    tags = tracking.training_tags(variant.name, trainer.device, trainer.dist.world, seed)
     dataset = _dataset(trainer.data, data_dir, data_config)
     data_words = f"{dataset.splits['train']} train / {dataset.splits['val']} val images"
     if data_config is not None and data_config.subset:
@@ -105,7 +112,7 @@ def train_variant(
     resume_id = trainer.progress.run_id
     behind: tracking.TrackingBehind | None = None
     with tracking.TrainingRun(
-        experiment, variant.name, run_params, tags, resume_id, context
+        experiment, variant.name, run_params, tags, resume_id, context, seed=seed
     ) as run:
         trainer.progress.run_id = run.run_id
         trainer.fit([console, run], sync_every=console.sync_every)
@@ -115,7 +122,7 @@ def train_variant(
         record, history, summary = trainer.model_record(), trainer.history(), trainer.summary()
         record.write(out_dir / "model.pt")
         history.write(metrics_dir / "history.csv")
-        summary.write(metrics_dir / "train.json", variant.name)
+        summary.write(metrics_dir / "train.json", run_name(variant.name, seed))
         trainer.card().write(metrics_dir / "model.json")
         example = trainer.data.images["val"][:4].transpose(0, 3, 1, 2).astype("float32") / 255
         classifier = classifier_of(record)
@@ -128,7 +135,7 @@ def train_variant(
     # An unrecorded run leaves the checkpoint resumable: re-running the stage trains nothing.
     trainer.finish(completed=behind is None)
     if behind is not None:
-        raise ResnetlabError(behind.stage_message(variant.name, out_dir, metrics_dir))
+        raise ResnetlabError(behind.stage_message(variant.name, out_dir, metrics_dir, seed))
     best = f"{100 * record.best_val_accuracy:.2f}% at epoch {record.best_epoch}"
     log.info("%s: best val accuracy %s; model -> %s", variant.name, best, out_dir / "model.pt")
     return summary
@@ -137,7 +144,8 @@ def train_variant(
 def _overrides(params: Params, variant: Variant) -> tuple[str, ...]:
     """The `train` keys whose value the variant changes from the defaults."""
     defaults, own = dataclasses.asdict(params.train), dataclasses.asdict(variant.train)
-    return tuple(k for k in own if own[k] != defaults.get(k))
+    # The seed is the run's own (from the stage name), not a recipe change.
+    return tuple(k for k in own if k != "seed" and own[k] != defaults.get(k))
 
 
 def _dataset(data: Prepared, data_dir: Path, config: DataConfig | None) -> tracking.DatasetInfo:

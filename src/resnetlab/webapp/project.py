@@ -74,28 +74,42 @@ class Project:
             return str(path)
 
     def model_file(self, variant: str) -> Path:
-        return self.models / variant / MODEL_FILE
+        """The variant's model: its lowest training seed's (`models/<v>/seed<k>/model.pt`)."""
+        return _run_file(self.models / variant, MODEL_FILE)
 
     def predictions_file(self, variant: str) -> Path:
-        return self.metrics / variant / PREDICTIONS_FILE
+        """The lowest seed's test predictions (`metrics/<v>/seed<k>/predictions.csv`)."""
+        return _run_file(self.metrics / variant, PREDICTIONS_FILE)
+
+
+def _run_file(variant_folder: Path, filename: str) -> Path:
+    """`filename` in the lowest-seed run folder of a variant that has it; the seed-0 path (for
+    messages) when none has."""
+    from resnetlab.records import first_seed_folder
+
+    folder = first_seed_folder(variant_folder, filename) or variant_folder / "seed0"
+    return folder / filename
 
 
 # --- variants -------------------------------------------------------------------------------
 
 
 def _variants_with(folder: Path, filename: str) -> list[str]:
+    """Variants with `filename` in one of their run folders (`<folder>/<v>/seed<k>/`)."""
+    from resnetlab.records import first_seed_folder
+
     if not folder.is_dir():
         return []
-    return sorted(d.name for d in folder.iterdir() if (d / filename).is_file())
+    return sorted(d.name for d in folder.iterdir() if first_seed_folder(d, filename) is not None)
 
 
 def trained_variants(project: Project) -> list[str]:
-    """Variants with a `models/<v>/model.pt`, by name."""
+    """Variants with a `models/<v>/seed<k>/model.pt`, by name."""
     return _variants_with(project.models, MODEL_FILE)
 
 
 def evaluated_variants(project: Project) -> list[str]:
-    """Variants with a `metrics/<v>/predictions.csv`, by name."""
+    """Variants with a `metrics/<v>/seed<k>/predictions.csv`, by name."""
     return _variants_with(project.metrics, PREDICTIONS_FILE)
 
 
@@ -111,10 +125,25 @@ def declared_variants(project: Project) -> list[str]:
         return []
 
 
+def _run_of(path: Path, variant: str) -> str:
+    """`<variant>-<seed>` (the DVC stage suffix) for a file in a `seed<k>` run folder."""
+    from resnetlab.records import SEED_FOLDER
+
+    match = SEED_FOLDER.fullmatch(path.parent.name)
+    return f"{variant}-{match.group(1) if match else 0}"
+
+
 def repro_command(project: Project, stage: str) -> str:
-    """`dvc repro <stage>@<variant>` for the first declared variant, to quote in empty states."""
+    """`dvc repro <stage>@<variant>-<seed>` for the first declared variant and seed, to quote in
+    empty states."""
+    import yaml
+
     variant = next(iter(declared_variants(project)), EXAMPLE_VARIANT)
-    return f"dvc repro {stage}@{variant}"
+    try:
+        seed = int(yaml.safe_load((project.root / "params.yaml").read_text())["seeds"][0])
+    except (OSError, yaml.YAMLError, KeyError, TypeError, IndexError, ValueError):
+        seed = 0  # the default of `seeds`
+    return f"dvc repro {stage}@{variant}-{seed}"
 
 
 def leaderboard_order(project: Project) -> list[str]:
@@ -143,7 +172,7 @@ def logged_model_uris(project: Project) -> dict[str, str]:
     uris = {}
     for variant in _variants_with(project.models, RUN_FILE):
         try:
-            run_id = RunFile.read(project.models / variant / RUN_FILE, variant).run_id
+            run_id = RunFile.read(_run_file(project.models / variant, RUN_FILE), variant).run_id
         except RecordError:
             continue
         uris[variant] = f"runs:/{run_id}/{variant}"
@@ -237,10 +266,11 @@ def read_predictions(project: Project, variant: str) -> pd.DataFrame | None:
     evaluate stage, before it recorded the image index and confidence).
     """
     path = project.predictions_file(variant)
-    again = f"re-run `dvc repro evaluate@{variant}` to write it again"
+    stage = f"evaluate@{_run_of(path, variant)}"
+    again = f"re-run `dvc repro {stage}` to write it again"
     if not path.exists():
         return None
-    frame = read_csv(path, f"evaluate@{variant}")
+    frame = read_csv(path, stage)
     lacking = [c for c in PREDICTION_COLUMNS if c not in frame.columns]
     if lacking:
         raise ResnetlabError(f"{path}: no column(s) {', '.join(lacking)}; {again}")
@@ -266,7 +296,7 @@ def check_matches_test_split(predictions: pd.DataFrame, prepared: Prepared, vari
     if stale:
         raise ResnetlabError(
             f"the predictions of {variant} do not match the prepared test images; "
-            f"re-run `dvc repro evaluate@{variant}`"
+            f"re-run `dvc repro evaluate@{variant}-<seed>`"
         )
 
 

@@ -9,7 +9,12 @@ from resnetlab.errors import ResnetlabError
 from resnetlab.webapp import project as data
 from resnetlab.webapp import ui
 
-PERCENT_COLUMNS = ("best_val_accuracy", "test_accuracy", "test_error")
+# Means over seeds and their sample std (`_std`, empty for a single seed).
+PERCENT_COLUMNS = tuple(
+    c
+    for name in ("best_val_accuracy", "test_accuracy", "test_error")
+    for c in (name, f"{name}_std")
+)
 
 
 def leaderboard(proj: data.Project) -> None:

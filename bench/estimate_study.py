@@ -1,0 +1,123 @@
+"""How long would the study take here? Measures each variant's training throughput and derives
+the time per variant and seed.
+
+For every variant of params.yaml (or those named with --variants) it builds the model, then runs
+the real `engine.train_epoch` (the variant's own batch size, augmentation, precision and
+channels_last) over --batches batches of random uint8 images on the device, after a warm-up
+pass, and reports images/s. The time of one run of the variant is then an ESTIMATE:
+epochs x training images / images/s (validation passes, which cost about a tenth of an epoch's
+forward work, are left out). Times per seed; multiply by the number of `seeds`.
+Run `python bench/estimate_study.py --help` for the options.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import platform
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from resnetlab import engine
+from resnetlab.config import CIFAR10_TRAIN_SIZE, load_params
+from resnetlab.device import autocast_dtype, resolve_device
+from resnetlab.inference import Normalizer
+from resnetlab.models import build_model
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def throughput(variant: Any, device: torch.device, batches: int, seed: int) -> float:
+    """Training images per second of `variant` on `device` (random data, the real step)."""
+    cfg = variant.train
+    torch.manual_seed(seed)
+    model_args = dict(variant.model.args)
+    if "pretrained" in model_args:
+        model_args["pretrained"] = False  # the same network and speed, without a download
+    model = build_model(variant.model.name, **model_args).to(device)
+    if cfg.channels_last:
+        model.to(memory_format=torch.channels_last)
+    if cfg.compile:
+        model = torch.compile(model)
+    # Constant lr: every step does the same work. The variant's batch size and augmentation.
+    bench_cfg = dataclasses.replace(cfg, epochs=1, schedule="constant", warmup_epochs=0.0)
+    n = batches * cfg.batch_size
+    gen = torch.Generator(device=device).manual_seed(seed)
+    images = torch.randint(0, 256, (n, 32, 32, 3), dtype=torch.uint8, device=device)
+    labels = torch.randint(0, 10, (n,), device=device, generator=gen)
+    normalize = Normalizer((0.5,) * 3, (0.25,) * 3, device, cfg.channels_last)
+    amp = autocast_dtype(cfg.precision, device)
+    optimizer = engine.build_optimizer(model, bench_cfg)
+    scheduler = engine.build_scheduler(optimizer, bench_cfg, batches)
+    timings = []
+    for _ in range(2):  # a warm-up pass (kernels, allocator, compile), then the timed one
+        sync(device)
+        start = time.perf_counter()
+        engine.train_epoch(
+            model, optimizer, scheduler, images, labels, bench_cfg, normalize, gen, amp_dtype=amp
+        )
+        sync(device)
+        timings.append(time.perf_counter() - start)
+    return n / timings[-1]
+
+
+def _hours(seconds: float) -> str:
+    h, rest = divmod(round(seconds), 3600)
+    return f"{h}h {rest // 60:02d}m"
+
+
+def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--params", type=Path, default=Path("params.yaml"))
+    p.add_argument("--variants", help="comma-separated variant names (default: all)")
+    p.add_argument("--device", default=None, help="override train.device (e.g. cuda, cpu)")
+    p.add_argument("--batches", type=int, default=20, help="timed batches per variant")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
+    p.add_argument("--json", type=Path, help="also write the rows here")
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    params = load_params(args.params)
+    names = args.variants.split(",") if args.variants else list(params.variants)
+    n_train = params.data.subset or CIFAR10_TRAIN_SIZE - params.data.val_size
+    rows = []
+    print(f"torch {torch.__version__}, python {platform.python_version()}, {platform.machine()}")
+    print("| variant | device | batch | images/s (measured) | epochs | est. time per seed |")
+    print("| --- | --- | ---: | ---: | ---: | ---: |")
+    for name in names:
+        variant = params.variant(name)
+        device = resolve_device(args.device or variant.train.device)
+        rate = throughput(variant, device, args.batches, seed=0)
+        seconds = variant.train.epochs * n_train / rate
+        row = {
+            "variant": name,
+            "device": str(device),
+            "batch_size": variant.train.batch_size,
+            "images_per_s": rate,
+            "epochs": variant.train.epochs,
+            "train_images": n_train,
+            "estimated_s_per_seed": seconds,
+        }
+        rows.append(row)
+        print(
+            f"| {name} | {device} | {variant.train.batch_size} | {rate:,.0f} | "
+            f"{variant.train.epochs} | {_hours(seconds)} |",
+            flush=True,
+        )
+    total = sum(r["estimated_s_per_seed"] for r in rows)
+    print(f"estimated total per seed: {_hours(total)} (x len(seeds) for the study)")
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2) + "\n")
+    return rows
+
+
+if __name__ == "__main__":
+    main()
