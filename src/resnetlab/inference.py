@@ -71,7 +71,7 @@ def build_network(record: ModelRecord, path: Path | str = "model file") -> nn.Mo
             what.append(f"{len(unexpected)} unexpected tensor(s) (e.g. {unexpected[0]})")
         raise ResnetlabError(
             f"{path}: weights do not fit model {name!r}: {'; '.join(what)}; "
-            f"re-run `dvc repro train@{record.variant.name}`"
+            f"re-run `dvc repro train@{record.variant.name}-{record.variant.train.seed}`"
         )
     return net.eval()
 

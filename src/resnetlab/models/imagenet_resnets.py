@@ -60,10 +60,25 @@ def __getattr__(name: str) -> Any:
 _STAGE_FILTERS = (64, 128, 256, 512)
 
 
-class PlainBasicBlock(BasicBlock):
+class PlainBasicBlock(nn.Module):
     """torchvision's basic block without its shortcut: conv3x3-BN-ReLU-conv3x3-BN-ReLU (the
-    plain counterpart of He et al. 2015, Fig. 3 middle). Takes no ``downsample``: with no
-    shortcut there is nothing to project."""
+    plain counterpart of He et al. 2015, Fig. 3 middle), with torchvision's module names and
+    arguments. Takes no ``downsample``: with no shortcut there is nothing to project. Written
+    out rather than subclassed from torchvision, which this module imports only on use."""
+
+    expansion = 1
+
+    def __init__(
+        self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None
+    ) -> None:
+        super().__init__()
+        if downsample is not None:
+            raise ValueError("PlainBasicBlock has no shortcut to down-sample")
+        self.conv1 = nn.Conv2d(inplanes, planes, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride=1, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
 
     def forward(self, x: Tensor) -> Tensor:
         out = self.relu(self.bn1(self.conv1(x)))
@@ -80,7 +95,7 @@ class CifarAdaptedResNet(nn.Module):
 
     def __init__(
         self,
-        block: type[BasicBlock | Bottleneck],
+        block: type[BasicBlock | Bottleneck | PlainBasicBlock],
         layers: list[int],
         stage_filters: tuple[int, ...],
         num_classes: int = 10,
@@ -140,7 +155,7 @@ def _stage_filters(model: str, width: object) -> tuple[int, ...]:
 
 def _adapted(
     model: str,
-    block: str,
+    block: str | type[PlainBasicBlock],  # a torchvision block's name, or the plain block
     layers: list[int],
     num_classes: int,
     width: float,
@@ -149,7 +164,7 @@ def _adapted(
     import torchvision.models.resnet
 
     return CifarAdaptedResNet(
-        getattr(torchvision.models.resnet, block),
+        getattr(torchvision.models.resnet, block) if isinstance(block, str) else block,
         layers,
         _stage_filters(model, width),
         num_classes=check_positive_int(model, "num_classes", num_classes),
