@@ -88,7 +88,8 @@ def test_every_dvc_command_parses_and_every_override_loads(tmp_path):
         if argv[1:3] == ["exp", "run"]:
             for override in args.set_param or []:
                 key = override.split("=", 1)[0].lstrip("+")
-                assert key.split(".")[0] in ("data", "mlflow", "train", "variants", "diagnose")
+                top = key.split(".")[0]
+                assert top in ("data", "mlflow", "train", "variants", "diagnose", "seeds")
             params_after(list(args.set_param or []), tmp_path)
         if argv[1] == "repro":
             for target in args.targets:

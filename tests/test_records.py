@@ -52,13 +52,13 @@ def test_json_records_round_trip(tmp_path: Path) -> None:
     report = EvalReport(accuracy=0.9, loss=0.3, macro_f1=0.75, weighted_f1=0.76)
     report.write(tmp_path / "eval.json", "tiny")
     assert EvalReport.read(tmp_path / "eval.json") == report
-    with pytest.raises(RecordError, match=r"eval.json: written for variant 'tiny', not 'big'"):
+    with pytest.raises(RecordError, match=r"eval.json: written for run 'tiny', not 'big'"):
         EvalReport.read(tmp_path / "eval.json", "big")
 
 
 def test_dvc_metrics_files_hold_numbers_only(tmp_path: Path) -> None:
     # Every value in a DVC metrics file is a column of `dvc exp show`, per variant: train.json
-    # and eval.json carry headline numbers only, under the variant's name (the column is
+    # and eval.json carry headline numbers only, under the run's name (the column is
     # `tiny.accuracy`); names and details live in model.json and per_class.csv.
     for record, name in ((SUMMARY, "train.json"), (EvalReport(0.9, 0.3, 0.75, 0.76), "eval.json")):
         record.write(tmp_path / name, "tiny")
@@ -85,7 +85,7 @@ def test_history_round_trip(tmp_path: Path) -> None:
     [
         (None, "train.json: not found; re-run `dvc repro train@tiny`"),
         ("{not json", "train.json: not readable JSON"),
-        ("[1, 2]", "train.json: expected one JSON object under the variant's name"),
+        ("[1, 2]", "train.json: expected one JSON object under the run's name"),
         ('{"tiny": [1]}', "train.json: expected a JSON object, got list"),
         ('{"tiny": {"epochs": 3}}', "train.json: missing field 'best_val_accuracy'"),
     ],
