@@ -82,15 +82,19 @@ def test_pull_restores_the_pushed_results_byte_for_byte(shared):
     origin, clone = shared["origin"], shared["clone"]
     assert any(shared["remote"].rglob("*")), "dvc push wrote to the remote"
     assert "dvc pull" in shared["commands"] and "dvc push" in shared["commands"]
-    assert "models/plain8/model.pt" in shared["pulled"].stdout
+    assert "models/plain8/seed0/model.pt" in shared["pulled"].stdout
     pulled, pushed = shared["restored"]
     assert pulled == pushed
-    for name in ("models/plain8/model.pt", "data/prepared/meta.json", "metrics/resnet8/eval.json"):
+    for name in (
+        "models/plain8/seed0/model.pt",
+        "data/prepared/meta.json",
+        "metrics/resnet8/seed0/eval.json",
+    ):
         assert name in pulled
     # Nothing to re-run: the checkpoints the clone lacks are not outputs.
     assert "up to date" in shared["status"], shared["status"]
-    assert not (clone.root / "models/plain8/checkpoint.pt").exists()
-    assert (origin.root / "models/plain8/checkpoint.pt").exists()
+    assert not (clone.root / "models/plain8/seed0/checkpoint.pt").exists()
+    assert (origin.root / "models/plain8/seed0/checkpoint.pt").exists()
 
 
 def test_first_experiment_in_a_clone_is_quiet_and_reruns_only_the_change(shared):

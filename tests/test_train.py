@@ -323,7 +323,7 @@ def test_ddp_with_two_cpu_processes_matches_the_global_batch(tiny_prepared, work
     assert (ddp - single).norm() < 0.3 * moved
     assert (ddp - single).norm() < 0.25 * (one_half - single).norm()
     summary = json.loads((workdir / "ddp/metrics/tiny/train.json").read_text())
-    assert summary["tiny"]["epochs"] == 2
+    assert summary["tiny-0"]["epochs"] == 2
     # Only rank 0 talked to MLflow: one run for the DDP execution.
     ddp_runs = [r for r in runs() if r.data.tags.get("num_processes") == "2"]
     assert len(ddp_runs) == 1 and ddp_runs[0].info.status == "FINISHED"
