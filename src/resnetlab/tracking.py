@@ -214,8 +214,10 @@ def git_commit() -> str | None:
     return (res.stdout.strip() or None) if res.returncode == 0 else None
 
 
-def run_name(variant: str, seed: int) -> str:
-    """The MLflow run name of one training seed of a variant."""
+def run_label(variant: str, seed: int) -> str:
+    """How the MLflow run name of one training seed of a variant starts (`Lineage.run_name`
+    appends the DVC experiment). Not `records.run_name`, the `<variant>-<seed>` of stage names
+    and metrics keys."""
     return f"{variant} · seed {seed}"
 
 
@@ -501,7 +503,7 @@ class TrainingRun:
         self.experiment = experiment
         self.name = name  # the variant: names its logged and registered model
         self.context = context
-        label = run_name(name, seed) if seed is not None else name
+        label = run_label(name, seed) if seed is not None else name
         self.run_name = context.lineage.run_name(label) if context else label
         self.model_id = ""  # the logged model, once created
         self.model_version = ""  # its registered version, once registered
