@@ -116,6 +116,21 @@ class AugmentConfig:
 
 
 @dataclass(frozen=True)
+class EvaluateConfig:
+    """How the evaluate stage scores a model on the test set. Test-time augmentation (TTA)
+    averages the logits of several views of each image: `flip` = the image and its mirror (2
+    forward passes), `flip_translate` = both, each also shifted by 2 pixels up-left and
+    down-right (6 passes). eval.json's `accuracy` is the configured evaluation's;
+    `single_view_accuracy` is always the plain one, comparable with the papers'."""
+
+    tta: Tta = "none"  # for every variant not named in tta_variants
+    tta_variants: Mapping[str, Tta] = field(default_factory=dict)  # per-variant exceptions
+
+    def tta_for(self, variant: str) -> Tta:
+        return self.tta_variants.get(variant, self.tta)
+
+
+@dataclass(frozen=True)
 class DiagnoseConfig:
     # Depths of the plain and resnet_v1 nets whose per-layer gradient norms at initialisation
     # the diagnose stage measures (He et al.'s 20, 56, 110); empty = no profile.
@@ -132,6 +147,8 @@ class DiagnoseConfig:
 Optimizer = Literal["sgd", "adamw"]
 Schedule = Literal["multistep", "step", "cosine", "onecycle", "constant"]
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
+Compile = Literal["auto", True, False]
+Tta = Literal["none", "flip", "flip_translate"]
 
 
 @dataclass(frozen=True)
@@ -158,9 +175,13 @@ class TrainConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     seed: int = 0  # seeds weights init, batch order and augmentation
     device: str = "auto"  # auto = cuda, then mps, then cpu; or cpu, cuda, cuda:N, mps
-    precision: Precision = "auto"  # auto = bf16 autocast on CUDA, fp32 elsewhere
+    # auto = bf16 autocast where the device computes bf16 natively (CUDA since Ampere, CPUs with
+    # AVX-512 BF16 or AMX), fp32 elsewhere
+    precision: Precision = "auto"
     channels_last: bool = True  # NHWC memory format: faster convolutions on GPUs with tensor cores
-    compile: bool = False  # torch.compile the model (slow start, faster steps on GPU)
+    # torch.compile the training model: auto = on CPU and CUDA for runs long enough to repay the
+    # compilation (device.COMPILE_MIN_STEPS optimiser steps); true / false force it
+    compile: Compile = "auto"
     ema_decay: float = 0.0  # exponential moving average of weights per step; 0 = off
     eval_batch_size: int = 1000  # images per forward pass during validation / test
 
@@ -264,6 +285,7 @@ class Params:
     train: TrainConfig
     variants: Mapping[str, Variant]
     diagnose: DiagnoseConfig = field(default_factory=DiagnoseConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     # Training seeds: each variant trains once per seed (DVC stage train@<variant>-<seed>).
     seeds: tuple[int, ...] = (0,)
 
@@ -324,7 +346,9 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 
 def parse_params(raw: Mapping[str, Any]) -> Params:
     _require_mapping(raw, "params")
-    _reject_unknown(raw, {"data", "mlflow", "train", "variants", "diagnose", "seeds"}, "")
+    _reject_unknown(
+        raw, {"data", "mlflow", "train", "variants", "diagnose", "evaluate", "seeds"}, ""
+    )
     seeds = parse_seeds(raw.get("seeds", [0]))
     data = _build(DataConfig, raw.get("data", {}), "data")
     data.validate()
@@ -346,7 +370,25 @@ def parse_params(raw: Mapping[str, Any]) -> Params:
             check_batch_fits(variant, data.subset)
     diagnose = _build(DiagnoseConfig, raw.get("diagnose", {}), "diagnose")
     diagnose.validate()
-    return Params(data, mlflow, train, types.MappingProxyType(variants), diagnose, seeds)
+    evaluate = _parse_evaluate(raw.get("evaluate", {}) or {}, variants)
+    return Params(data, mlflow, train, types.MappingProxyType(variants), diagnose, evaluate, seeds)
+
+
+def _parse_evaluate(raw: Any, variants: Mapping[str, Variant]) -> EvaluateConfig:
+    _require_mapping(raw, "evaluate")
+    _reject_unknown(raw, {"tta", "tta_variants"}, "evaluate")
+    tta = _coerce(raw.get("tta", "none"), Tta, "evaluate.tta")
+    per_variant = raw.get("tta_variants", {}) or {}
+    _require_mapping(per_variant, "evaluate.tta_variants")
+    for name in per_variant:
+        if name not in variants:
+            raise ConfigError(
+                f"evaluate.tta_variants.{name}: no such variant; declared: {', '.join(variants)}"
+            )
+    checked = {
+        str(k): _coerce(v, Tta, f"evaluate.tta_variants.{k}") for k, v in per_variant.items()
+    }
+    return EvaluateConfig(tta, types.MappingProxyType(checked))
 
 
 def parse_seeds(value: Any) -> tuple[int, ...]:
@@ -463,7 +505,11 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
         return _build(hint, value, key)
     if origin is Literal:
         allowed = get_args(hint)
-        _check(value in allowed, key, value, ", ".join(map(str, allowed)))
+        # Typed match: YAML's 1 is not `true`, nor "true" (a string) the boolean.
+        ok = any(type(value) is type(a) and value == a for a in allowed)
+        _check(
+            ok, key, value, ", ".join(str(a).lower() if isinstance(a, bool) else a for a in allowed)
+        )
         return value
     if origin is tuple:
         (item,) = {a for a in get_args(hint) if a is not Ellipsis}

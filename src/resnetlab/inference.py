@@ -8,6 +8,7 @@ the self-contained `Classifier` rebuilt from a model file. No training code, no 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -87,7 +88,63 @@ def classifier_of(record: ModelRecord, path: Path | str = "model file") -> Class
     return Classifier(build_network(record, path), record.mean, record.std).eval()
 
 
+@dataclass(frozen=True)
+class View:
+    """One test-time view of an image: mirrored or not, shifted by (dy, dx) pixels (positive =
+    content moves down / right; the uncovered border is black, as the training crop's padding)."""
+
+    flip: bool = False
+    dy: int = 0
+    dx: int = 0
+
+
+IDENTITY = View()
+# Test-time augmentation (`evaluate.tta`): the views whose logits are averaged. The identity
+# comes first, so its logits are also the single-view prediction. Shifts of 2 pixels stay
+# within the training crops' +-4.
+TTA_VIEWS: dict[str, tuple[View, ...]] = {
+    "none": (IDENTITY,),
+    "flip": (IDENTITY, View(flip=True)),
+    "flip_translate": tuple(View(flip, d, d) for d in (0, -2, 2) for flip in (False, True)),
+}
+
+
+def view_of(x_uint8_nhwc: torch.Tensor, view: View) -> torch.Tensor:
+    """`view` of a uint8 NHWC batch (no copy for the identity)."""
+    x = x_uint8_nhwc.flip(2) if view.flip else x_uint8_nhwc
+    if view.dy or view.dx:
+        _, h, w, _ = x.shape
+        p = max(abs(view.dy), abs(view.dx))
+        padded = F.pad(x, (0, 0, p, p, p, p))  # pads W and H, not C
+        x = padded[:, p - view.dy : p - view.dy + h, p - view.dx : p - view.dx + w].contiguous()
+    return x
+
+
 @torch.inference_mode()
+def predict_views(
+    model: nn.Module,
+    images: torch.Tensor,
+    normalize: Normalizer,
+    batch_size: int,
+    amp_dtype: torch.dtype | None = None,
+    views: Sequence[View] = (IDENTITY,),
+) -> torch.Tensor:
+    """Logits (float32, on the device) for uint8 NHWC `images`, in eval mode, one set per view:
+    len(views) x N x classes."""
+    was_training = model.training
+    model.eval()
+    per_view = []
+    for view in views:
+        out = []
+        for start in range(0, len(images), batch_size):
+            x = normalize(view_of(images[start : start + batch_size], view))
+            with autocast(images.device, amp_dtype):
+                out.append(model(x).float())
+        per_view.append(torch.cat(out) if out else torch.empty(0, 0, device=images.device))
+    model.train(was_training)
+    return torch.stack(per_view)
+
+
 def predict_logits(
     model: nn.Module,
     images: torch.Tensor,
@@ -96,15 +153,7 @@ def predict_logits(
     amp_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     """Logits (float32, on the device) for uint8 NHWC `images`, in eval mode."""
-    was_training = model.training
-    model.eval()
-    out = []
-    for start in range(0, len(images), batch_size):
-        x = normalize(images[start : start + batch_size])
-        with autocast(images.device, amp_dtype):
-            out.append(model(x).float())
-    model.train(was_training)
-    return torch.cat(out) if out else torch.empty(0, 0, device=images.device)
+    return predict_views(model, images, normalize, batch_size, amp_dtype)[0]
 
 
 def loss_and_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:

@@ -240,10 +240,12 @@ class EvalReport(_MetricsRecord):
     """`eval.json`: the kept model on the test set in headline numbers (a DVC metrics file).
     Per-class precision/recall/F1 and the averaged precision and recall go to per_class.csv."""
 
-    accuracy: float
+    accuracy: float  # of the configured evaluation: test-time augmentation when views > 1
     loss: float  # mean cross-entropy
     macro_f1: float
     weighted_f1: float
+    single_view_accuracy: float  # each image once, as it is: the papers' protocol
+    views: int  # test-time views averaged per image (evaluate.tta); 1 = none
 
     STAGE: ClassVar[str] = "evaluate@<variant>"
 

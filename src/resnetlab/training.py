@@ -25,7 +25,7 @@ from resnetlab import checkpoint, distributed, engine
 from resnetlab.atomic import remove_stale_temporaries
 from resnetlab.config import Variant, check_batch_fits
 from resnetlab.data import Prepared, load_prepared
-from resnetlab.device import autocast_dtype, resolve_device
+from resnetlab.device import autocast_dtype, resolve_device, use_compile
 from resnetlab.errors import ResnetlabError
 from resnetlab.inference import Normalizer, loss_and_accuracy, predict_logits
 from resnetlab.models import build_model, count_parameters, model_depth
@@ -152,6 +152,7 @@ class Trainer:
         fp16 = self.amp_dtype == torch.float16
         self.scaler = torch.amp.GradScaler(self.device.type) if fp16 else None
         self.ema = engine.build_ema(model, cfg.ema_decay)
+        self.compiled = use_compile(cfg.compile, self.device, cfg.epochs * self.steps)
 
         self.progress = checkpoint.Progress()
         if saved is not None:
@@ -160,6 +161,12 @@ class Trainer:
                 "%s: resuming after epoch %d of %d", variant.name, self.progress.epoch, cfg.epochs
             )
         self.resumed_epoch = self.progress.epoch
+
+    @property
+    def resolved(self) -> dict[str, str | bool]:
+        """What `precision: auto` and `compile: auto` became on this machine."""
+        names = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+        return {"precision": names[self.amp_dtype], "compile": self.compiled}
 
     @property
     def is_main(self) -> bool:
@@ -239,7 +246,7 @@ class Trainer:
         if dist.enabled:
             ids = [device.index] if device.type == "cuda" else None
             train_model = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
-        if cfg.compile:
+        if self.compiled:
             train_model = torch.compile(train_model)
         images, labels = self.data.images, self.data.labels
         return _Loop(

@@ -1,6 +1,7 @@
 """`resnetlab evaluate --variant NAME`: the variant's kept model, once, on the test set.
 
-Reads no params: the model file carries its resolved config (device, precision, batch size).
+Reads only `evaluate` from the params (test-time augmentation); the model file carries the rest
+of its resolved config (device, precision, batch size).
 Writes eval.json (DVC metrics: the headline numbers), per_class.csv (per class and averaged
 precision/recall/F1), confusion.csv (counts) and predictions.csv (one
 row per test image, for DVC's confusion plot), and logs the `test_*` metrics and files into the
@@ -21,7 +22,14 @@ import torch
 from resnetlab import metrics, tracking
 from resnetlab.data import load_prepared
 from resnetlab.device import autocast_dtype, resolve_device
-from resnetlab.inference import Normalizer, build_network, loss_and_accuracy, predict_logits
+from resnetlab.config import load_params
+from resnetlab.inference import (
+    TTA_VIEWS,
+    Normalizer,
+    build_network,
+    loss_and_accuracy,
+    predict_views,
+)
 from resnetlab.records import EvalReport, ModelRecord, RunFile, run_name
 
 log = logging.getLogger(__name__)
@@ -35,21 +43,32 @@ MLFLOW_HEADLINE = (
     "weighted_f1",
     "macro_precision",
     "macro_recall",
+    "single_view_accuracy",
+    "views",
 )
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--variant", required=True, help="variant name (for messages)")
+    p.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file")
+    p.add_argument("--variant", required=True, help="variant name")
     p.add_argument("--data", type=Path, required=True, help="prepared data folder")
     p.add_argument("--model", type=Path, required=True, help="the train stage's output folder")
     p.add_argument("--out", type=Path, required=True, help="folder for the evaluation outputs")
 
 
 def run(args: argparse.Namespace) -> None:
-    evaluate_variant(args.variant, args.data, args.model, args.out)
+    params = load_params(args.params)
+    params.variant(args.variant)  # a known variant, or the error lists them
+    tta = params.evaluate.tta_for(args.variant)
+    evaluate_variant(args.variant, args.data, args.model, args.out, tta)
 
 
-def evaluate_variant(variant: str, data_dir: Path, model_dir: Path, out_dir: Path) -> EvalReport:
+def evaluate_variant(
+    variant: str, data_dir: Path, model_dir: Path, out_dir: Path, tta: str = "none"
+) -> EvalReport:
+    """Score the model in `model_dir` on the test split, averaging the logits of the views of
+    test-time augmentation `tta` (`resnetlab.inference.TTA_VIEWS`)."""
+    views = TTA_VIEWS[tta]
     record = ModelRecord.read(Path(model_dir) / "model.pt", variant)
     run_file = RunFile.read(Path(model_dir) / "mlflow_run.json", variant)
     # Before the work, in seconds: the store answers and holds the run to record into.
@@ -70,10 +89,12 @@ def evaluate_variant(variant: str, data_dir: Path, model_dir: Path, out_dir: Pat
     labels = torch.from_numpy(data.labels["test"]).to(device)
     amp = autocast_dtype(cfg.precision, device)
     start = time.perf_counter()
-    logits = predict_logits(net, images, normalize, cfg.eval_batch_size, amp)
+    per_view = predict_views(net, images, normalize, cfg.eval_batch_size, amp, views)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     forward_s = time.perf_counter() - start
+    logits = per_view.mean(0)
+    _, single_view_accuracy = loss_and_accuracy(per_view[0], labels)
     loss, _ = loss_and_accuracy(logits, labels)
     predicted = logits.argmax(1)
     # Probability of the predicted class per image: the web app ranks mistakes by it.
@@ -81,7 +102,12 @@ def evaluate_variant(variant: str, data_dir: Path, model_dir: Path, out_dir: Pat
     y_true, y_pred = data.labels["test"], predicted.cpu().numpy()
 
     classes = list(data.classes)
-    full = {**metrics.classification_report(y_true, y_pred, classes), "loss": loss}
+    full = {
+        **metrics.classification_report(y_true, y_pred, classes),
+        "loss": loss,
+        "single_view_accuracy": single_view_accuracy,
+        "views": len(views),
+    }
     report = EvalReport(**{name: full[name] for name in EvalReport.fields()})
     # eval.json's key: the run (variant and training seed) the model file says it is.
     key = run_name(record.variant.name, record.variant.train.seed)
@@ -91,16 +117,22 @@ def evaluate_variant(variant: str, data_dir: Path, model_dir: Path, out_dir: Pat
     headline = {f"test_{k}": full[k] for k in MLFLOW_HEADLINE}
     tracking.log_evaluation(run_file.run_id, headline, files)
     # The forward passes' time is what bench/bench_stage_overhead.py subtracts from the wall.
+    tta_words = (
+        f", test-time augmentation {tta} ({len(views)} views; single view {100 * single_view_accuracy:.2f}%)"
+        if len(views) > 1
+        else ""
+    )
     log.info(
-        "%s: test accuracy %.2f%% (loss %.4f, macro F1 %.4f) on %d images; forward passes "
+        "%s: test accuracy %.2f%%%s (loss %.4f, macro F1 %.4f) on %d images; forward passes "
         "%.2f s (%.0f images/s)",
         variant,
         100 * report.accuracy,
+        tta_words,
         loss,
         report.macro_f1,
         len(y_true),
         forward_s,
-        len(y_true) / max(forward_s, 1e-9),
+        len(views) * len(y_true) / max(forward_s, 1e-9),
     )
     return report
 

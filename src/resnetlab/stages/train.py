@@ -97,6 +97,14 @@ def train_variant(
     tracking.ensure_reachable(experiment)  # fail now, not after hours of training
     seed = variant.train.seed
     run_params = {**flatten(variant.to_dict()), "parameters": trainer.parameters, "seed": seed}
+    # precision/compile "auto" as resolved on this machine
+    run_params.update({f"resolved.{k}": v for k, v in trainer.resolved.items()})
+    log.info(
+        "%s: %s on %s",
+        variant.name,
+        ", ".join(f"{k} {v}" for k, v in trainer.resolved.items()),
+        trainer.device,
+    )
     if data_config is not None:
         run_params.update(flatten({"data": dataclasses.asdict(data_config)}))
     tags = tracking.training_tags(variant.name, trainer.device, trainer.dist.world, seed)
