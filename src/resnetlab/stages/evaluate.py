@@ -20,9 +20,9 @@ import numpy as np
 import torch
 
 from resnetlab import metrics, tracking
+from resnetlab.config import load_params
 from resnetlab.data import load_prepared
 from resnetlab.device import autocast_dtype, resolve_device
-from resnetlab.config import load_params
 from resnetlab.inference import (
     TTA_VIEWS,
     Normalizer,
@@ -118,7 +118,8 @@ def evaluate_variant(
     tracking.log_evaluation(run_file.run_id, headline, files)
     # The forward passes' time is what bench/bench_stage_overhead.py subtracts from the wall.
     tta_words = (
-        f", test-time augmentation {tta} ({len(views)} views; single view {100 * single_view_accuracy:.2f}%)"
+        f", test-time augmentation {tta} ({len(views)} views; single view "
+        f"{100 * single_view_accuracy:.2f}%)"
         if len(views) > 1
         else ""
     )
