@@ -25,7 +25,7 @@ import torch
 
 from resnetlab import engine
 from resnetlab.config import CIFAR10_TRAIN_SIZE, load_params
-from resnetlab.device import autocast_dtype, resolve_device
+from resnetlab.device import autocast_dtype, resolve_device, use_compile
 from resnetlab.inference import Normalizer
 from resnetlab.models import build_model
 
@@ -45,7 +45,9 @@ def throughput(variant: Any, device: torch.device, batches: int, seed: int) -> f
     model = build_model(variant.model.name, **model_args).to(device)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
-    if cfg.compile:
+    # As the train stage decides it, for the variant's whole run on the 45k-image split.
+    steps = cfg.epochs * engine.steps_per_epoch(CIFAR10_TRAIN_SIZE - 5000, cfg.batch_size, 1)
+    if use_compile(cfg.compile, device, steps):
         model = torch.compile(model)
     # Constant lr: every step does the same work. The variant's batch size and augmentation.
     bench_cfg = dataclasses.replace(cfg, epochs=1, schedule="constant", warmup_epochs=0.0)

@@ -101,5 +101,7 @@ def tiny_params(archive: Path, md5: str, **data: Any) -> dict[str, Any]:
         "plain8": {"model": {"name": "plain", "depth": 8}},
         "resnet8": {"model": {"name": "resnet_v1", "depth": 8}},
     }
+    params["run_variants"] = ["plain8", "resnet8"]
+    params["evaluate"]["tta_variants"] = {}
     params["diagnose"]["gradient_depths"] = [8]
     return params

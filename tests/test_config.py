@@ -247,6 +247,55 @@ def test_bad_augmentation_ranges_are_refused(key, value, message):
 
 
 # ---------------------------------------------------------------------------------------------
+# compile, run_variants, evaluate.tta
+
+
+@pytest.mark.parametrize(
+    ("value", "ok"), [("auto", True), (True, True), (False, True), (1, False), ("true", False)]
+)
+def test_compile_is_auto_true_or_false(value, ok):
+    if ok:
+        assert parse_params(params(compile=value)).variant("tiny").train.compile == value
+        return
+    with pytest.raises(ConfigError, match=r"^train.compile: .* expected auto, true, false$"):
+        parse_params(params(compile=value))
+
+
+def test_run_variants_selects_declared_variants_only():
+    raw = params()
+    raw["variants"]["other"] = {"model": {"name": "plain", "depth": 8}}
+    assert parse_params(raw).selected == ("tiny", "other")  # none listed: all
+    assert parse_params({**raw, "run_variants": ["other"]}).selected == ("other",)
+    with pytest.raises(
+        ConfigError, match=r"^run_variants\[1\]: 'resnet8' is not a declared variant; declared: "
+    ):
+        parse_params({**raw, "run_variants": ["tiny", "resnet8"]})
+    with pytest.raises(ConfigError, match=r"^run_variants: \['tiny', 'tiny'\] is not allowed"):
+        parse_params({**raw, "run_variants": ["tiny", "tiny"]})
+
+
+def test_evaluate_tta_default_and_per_variant():
+    raw = {**params(), "evaluate": {"tta": "flip", "tta_variants": {"tiny": "flip_translate"}}}
+    config = parse_params(raw).evaluate
+    assert config.tta_for("tiny") == "flip_translate" and config.tta_for("other") == "flip"
+    assert parse_params(params()).evaluate.tta_for("tiny") == "none"
+    with pytest.raises(ConfigError, match=r"^evaluate.tta: 'mirror' is not allowed; expected no"):
+        parse_params({**params(), "evaluate": {"tta": "mirror"}})
+    with pytest.raises(ConfigError, match=r"^evaluate.tta_variants.nope: no such variant"):
+        parse_params({**params(), "evaluate": {"tta_variants": {"nope": "flip"}}})
+
+
+def test_shipped_params_run_every_variant_and_the_fast_recipe_keeps_resnet20():
+    shipped = load_params(Path(__file__).resolve().parents[1] / "params.yaml")
+    # A variant declared but not listed would silently never train.
+    assert sorted(shipped.run_variants) == sorted(shipped.variants)
+    fast, paper = shipped.variant("resnet20_fast"), shipped.variant("resnet20")
+    assert fast.model == paper.model  # the same network, only the recipe differs
+    assert shipped.evaluate.tta_for("resnet20_fast") == "flip_translate"
+    assert shipped.evaluate.tta_for("resnet20") == "none"  # the papers' single view
+
+
+# ---------------------------------------------------------------------------------------------
 # A hostile variant name under DVC
 
 
@@ -270,6 +319,7 @@ def test_hostile_variant_name_never_reaches_the_shell(tiny_archive, tmp_path):
 
     raw = tiny_params(*tiny_archive)
     raw["variants"] = {HOSTILE: raw["variants"]["resnet8"]}
+    raw["run_variants"] = [HOSTILE]
     project = DvcProject(tmp_path / "proj", raw)
     root = project.root
 

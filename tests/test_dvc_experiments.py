@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import hashlib
 import io
+import re
 import shlex
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -19,7 +21,7 @@ pytestmark = pytest.mark.slow
 
 # The README's promise: after two experiments that change one variant, `dvc exp show
 # --only-changed` holds at most this many columns, whatever the number of variants.
-MAX_CHANGED_COLUMNS = 16
+MAX_CHANGED_COLUMNS = 18
 TERMINAL = 160  # columns
 
 
@@ -28,6 +30,18 @@ def readme_block(heading: str) -> list[str]:
     text = (REPO / "README.md").read_text().split(f"\n## {heading}\n", 1)[1]
     block = text.split("```sh\n", 1)[1].split("```", 1)[0]
     return [" ".join(shlex.split(line, comments=True)) for line in block.splitlines()]
+
+
+def wait_for_queue(project: DvcProject, timeout_s: float = 600) -> str:
+    """`dvc queue status` once no experiment is queued or running (the workers then exit)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        status = project.dvc("queue", "status").stdout
+        if not re.search(r"\b(Queued|Running)\b", status):
+            return status
+        if time.monotonic() > deadline:
+            raise AssertionError(f"queue still busy after {timeout_s} s:\n{status}")
+        time.sleep(2)
 
 
 def digests(root: Path, *folders: str) -> dict[str, str]:
@@ -65,7 +79,15 @@ def shared(tiny_archive, tmp_path_factory: pytest.TempPathFactory):
     status = clone.dvc("status").stdout
     # resnet8 sets no lr of its own: `+` adds the key (DVC's rule), `++` adds or replaces it.
     first = clone.dvc("exp", "run", "-n", "lr05", "-S", "+variants.resnet8.lr=0.05")
-    clone.dvc("exp", "run", "-n", "lr02", "-S", "++variants.resnet8.lr=0.02")
+    # Two more, queued and run by two parallel workers, each leasing one of the two CPU cores
+    # (README, "More than one GPU (or process)").
+    clone.dvc("exp", "run", "--queue", "-n", "lr02", "-S", "++variants.resnet8.lr=0.02")
+    clone.dvc("exp", "run", "--queue", "-n", "lr03", "-S", "++variants.resnet8.lr=0.03")
+    serial_env = clone.env
+    clone.env = {**serial_env, "RESNETLAB_CPU_WORKERS": "2"}
+    clone.dvc("queue", "start", "-j", "2")
+    queue = wait_for_queue(clone)
+    clone.env = serial_env
     return {
         "origin": origin,
         "clone": clone,
@@ -74,6 +96,7 @@ def shared(tiny_archive, tmp_path_factory: pytest.TempPathFactory):
         "restored": restored,
         "status": status,
         "first": first,
+        "queue": queue,
         "commands": commands,
     }
 
@@ -105,15 +128,40 @@ def test_first_experiment_in_a_clone_is_quiet_and_reruns_only_the_change(shared)
     assert ran == ["compare", "evaluate@resnet8-0", "train@resnet8-0"]
 
 
+def test_queued_experiments_train_in_parallel_each_on_its_own_cores(shared):
+    from mlflow.tracking import MlflowClient
+
+    assert shared["queue"].count("Success") == 2, shared["queue"]
+    clone = shared["clone"]
+    client = MlflowClient(clone.env["MLFLOW_TRACKING_URI"])
+    runs = {
+        r.data.tags["dvc_exp_name"]: r
+        for r in client.search_runs(
+            [e.experiment_id for e in client.search_experiments()], "tags.stage = 'train'"
+        )
+        if r.data.tags.get("dvc_exp_name") in ("lr02", "lr03")
+    }
+    assert runs["lr02"].data.params["train.lr"] == "0.02"
+    assert runs["lr03"].data.params["train.lr"] == "0.03"
+    # Each worker leased a core of its own, and the two trainings overlapped in time.
+    devices = {r.data.tags["device"] for r in runs.values()}
+    assert len(devices) == 2 and all(d.startswith("cpu (core") for d in devices), devices
+    starts = [r.info.start_time for r in runs.values()]
+    ends = [r.info.end_time for r in runs.values()]
+    assert max(starts) < min(ends), (starts, ends)
+    shown = clone.dvc("exp", "show", "--csv").stdout
+    assert {"lr02", "lr03"} <= set(pd.read_csv(io.StringIO(shown))["Experiment"].dropna())
+
+
 def test_exp_show_is_narrow(shared):
     clone = shared["clone"]
     csv = clone.dvc("exp", "show", "--csv").stdout
     table = pd.read_csv(io.StringIO(csv))
     assert {"lr05", "lr02"} <= set(table["Experiment"].dropna())
     metric_columns = [c for c in table.columns if c.split(".")[0] in ("plain8-0", "resnet8-0")]
-    # Numbers only: the headline metrics of train.json and eval.json, 4 + 4 per run, each
+    # Numbers only: the headline metrics of train.json and eval.json, 4 + 6 per run, each
     # named after its run (variant and seed) alone (no `metrics/<v>/eval.json:` before it).
-    assert len(metric_columns) == 2 * 8, metric_columns
+    assert len(metric_columns) == 2 * 10, metric_columns
     assert "resnet8-0.accuracy" in metric_columns and "plain8-0.best_val_accuracy" in metric_columns
     assert not any(":" in c for c in table.columns), list(table.columns)
 
@@ -146,4 +194,4 @@ def test_exp_show_is_narrow(shared):
     ], header
     width = max(map(len, res.stdout.splitlines())) + named * (len("resnet56") - len("resnet8"))
     assert width <= TERMINAL, res.stdout
-    assert "[lr05]" in res.stdout and "[lr02]" in res.stdout
+    assert all(f"[{name}]" in res.stdout for name in ("lr05", "lr02", "lr03"))

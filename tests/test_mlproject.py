@@ -54,11 +54,12 @@ def test_commands_reproduce_dvc_stages(project) -> None:
 
 def test_stage_names_exist_in_dvc_yaml() -> None:
     """`train@<variant>-<seed>` and `evaluate@<variant>-<seed>` are matrix stages over
-    params.yaml's variants and seeds."""
+    params.yaml's run_variants and seeds."""
     stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
     for name in ("train", "evaluate"):
-        assert stages[name]["matrix"] == {"variant": "${variants}", "seed": "${seeds}"}
-    assert "resnet56" in yaml.safe_load((REPO / "params.yaml").read_text())["variants"]
+        assert stages[name]["matrix"] == {"variant": "${run_variants}", "seed": "${seeds}"}
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    assert "resnet56" in params["variants"] and "resnet56" in params["run_variants"]
 
 
 def test_python_env_installs_the_locked_project(project) -> None:

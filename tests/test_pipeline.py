@@ -56,6 +56,7 @@ def mlflow_train_runs(project: DvcProject) -> list:
 def test_pipeline_reruns_exactly_what_changed(tiny_archive, tmp_path):
     archive, md5 = tiny_archive
     params = tiny_params(archive, md5)
+    params["evaluate"]["tta_variants"] = {"resnet8": "flip"}
     project = DvcProject(tmp_path / "proj", params)
     root = project.root
     (root / "published.yaml").write_text(TINY_PUBLISHED)
@@ -71,8 +72,19 @@ def test_pipeline_reruns_exactly_what_changed(tiny_archive, tmp_path):
     assert (root / "reports/figures/plain8/confusion_normalized.png").is_file()
     # DVC metrics hold headline numbers only, under the run's name; the per-class table is a
     # plain output.
-    ev = json.loads((root / "metrics/resnet8/seed0/eval.json").read_text())
-    assert set(ev["resnet8-0"]) == {"accuracy", "loss", "macro_f1", "weighted_f1"}
+    ev = json.loads((root / "metrics/resnet8/seed0/eval.json").read_text())["resnet8-0"]
+    assert set(ev) == {
+        "accuracy",
+        "loss",
+        "macro_f1",
+        "weighted_f1",
+        "single_view_accuracy",
+        "views",
+    }
+    # Test-time augmentation where evaluate.tta_variants asks for it (resnet8: flip), else none.
+    assert ev["views"] == 2
+    plain = json.loads((root / "metrics/plain8/seed0/eval.json").read_text())["plain8-0"]
+    assert plain["views"] == 1 and plain["accuracy"] == plain["single_view_accuracy"]
     per_class = pd.read_csv(root / "metrics/resnet8/seed0/per_class.csv")
     assert len(per_class) == 10 + 2  # classes, then the macro and weighted averages
     # The checkpoint stays out of git; metrics and plots are committed for `dvc metrics diff`.
@@ -130,6 +142,7 @@ def test_pipeline_reruns_exactly_what_changed(tiny_archive, tmp_path):
 
     # A new variant trains alone (then compare takes it in).
     params["variants"]["resnet14"] = {"model": {"name": "resnet_v1", "depth": 14}}
+    params["run_variants"].append("resnet14")
     project.write_params(params)
     assert sorted(project.repro()) == ["compare", "evaluate@resnet14-0", "train@resnet14-0"]
     board = pd.read_csv(root / "reports/leaderboard.csv")
@@ -166,6 +179,7 @@ def test_pipeline_reruns_exactly_what_changed(tiny_archive, tmp_path):
     # date); compare then reports mean ± std over n = 3. (resnet14 leaves first: fewer runs.)
     params = project.params()
     del params["variants"]["resnet14"]
+    params["run_variants"].remove("resnet14")
     project.write_params(params)
     project.commit("without resnet14")
     res = project.dvc("exp", "run", "-n", "seeds", "-S", "seeds=[0,1,2]")

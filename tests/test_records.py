@@ -49,7 +49,9 @@ def test_json_records_round_trip(tmp_path: Path) -> None:
     assert TrainSummary.read(tmp_path / "train.json", "tiny") == SUMMARY
     CARD.write(tmp_path / "model.json")
     assert ModelCard.read(tmp_path / "model.json") == CARD
-    report = EvalReport(accuracy=0.9, loss=0.3, macro_f1=0.75, weighted_f1=0.76)
+    report = EvalReport(
+        accuracy=0.9, loss=0.3, macro_f1=0.75, weighted_f1=0.76, single_view_accuracy=0.89, views=2
+    )
     report.write(tmp_path / "eval.json", "tiny")
     assert EvalReport.read(tmp_path / "eval.json") == report
     with pytest.raises(RecordError, match=r"eval.json: written for run 'tiny', not 'big'"):
@@ -60,11 +62,12 @@ def test_dvc_metrics_files_hold_numbers_only(tmp_path: Path) -> None:
     # Every value in a DVC metrics file is a column of `dvc exp show`, per variant: train.json
     # and eval.json carry headline numbers only, under the run's name (the column is
     # `tiny.accuracy`); names and details live in model.json and per_class.csv.
-    for record, name in ((SUMMARY, "train.json"), (EvalReport(0.9, 0.3, 0.75, 0.76), "eval.json")):
+    report = EvalReport(0.9, 0.3, 0.75, 0.76, 0.89, 2)
+    for record, name, n in ((SUMMARY, "train.json", 4), (report, "eval.json", 6)):
         record.write(tmp_path / name, "tiny")
         (data,) = json.loads((tmp_path / name).read_text()).values()
         assert all(type(v) in (int, float) for v in data.values()), data
-        assert len(data) == 4
+        assert len(data) == n
     RunFile("abc", "exp").write(tmp_path / "run.json")
     assert RunFile.read(tmp_path / "run.json") == RunFile("abc", "exp")
 

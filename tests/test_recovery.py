@@ -48,6 +48,7 @@ def test_readme_recovery_restores_the_last_good_results(tiny_archive, tmp_path):
     params = tiny_params(*tiny_archive)
     params["train"]["epochs"] = 1
     params["variants"] = {"resnet8": params["variants"]["resnet8"]}
+    params["run_variants"] = ["resnet8"]
     project = DvcProject(tmp_path / "proj", params)
     root = project.root
 

@@ -214,7 +214,9 @@ def dead_uri(request) -> Iterator[str]:
 
 @pytest.fixture
 def trained(workdir: Path) -> Path:
-    """models/tiny/seed0/{model.pt, mlflow_run.json} as the train stage leaves them (untrained)."""
+    """models/tiny/seed0/{model.pt, mlflow_run.json} as the train stage leaves them (untrained),
+    beside the params.yaml evaluate reads."""
+    write_params(workdir)
     variant = parse_params({"variants": VARIANT}).variant("tiny")
     ModelRecord(
         state_dict=build_model("resnet_v1", depth=8).state_dict(),

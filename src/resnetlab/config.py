@@ -7,7 +7,9 @@ Layout of `params.yaml`::
 
     data:      {url, md5, val_size, seed, subset}
     seeds:     [0, 1, 2]                   # training seeds: every variant trains once per seed
+    run_variants: [plain20, resnet20, ...] # the variants the pipeline runs (default: all)
     mlflow:    {experiment}
+    evaluate:  {tta, tta_variants: {<name>: <tta>}}   # test-time augmentation
     diagnose:  {gradient_depths, seed}
     train:     {epochs, batch_size, optimizer, lr, ..., augment: {crop_padding, flip, ...}}
     variants:
@@ -288,6 +290,14 @@ class Params:
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     # Training seeds: each variant trains once per seed (DVC stage train@<variant>-<seed>).
     seeds: tuple[int, ...] = (0,)
+    # The variants the pipeline trains, evaluates and compares (DVC's matrix runs over this
+    # list); empty = all of `variants` (params.yaml lists them: DVC needs the list itself).
+    run_variants: tuple[str, ...] = ()
+
+    @property
+    def selected(self) -> tuple[str, ...]:
+        """The names in `run_variants`, or every declared variant when it is empty."""
+        return self.run_variants or tuple(self.variants)
 
     def variant(self, name: str) -> Variant:
         if name not in self.variants:
@@ -347,7 +357,9 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 def parse_params(raw: Mapping[str, Any]) -> Params:
     _require_mapping(raw, "params")
     _reject_unknown(
-        raw, {"data", "mlflow", "train", "variants", "diagnose", "evaluate", "seeds"}, ""
+        raw,
+        {"data", "mlflow", "train", "variants", "run_variants", "diagnose", "evaluate", "seeds"},
+        "",
     )
     seeds = parse_seeds(raw.get("seeds", [0]))
     data = _build(DataConfig, raw.get("data", {}), "data")
@@ -371,7 +383,27 @@ def parse_params(raw: Mapping[str, Any]) -> Params:
     diagnose = _build(DiagnoseConfig, raw.get("diagnose", {}), "diagnose")
     diagnose.validate()
     evaluate = _parse_evaluate(raw.get("evaluate", {}) or {}, variants)
-    return Params(data, mlflow, train, types.MappingProxyType(variants), diagnose, evaluate, seeds)
+    selected = _parse_run_variants(raw.get("run_variants", []), variants)
+    return Params(
+        data, mlflow, train, types.MappingProxyType(variants), diagnose, evaluate, seeds, selected
+    )
+
+
+def _parse_run_variants(value: Any, variants: Mapping[str, Variant]) -> tuple[str, ...]:
+    """`run_variants`: distinct names of declared variants (empty = all)."""
+    expected = "a list of distinct variant names, e.g. [plain20, resnet20]"
+    if value is None:
+        return ()
+    if not isinstance(value, list | tuple):
+        raise invalid("run_variants", value, expected)
+    for i, name in enumerate(value):
+        if not isinstance(name, str) or name not in variants:
+            raise ConfigError(
+                f"run_variants[{i}]: {name!r} is not a declared variant; declared: "
+                + ", ".join(variants)
+            )
+    _check(len(set(value)) == len(value), "run_variants", list(value), expected)
+    return tuple(value)
 
 
 def _parse_evaluate(raw: Any, variants: Mapping[str, Variant]) -> EvaluateConfig:

@@ -1,13 +1,37 @@
 """Which device, autocast precision and compilation a run uses: `train.device`,
-`train.precision` and `train.compile`."""
+`train.precision` and `train.compile`; and, for runs in parallel (`dvc queue start -j N`), a
+device of its own for each.
+
+Parallel runs with `device: auto` lease their device: each takes an exclusive lock file
+(`fcntl.flock`, released by the OS when the process ends, even killed) under a machine-wide
+folder, so N queue workers on N GPUs each get their own GPU, with no coordinator and nothing to
+clean up. On a machine with several GPUs every `auto` run leases one (a run finding all taken
+waits for one to be released). On the CPU, where every run could use every core,
+`RESNETLAB_CPU_WORKERS=N` splits the cores into N groups: each run leases a group, is pinned to
+its cores and runs that many threads, so N workers do not fight over the same cores.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import logging
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
 
 import torch
 
 from resnetlab.errors import ResnetlabError
+
+log = logging.getLogger(__name__)
+
+CPU_WORKERS_ENV = "RESNETLAB_CPU_WORKERS"
+# Machine-wide: the devices are the machine's, whichever project or clone a run comes from.
+LOCK_DIR = Path(tempfile.gettempdir()) / "resnetlab-devices"
+_POLL_S = 2.0  # how often a run waiting for a device tries again
 
 # `compile: auto` compiles a run of at least this many optimiser steps. Measured on a 2-core
 # CPU (ResNet-20, batch 256, bf16): the first compiled step takes ~33 s and every later one is
@@ -68,3 +92,77 @@ def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.Abst
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+@dataclass
+class Placement:
+    """Where a run computes: its device, and for a leased CPU share its cores. Holds the lease's
+    lock file open for as long as the process lives."""
+
+    device: torch.device
+    cores: tuple[int, ...] | None = None  # the CPU cores the process is pinned to, if any
+    lock: IO[bytes] | None = field(default=None, repr=False)
+
+    def describe(self) -> str:
+        """As the run's `device` tag: `cuda:1`, `cpu`, or `cpu (cores 2-3)`."""
+        if self.cores is None:
+            return str(self.device)
+        first, last = self.cores[0], self.cores[-1]
+        return f"cpu (cores {first}-{last})" if last != first else f"cpu (core {first})"
+
+
+def place(name: str, parallel_aware: bool = True) -> Placement:
+    """The device for `train.device` = `name`. `auto` leases one where runs may compete for
+    devices (module docstring); an explicit device, or `parallel_aware=False` (torchrun gives
+    each process its device), is taken as it is."""
+    device = resolve_device(name)
+    if name != "auto" or not parallel_aware:
+        return Placement(device)
+    if device.type == "cuda" and torch.cuda.device_count() >= 2:
+        i, lock = _lease([f"cuda-{i}" for i in range(torch.cuda.device_count())])
+        return Placement(torch.device("cuda", i), lock=lock)
+    workers = _cpu_workers()
+    if device.type == "cpu" and workers >= 2:
+        cores = sorted(os.sched_getaffinity(0))
+        if len(cores) < workers:
+            raise ResnetlabError(
+                f"{CPU_WORKERS_ENV}={workers} but this process may use {len(cores)} core(s); "
+                f"set it to at most {len(cores)}"
+            )
+        i, lock = _lease([f"cpu-{w}-of-{workers}" for w in range(workers)])
+        share = tuple(cores[i * len(cores) // workers : (i + 1) * len(cores) // workers])
+        os.sched_setaffinity(0, share)
+        torch.set_num_threads(len(share))
+        return Placement(device, cores=share, lock=lock)
+    return Placement(device)
+
+
+def _cpu_workers() -> int:
+    raw = os.environ.get(CPU_WORKERS_ENV, "")
+    if not raw:
+        return 1
+    if not raw.isdigit() or int(raw) < 1:
+        raise ResnetlabError(f"{CPU_WORKERS_ENV}={raw!r}: expected a whole number >= 1")
+    return int(raw)
+
+
+def _lease(slots: list[str]) -> tuple[int, IO[bytes]]:
+    """The index of the first free slot, and its lock file (held open: the lease). Waits while
+    every slot is taken."""
+    import fcntl
+
+    LOCK_DIR.mkdir(parents=True, exist_ok=True)
+    waited = False
+    while True:
+        for i, slot in enumerate(slots):
+            fh = (LOCK_DIR / f"{slot}.lock").open("ab")
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                fh.close()
+                continue
+            return i, fh
+        if not waited:
+            log.info("all %d devices are taken by other runs; waiting for one", len(slots))
+            waited = True
+        time.sleep(_POLL_S)

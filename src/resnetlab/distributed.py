@@ -28,6 +28,11 @@ class DistInfo:
         return self.world > 1
 
 
+def launched() -> bool:
+    """Is this process one of several that torchrun started?"""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
 def init(device: torch.device) -> DistInfo:
     """Join the process group torchrun describes; returns a single-process DistInfo otherwise."""
     world = int(os.environ.get("WORLD_SIZE", "1"))

@@ -1,8 +1,9 @@
 """Everything that talks to MLflow. Other modules call these and never import mlflow.
 
 MLflow is reached through an explicit `MlflowClient` on `tracking_uri()`: `MLFLOW_TRACKING_URI`
-when set, else the SQLite store `mlflow.db` in the current directory (the project root when DVC
-runs a stage), which `mlflow ui` opens by default. Nothing here sets MLflow's global tracking
+when set, else the SQLite store `mlflow.db` (artifacts in `mlruns/`) at the project root (DVC's
+DVC_ROOT, also for queued experiments in temporary copies; else the current directory), which
+`mlflow ui` opens by default. Nothing here sets MLflow's global tracking
 URI or active experiment, and nothing writes to `os.environ`.
 
 Every call is bounded in time. MLflow's REST client retries an unreachable server for minutes
@@ -74,11 +75,27 @@ PYFUNC_LOADER = "resnetlab.serving"
 _SETTLE_S = 0.3
 
 
+def project_root() -> Path:
+    """The project's root: DVC sets DVC_ROOT for every stage command, to the workspace's root even
+    when the stage runs in a temporary copy (`dvc exp run --queue` / `--temp`), whose own
+    mlflow.db and mlruns/ would vanish with it; else the current directory."""
+    return Path(os.environ.get("DVC_ROOT") or Path.cwd())
+
+
 def tracking_uri() -> str:
     uri = os.environ.get("MLFLOW_TRACKING_URI")
     if uri:
         return uri
-    return f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+    return f"sqlite:///{project_root() / 'mlflow.db'}"
+
+
+def _artifact_location() -> str | None:
+    """Where a new experiment keeps its artifacts: the project's mlruns/ for the default store
+    (MLflow would pick the creating process's current directory, a temporary copy under a
+    queued experiment); the server's or store's choice otherwise."""
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return None
+    return (project_root() / "mlruns").as_uri()
 
 
 def client() -> MlflowClient:
@@ -196,7 +213,7 @@ def experiment_id(mlflow_client: MlflowClient, name: str) -> str:
     from mlflow.exceptions import MlflowException
 
     try:
-        return mlflow_client.create_experiment(name)
+        return mlflow_client.create_experiment(name, artifact_location=_artifact_location())
     except MlflowException:  # created meanwhile by a concurrent stage
         found = mlflow_client.get_experiment_by_name(name)
         if found is None:

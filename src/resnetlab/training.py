@@ -25,7 +25,7 @@ from resnetlab import checkpoint, distributed, engine
 from resnetlab.atomic import remove_stale_temporaries
 from resnetlab.config import Variant, check_batch_fits
 from resnetlab.data import Prepared, load_prepared
-from resnetlab.device import autocast_dtype, resolve_device, use_compile
+from resnetlab.device import autocast_dtype, place, use_compile
 from resnetlab.errors import ResnetlabError
 from resnetlab.inference import Normalizer, loss_and_accuracy, predict_logits
 from resnetlab.models import build_model, count_parameters, model_depth
@@ -123,9 +123,10 @@ class Trainer:
         cfg = variant.train
         self.variant = variant
         self.checkpoint_path = Path(checkpoint_path)
-        device = resolve_device(cfg.device)
-        self.dist = distributed.init(device)
-        self.device = distributed.local_device(device, self.dist)
+        # torchrun gives each process its GPU; otherwise parallel runs lease theirs.
+        self.placement = place(cfg.device, parallel_aware=not distributed.launched())
+        self.dist = distributed.init(self.placement.device)
+        self.device = distributed.local_device(self.placement.device, self.dist)
 
         torch.manual_seed(cfg.seed)
         model = build_model(variant.model.name, **variant.model.args)  # validates the spec

@@ -5,8 +5,8 @@ curves (`curves.csv`, behind dvc.yaml's top-level plots), every figure of the pi
 (`resnetlab.published`), also logged to MLflow: into the parent run of the DVC experiment (or
 `dvc repro`) it runs under, each run's own figures into its training run.
 
-The only stage that draws, so editing a figure re-runs nothing else. Params read: `variants` and
-`seeds` (which runs to compare), `data.val_size`, `data.subset` (the training budget the report
+The only stage that draws, so editing a figure re-runs nothing else. Params read: `run_variants`
+and `seeds` (which runs to compare), `data.val_size`, `data.subset` (the training budget the report
 compares with the sources'), `mlflow.experiment`. An unreachable tracking store stops it at start.
 """
 
@@ -48,7 +48,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> None:
     params = load_params(args.params)
-    variants = leaderboard.check_variants(list(params.variants))
+    variants = leaderboard.check_variants(list(params.selected))
     seeds = list(params.seeds)
     # Imported here: MLflow is slow to import and nothing but recording needs it.
     from resnetlab import tracking

@@ -99,15 +99,17 @@ def train_variant(
     run_params = {**flatten(variant.to_dict()), "parameters": trainer.parameters, "seed": seed}
     # precision/compile "auto" as resolved on this machine
     run_params.update({f"resolved.{k}": v for k, v in trainer.resolved.items()})
+    # The device tag says which GPU, or which CPU cores, a leased run got (resnetlab.device).
+    where = trainer.device if trainer.dist.enabled else trainer.placement.describe()
     log.info(
         "%s: %s on %s",
         variant.name,
         ", ".join(f"{k} {v}" for k, v in trainer.resolved.items()),
-        trainer.device,
+        where,
     )
     if data_config is not None:
         run_params.update(flatten({"data": dataclasses.asdict(data_config)}))
-    tags = tracking.training_tags(variant.name, trainer.device, trainer.dist.world, seed)
+    tags = tracking.training_tags(variant.name, where, trainer.dist.world, seed)
     dataset = _dataset(trainer.data, data_dir, data_config)
     data_words = f"{dataset.splits['train']} train / {dataset.splits['val']} val images"
     if data_config is not None and data_config.subset:

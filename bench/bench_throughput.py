@@ -1,0 +1,203 @@
+"""Training throughput: the usual PyTorch recipe against resnetlab's pipeline, its precision and
+compilation settings, and the shipped defaults.
+
+Every row trains the same model (ResNet-20 by default) from the same initial weights on the same
+N = batches x batch_size CIFAR-10 training images with crop + flip augmentation:
+
+1. the usual recipe: a map-style `Dataset` of PIL images through torchvision's
+   `RandomCrop(32, padding=4)`, `RandomHorizontalFlip()`, `ToTensor()`, `Normalize()`, a shuffling
+   `DataLoader` with W workers, eager fp32 in the default (NCHW) memory layout;
+2. resnetlab's `engine.train_epoch` (uint8 images resident on the device, batched augmentation,
+   channels_last) in eager fp32;
+3. (2) under `torch.compile`;
+4. (2) with bf16 autocast;
+5. (2) with both.
+
+Rows run interleaved, one pass each per round in a rotating order, so drift and other processes'
+load hit them alike; round 0 is a discarded warm-up (it also pays for compilation), then the
+median of `--repeats` rounds is reported, in images/s and as a multiple of row 1. The script also
+says which row `precision: auto` and `compile: auto` resolve to for a full training run on this
+machine: the shipped default.
+Run `python bench/bench_throughput.py --help` for the options.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_data_pipeline import CifarArrays, load_images, sync
+
+from resnetlab import engine
+from resnetlab.config import AugmentConfig, TrainConfig
+from resnetlab.device import autocast_dtype, resolve_device, use_compile
+from resnetlab.inference import Normalizer
+from resnetlab.models import build_model
+
+USUAL = "torchvision Dataset + PIL transforms + DataLoader({w} workers), eager fp32"
+ROWS = {
+    # name: (compile, bf16)
+    "resnetlab, eager fp32 (device-resident data, channels_last)": (False, False),
+    "resnetlab + torch.compile": (True, False),
+    "resnetlab + bf16 autocast": (False, True),
+    "resnetlab + torch.compile + bf16": (True, True),
+}
+
+
+def make_rows(args: argparse.Namespace, device: torch.device) -> dict[str, Callable[[int], float]]:
+    """row name -> run(round) returning the seconds of one pass over the N images."""
+    import torchvision.transforms as T
+
+    n = args.batches * args.batch_size
+    images, labels, mean, std = load_images(args, n)
+    torch.manual_seed(args.seed)
+    model = build_model(args.model, depth=args.depth).to(device)
+    initial = {k: v.clone() for k, v in model.state_dict().items()}
+    crop_flip = AugmentConfig(crop_padding=4, flip=True)
+    cfg = TrainConfig(epochs=1, batch_size=args.batch_size, schedule="constant", augment=crop_flip)
+    rows: dict[str, Callable[[int], float]] = {}
+
+    transform = T.Compose(
+        [
+            T.RandomCrop(32, padding=4),
+            T.RandomHorizontalFlip(),
+            T.ToTensor(),
+            T.Normalize(mean, std),
+        ]
+    )
+    loader = torch.utils.data.DataLoader(
+        CifarArrays(images, labels, transform),
+        batch_size=args.batch_size,
+        shuffle=True,
+        num_workers=args.workers,
+        persistent_workers=args.workers > 0,  # start-up is paid in the warm-up round
+        generator=torch.Generator().manual_seed(args.seed),
+    )
+
+    def usual(r: int) -> float:
+        model.load_state_dict(initial)
+        model.to(memory_format=torch.contiguous_format)
+        optimizer = engine.build_optimizer(model, cfg)
+        sync(device)
+        start = time.perf_counter()
+        for x, y in loader:
+            x, y = x.to(device), y.to(device)
+            loss = F.cross_entropy(model(x), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        sync(device)
+        return time.perf_counter() - start
+
+    rows[USUAL.format(w=args.workers)] = usual
+
+    x_dev = torch.from_numpy(images).to(device)
+    y_dev = torch.from_numpy(labels).to(device)
+    normalize = Normalizer(mean, std, device, channels_last=True)
+    for name, (compiled, bf16) in ROWS.items():
+        # Each row its own module: a compiled wrapper keeps its graphs between rounds.
+        net = build_model(args.model, depth=args.depth).to(device)
+        net.to(memory_format=torch.channels_last)
+        runner = torch.compile(net) if compiled else net
+        amp = torch.bfloat16 if bf16 else None
+
+        def run(r: int, net=net, runner=runner, amp=amp) -> float:
+            net.load_state_dict(initial)
+            optimizer = engine.build_optimizer(net, cfg)
+            scheduler = engine.build_scheduler(optimizer, cfg, args.batches)
+            generator = torch.Generator(device=device).manual_seed(args.seed + r)
+            sync(device)
+            start = time.perf_counter()
+            engine.train_epoch(
+                runner, optimizer, scheduler, x_dev, y_dev, cfg, normalize, generator,
+                amp_dtype=amp,
+            )  # fmt: skip
+            sync(device)
+            return time.perf_counter() - start
+
+        rows[name] = run
+    return rows
+
+
+def shipped_row(device: torch.device, full_run_steps: int) -> str:
+    """The ROWS entry that `precision: auto` + `compile: auto` choose for a full run here."""
+    bf16 = autocast_dtype("auto", device) == torch.bfloat16
+    compiled = use_compile("auto", device, full_run_steps)
+    return next(name for name, spec in ROWS.items() if spec == (compiled, bf16))
+
+
+def measure(rows: dict[str, Callable[[int], float]], repeats: int) -> dict[str, list[float]]:
+    names = list(rows)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(repeats + 1):
+        order = names[r % len(names) :] + names[: r % len(names)]
+        for name in order:
+            seconds = rows[name](r)
+            print(
+                f"  round {r}{' (warm-up)' if r == 0 else ''}: {name}: {seconds:.1f} s", flush=True
+            )
+            if r:
+                times[name].append(seconds)
+    return times
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", default="data/prepared", help="prepared CIFAR-10 (resnetlab prepare)")
+    p.add_argument("--synthetic", action="store_true", help="random uint8 images instead of --data")
+    p.add_argument("--model", default="resnet_v1")
+    p.add_argument("--depth", type=int, default=20)
+    p.add_argument("--batches", type=int, default=50, help="batches per pass (default 50)")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--workers", type=int, default=2, help="DataLoader workers of the usual recipe")
+    p.add_argument("--repeats", type=int, default=3, help="timed rounds after a warm-up round")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", type=Path, help="write every time and the environment here")
+    return p.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
+    device = resolve_device(args.device)
+    rows = make_rows(args, device)
+    n = args.batches * args.batch_size
+    print(f"{len(rows)} rows, {n} images per pass, {args.repeats} timed rounds, {device}")
+    times = measure(rows, args.repeats)
+    base = statistics.median(times[next(iter(rows))])
+    # A full run of the shipped ResNet-20 recipe: 182 epochs of 45k images in batches of 128.
+    default = shipped_row(device, 182 * engine.steps_per_epoch(45_000, 128, 1))
+    print(f"\n{args.model}-{args.depth}, batch {args.batch_size}, {n} images, median of "
+          f"{args.repeats} interleaved rounds, {platform.processor() or platform.machine()}, "
+          f"{torch.get_num_threads()} threads, torch {torch.__version__}")  # fmt: skip
+    print("| pipeline | images/s | vs the usual recipe |\n|---|---:|---:|")
+    summary: dict[str, Any] = {}
+    for name, secs in times.items():
+        med = statistics.median(secs)
+        label = f"{name} **(shipped default)**" if name == default else name
+        print(f"| {label} | {n / med:.0f} | {base / med:.2f}x |")
+        summary[name] = {"seconds": secs, "images_per_s": n / med, "speedup": base / med}
+    if args.json:
+        env = {
+            "device": str(device),
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+        }
+        args.json.write_text(
+            json.dumps({"env": env, "rows": summary, "default": default}, indent=2)
+        )
+
+
+if __name__ == "__main__":
+    main()

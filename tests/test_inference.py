@@ -1,0 +1,93 @@
+"""Test-time views and the choices `precision: auto` / `compile: auto` make."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from resnetlab import device as dev
+from resnetlab.inference import (
+    IDENTITY,
+    TTA_VIEWS,
+    Normalizer,
+    View,
+    predict_logits,
+    predict_views,
+    view_of,
+)
+
+
+def grid() -> torch.Tensor:
+    """One 4x4 single-channel uint8 image (NHWC) holding 0..15 row by row."""
+    return torch.arange(16, dtype=torch.uint8).view(1, 4, 4, 1)
+
+
+def test_views_shift_and_mirror_as_hand_computed():
+    assert torch.equal(view_of(grid(), IDENTITY), grid())
+    mirrored = view_of(grid(), View(flip=True))[0, :, :, 0]
+    assert mirrored[0].tolist() == [3, 2, 1, 0] and mirrored[3].tolist() == [15, 14, 13, 12]
+    # Content moves down and right by one pixel; the uncovered border is black (0).
+    down_right = view_of(grid(), View(dy=1, dx=1))[0, :, :, 0]
+    assert down_right.tolist() == [[0, 0, 0, 0], [0, 0, 1, 2], [0, 4, 5, 6], [0, 8, 9, 10]]
+    up_left = view_of(grid(), View(dy=-2, dx=-2))[0, :, :, 0]
+    assert up_left.tolist() == [[10, 11, 0, 0], [14, 15, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0]]
+
+
+def test_tta_view_sets():
+    assert [len(TTA_VIEWS[k]) for k in ("none", "flip", "flip_translate")] == [1, 2, 6]
+    for views in TTA_VIEWS.values():
+        assert views[0] == IDENTITY  # its logits are the single-view prediction
+        assert len(set(views)) == len(views)
+    assert {(v.dy, v.dx) for v in TTA_VIEWS["flip_translate"]} == {(0, 0), (-2, -2), (2, 2)}
+
+
+class Pixels(nn.Module):
+    """Logits = the first 10 normalised pixel values of channel 0: a view is visible in them."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x[:, 0].reshape(len(x), -1)[:, :10]
+
+
+def test_predict_views_runs_the_model_on_each_view():
+    images = torch.randint(0, 256, (5, 32, 32, 3), dtype=torch.uint8)
+    normalize = Normalizer([0.5] * 3, [0.25] * 3, torch.device("cpu"))
+    views = TTA_VIEWS["flip_translate"]
+    out = predict_views(Pixels(), images, normalize, 2, None, views)  # 3 batches per view
+    assert out.shape == (6, 5, 10) and out.dtype == torch.float32
+    for i, view in enumerate(views):
+        expected = Pixels()(normalize(view_of(images, view)))
+        assert torch.allclose(out[i], expected)
+    assert torch.equal(out[0], predict_logits(Pixels(), images, normalize, 2))
+
+
+def test_compile_auto_compiles_long_runs_on_cpu_and_cuda_only():
+    cpu, mps = torch.device("cpu"), torch.device("mps")
+    assert dev.use_compile("auto", cpu, dev.COMPILE_MIN_STEPS)
+    assert not dev.use_compile("auto", cpu, dev.COMPILE_MIN_STEPS - 1)
+    assert dev.use_compile("auto", torch.device("cuda"), 10**6)
+    assert not dev.use_compile("auto", mps, 10**6)
+    assert dev.use_compile(True, cpu, 1) and not dev.use_compile(False, cpu, 10**6)
+
+
+def test_precision_auto_is_bf16_only_where_it_is_native(monkeypatch):
+    cpu = torch.device("cpu")
+    for native, expected in ((True, torch.bfloat16), (False, None)):
+        monkeypatch.setattr(dev, "native_bf16", lambda d, native=native: native)
+        assert dev.autocast_dtype("auto", cpu) is expected
+    assert dev.autocast_dtype("fp32", cpu) is None
+    assert dev.autocast_dtype("bf16", cpu) is torch.bfloat16
+    assert not dev.native_bf16(torch.device("meta"))
+
+
+@pytest.mark.skipif(not dev.native_bf16(torch.device("cpu")), reason="no native bf16 here")
+def test_bf16_autocast_on_this_cpu_matches_fp32_closely():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU()).eval()
+    x = torch.randn(8, 3, 32, 32)
+    with torch.inference_mode():
+        ref = net(x)
+        with dev.autocast(torch.device("cpu"), torch.bfloat16):
+            low = net(x)
+    assert low.dtype == torch.bfloat16
+    assert (low.float() - ref).abs().max() < 0.05 * ref.abs().max()
