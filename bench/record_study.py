@@ -65,7 +65,7 @@ def run_stamped(command: Sequence[str], cwd: Path, log_path: Path) -> tuple[list
             now = time.monotonic()
             stamped = f"{now - begin:8.1f}s {line}"
             sys.stdout.write(stamped)
-            log.write(stamped)
+            log.write(relative(stamped, cwd))
             match = STAGE_LINE.match(line)
             if match:
                 starts.append((match.group(1), now))
@@ -78,6 +78,12 @@ def run_stamped(command: Sequence[str], cwd: Path, log_path: Path) -> tuple[list
         for i, (name, t) in enumerate(starts)
     ]
     return stages, end - begin
+
+
+def relative(text: str, root: Path) -> str:
+    """`text` with the project's absolute path written relative to it: the log of a record
+    reads the same whichever folder the study ran in."""
+    return text.replace(f"{root.resolve()}/", "").replace(str(root.resolve()), ".")
 
 
 def machine(root: Path) -> dict[str, Any]:
