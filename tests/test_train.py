@@ -106,6 +106,9 @@ def test_trains_records_and_writes_outputs(tiny_prepared, workdir):
     p = run.data.params
     assert p["train.lr"] == "0.05" and p["model.depth"] == "8" and p["model.name"] == "resnet_v1"
     assert p["train.augment.crop_padding"] == "4" and p["parameters"] == "75290"
+    # What `precision` (fp32 here) and `compile: auto` resolved to: 4 epochs are too short to
+    # repay a compilation.
+    assert p["resolved.precision"] == "fp32" and p["resolved.compile"] == "False"
     val = client().get_metric_history(run_id, "val_accuracy")
     assert [m.step for m in val] == [1, 2, 3, 4]
     assert [m.value for m in val] == pytest.approx(list(history["val_accuracy"]), abs=1e-6)
