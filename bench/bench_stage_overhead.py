@@ -84,6 +84,8 @@ class Tree:
         params["data"].update(val_size=args.val, subset=args.subset, seed=0)
         params["train"].update(epochs=args.epochs, batch_size=args.batch_size)
         params["variants"] = {"v": {"model": {"name": args.model, "depth": args.depth}}}
+        params["run_variants"] = ["v"]
+        params["evaluate"]["tta_variants"] = {}  # the shipped ones name variants left out here
         if args.precision:
             params["train"]["precision"] = args.precision
         (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
@@ -118,7 +120,8 @@ class Tree:
             args = ["--params", "params.yaml", "--variant", "v", "--data", "prepared"]
             args += ["--out", "models/v", "--metrics", "metrics/v"]
             wall, log = self._run([*self.resnetlab, "train", *args])
-            summary = json.loads((self.root / "metrics/v/train.json").read_text())
+            # the numbers sit under the run's name, "v-0"
+            (summary,) = json.loads((self.root / "metrics/v/train.json").read_text()).values()
             compute = summary["train_time_s"]
             self.train_images_per_s = summary["images_per_s"]
         else:

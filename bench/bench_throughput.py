@@ -40,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_data_pipeline import CifarArrays, load_images, sync
 
 from resnetlab import engine
-from resnetlab.config import AugmentConfig, TrainConfig
+from resnetlab.config import CIFAR10_TRAIN_SIZE, AugmentConfig, DataConfig, TrainConfig
 from resnetlab.device import autocast_dtype, resolve_device, use_compile
 from resnetlab.inference import Normalizer
 from resnetlab.models import build_model
@@ -176,8 +176,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(f"{len(rows)} rows, {n} images per pass, {args.repeats} timed rounds, {device}")
     times = measure(rows, args.repeats)
     base = statistics.median(times[next(iter(rows))])
-    # A full run of the shipped ResNet-20 recipe: 182 epochs of 45k images in batches of 128.
-    default = shipped_row(device, 182 * engine.steps_per_epoch(45_000, 128, 1))
+    # A full run of the shipped ResNet-20 recipe: its epochs over the training split (50k minus
+    # the validation images), in its batches.
+    train = TrainConfig()
+    split = CIFAR10_TRAIN_SIZE - DataConfig().val_size
+    default = shipped_row(device, train.epochs * engine.steps_per_epoch(split, train.batch_size, 1))
     print(f"\n{args.model}-{args.depth}, batch {args.batch_size}, {n} images, median of "
           f"{args.repeats} interleaved rounds, {platform.processor() or platform.machine()}, "
           f"{torch.get_num_threads()} threads, torch {torch.__version__}")  # fmt: skip

@@ -35,8 +35,9 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def throughput(variant: Any, device: torch.device, batches: int, seed: int) -> float:
-    """Training images per second of `variant` on `device` (random data, the real step)."""
+def throughput(variant: Any, device: torch.device, batches: int, seed: int, n_train: int) -> float:
+    """Training images per second of `variant` on `device` (random data, the real step);
+    `n_train` training images per epoch decide, as in the train stage, whether it compiles."""
     cfg = variant.train
     torch.manual_seed(seed)
     model_args = dict(variant.model.args)
@@ -45,8 +46,7 @@ def throughput(variant: Any, device: torch.device, batches: int, seed: int) -> f
     model = build_model(variant.model.name, **model_args).to(device)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
-    # As the train stage decides it, for the variant's whole run on the 45k-image split.
-    steps = cfg.epochs * engine.steps_per_epoch(CIFAR10_TRAIN_SIZE - 5000, cfg.batch_size, 1)
+    steps = cfg.epochs * engine.steps_per_epoch(n_train, cfg.batch_size, 1)
     if use_compile(cfg.compile, device, steps):
         model = torch.compile(model)
     # Constant lr: every step does the same work. The variant's batch size and augmentation.
@@ -97,7 +97,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     for name in names:
         variant = params.variant(name)
         device = resolve_device(args.device or variant.train.device)
-        rate = throughput(variant, device, args.batches, seed=0)
+        rate = throughput(variant, device, args.batches, seed=0, n_train=n_train)
         seconds = variant.train.epochs * n_train / rate
         row = {
             "variant": name,

@@ -54,3 +54,13 @@ def test_model_stages_import_torch_alone_and_torchvision_only_for_its_models():
     assert marks["imported"] == ["torch"]
     assert marks["cifar model"] == ["torch"]
     assert marks["torchvision model"] == ["torch", "torchvision"]
+
+
+def test_metrics_need_no_scikit_learn_or_pandas():
+    marks = loaded_after(
+        "from resnetlab.metrics import classification_report, confusion_matrix\n"
+        "classification_report([0, 1, 1], [0, 1, 0], ['a', 'b'])\n"
+        "confusion_matrix([0, 1, 1], [0, 1, 0], 2)\n"
+        "mark('report')\n"
+    )
+    assert marks["report"] == []

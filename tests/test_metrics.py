@@ -109,6 +109,34 @@ def test_confusion_matrix_agrees_with_report() -> None:
         assert cm[i, i] / cm[:, i].sum() == pytest.approx(r["per_class"][str(i)]["precision"])
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_report_matches_scikit_learn(seed: int) -> None:
+    """The numpy report gives scikit-learn's numbers, absent and unpredicted classes included."""
+    from sklearn.metrics import precision_recall_fscore_support
+
+    rng = np.random.default_rng(seed)
+    t = rng.integers(0, 6, size=200)  # classes 6 and 7 never occur in y_true
+    p = np.where(rng.random(200) < 0.6, t, rng.integers(0, 8, size=200))
+    p[p == 3] = 4  # class 3 is never predicted
+    report = classification_report(t, p, [f"c{i}" for i in range(8)])
+    labels = list(range(8))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        per = precision_recall_fscore_support(t, p, labels=labels, zero_division=0)
+        for average in ("macro", "weighted"):
+            want = precision_recall_fscore_support(
+                t, p, labels=labels, average=average, zero_division=0
+            )
+            for i, key in enumerate(("precision", "recall", "f1")):
+                assert report[f"{average}_{key}"] == pytest.approx(want[i], abs=1e-12)
+    for i in labels:
+        got = report["per_class"][f"c{i}"]
+        assert [got["precision"], got["recall"], got["f1"]] == pytest.approx(
+            [per[0][i], per[1][i], per[2][i]], abs=1e-12
+        )
+        assert got["support"] == per[3][i]
+
+
 def test_per_class_frame() -> None:
     frame = per_class_frame(classification_report(TRUE_1, PRED_1, ["a", "b", "c"]))
     assert list(frame.columns) == ["class", "precision", "recall", "f1", "support"]
