@@ -154,7 +154,7 @@ def write_record(
     )
     rows = "\n".join(f"| `{s['stage']}` | {_minutes(s['seconds'])} |" for s in stages)
     published = (out / "published_vs_measured.md").read_text().split("\n", 1)[1].strip()
-    text = f"""# Study record: `{out.name}`
+    text = f"""# Study record: `{_study_name(command) or out.name}`
 
 Produced by `bench/record_study.py`; every number below comes from this run.
 
@@ -189,6 +189,15 @@ Produced by `bench/record_study.py`; every number below comes from this run.
 {published}
 """
     (out / "README.md").write_text(text)
+
+
+def _study_name(command: Sequence[str]) -> str | None:
+    """The experiment's name in `dvc exp run -n NAME ...` (or --name), if the command gives one."""
+    for i, arg in enumerate(command[:-1]):
+        if arg in ("-n", "--name"):
+            return command[i + 1]
+    found = next((a for a in command if a.startswith("--name=")), None)
+    return found.split("=", 1)[1] if found else None
 
 
 def _quote(arg: str) -> str:
