@@ -53,7 +53,7 @@ def classification_report(
     t, p = _check_labels(y_true, y_pred, len(names))
     # From the confusion matrix, not scikit-learn: the same numbers (a test compares them),
     # without the 1.5-3 s its import adds to every evaluate stage.
-    cm = confusion_matrix(t, p, len(names))
+    cm = _counts(t, p, len(names))  # the labels are checked once, above
     hits = np.diag(cm).astype(np.float64)
     predicted, support = cm.sum(axis=0), cm.sum(axis=1)
     # A ratio with an empty denominator (a class never predicted, or never present) scores 0.
@@ -63,7 +63,7 @@ def classification_report(
     weights = support / support.sum()
     macro = (precision.mean(), recall.mean(), f1.mean())
     weighted = (precision @ weights, recall @ weights, f1 @ weights)
-    accuracy = float(np.mean(t == p))
+    accuracy = float(hits.sum() / len(t))
     return {
         "accuracy": accuracy,
         "error": 1.0 - accuracy,
@@ -94,7 +94,11 @@ def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
 
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> np.ndarray:
     """Counts as int64 ``(num_classes, num_classes)``: row = actual class, column = predicted."""
-    t, p = _check_labels(y_true, y_pred, num_classes)
+    return _counts(*_check_labels(y_true, y_pred, num_classes), num_classes)
+
+
+def _counts(t: np.ndarray, p: np.ndarray, num_classes: int) -> np.ndarray:
+    """The confusion matrix of labels already through `_check_labels`."""
     # Each (actual, predicted) pair maps to one flat cell index; bincount tallies all at once.
     flat = np.bincount(t * num_classes + p, minlength=num_classes * num_classes)
     return flat.reshape(num_classes, num_classes).astype(np.int64)
