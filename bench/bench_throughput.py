@@ -62,7 +62,8 @@ def make_rows(args: argparse.Namespace, device: torch.device) -> dict[str, Calla
     n = args.batches * args.batch_size
     images, labels, mean, std = load_images(args, n)
     torch.manual_seed(args.seed)
-    model = build_model(args.model, depth=args.depth).to(device)
+    model_args = {"depth": args.depth} if args.depth else {}
+    model = build_model(args.model, **model_args).to(device)
     initial = {k: v.clone() for k, v in model.state_dict().items()}
     crop_flip = AugmentConfig(crop_padding=4, flip=True)
     cfg = TrainConfig(epochs=1, batch_size=args.batch_size, schedule="constant", augment=crop_flip)
@@ -107,7 +108,7 @@ def make_rows(args: argparse.Namespace, device: torch.device) -> dict[str, Calla
     normalize = Normalizer(mean, std, device, channels_last=True)
     for name, (compiled, bf16) in ROWS.items():
         # Each row its own module: a compiled wrapper keeps its graphs between rounds.
-        net = build_model(args.model, depth=args.depth).to(device)
+        net = build_model(args.model, **model_args).to(device)
         net.to(memory_format=torch.channels_last)
         runner = torch.compile(net) if compiled else net
         amp = torch.bfloat16 if bf16 else None
@@ -157,7 +158,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--data", default="data/prepared", help="prepared CIFAR-10 (resnetlab prepare)")
     p.add_argument("--synthetic", action="store_true", help="random uint8 images instead of --data")
     p.add_argument("--model", default="resnet_v1")
-    p.add_argument("--depth", type=int, default=20)
+    p.add_argument("--depth", type=int, default=20, help="0: the model takes no depth argument")
     p.add_argument("--batches", type=int, default=50, help="batches per pass (default 50)")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers of the usual recipe")
@@ -181,7 +182,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     train = TrainConfig()
     split = CIFAR10_TRAIN_SIZE - DataConfig().val_size
     default = shipped_row(device, train.epochs * engine.steps_per_epoch(split, train.batch_size, 1))
-    print(f"\n{args.model}-{args.depth}, batch {args.batch_size}, {n} images, median of "
+    model = f"{args.model}-{args.depth}" if args.depth else args.model
+    print(f"\n{model}, batch {args.batch_size}, {n} images, median of "
           f"{args.repeats} interleaved rounds, {platform.processor() or platform.machine()}, "
           f"{torch.get_num_threads()} threads, torch {torch.__version__}")  # fmt: skip
     print("| pipeline | images/s | vs the usual recipe |\n|---|---:|---:|")
