@@ -7,11 +7,11 @@ trained models, so that a set is chosen on held-out training images, as every ot
 is, and never on the test set: it reads the validation split by default, `--split test` only to
 show what a choice made on validation does there.
 
-Every view of the union of all sets runs once per model (`inference.predict_views`, in the
-precision the model trained in); a set's accuracy averages its views' logits, as the evaluate
-stage does. The table gives each model's accuracy, the mean over models and each set's mean
-gain over flip_translate (the shipped choice), with the number of views: the evaluate stage's
-forward passes grow in proportion.
+Every view of the union of all sets runs once per model through `inference.Scorer`, as the
+evaluate stage scores (the model's device, precision and eval batches); a set's accuracy
+averages its views' logits, as the evaluate stage does. The table gives each model's accuracy,
+the mean over models and each set's mean gain over flip_translate (the shipped choice), with the
+number of views: the evaluate stage's forward passes grow in proportion.
 
     .venv/bin/python bench/bench_tta_views.py --data data/prepared \
         --model models/resnet20_fast/seed0 --model models/resnet20_fast/seed1
@@ -27,15 +27,7 @@ from pathlib import Path
 import torch
 
 from resnetlab.data import load_prepared
-from resnetlab.device import autocast_dtype, resolve_device
-from resnetlab.inference import (
-    TTA_VIEWS,
-    Normalizer,
-    View,
-    build_network,
-    loss_and_accuracy,
-    predict_views,
-)
+from resnetlab.inference import TTA_VIEWS, Scorer, View, loss_and_accuracy
 from resnetlab.records import ModelRecord
 
 SHIPPED = "flip_translate"
@@ -62,22 +54,13 @@ def view_sets() -> dict[str, tuple[View, ...]]:
     return {**TTA_VIEWS, **CANDIDATES}
 
 
-def score(model_dir: Path, data_dir: Path, split: str, batch_size: int) -> dict[str, float]:
-    """Accuracy on `split` of the model in `model_dir` under every view set."""
-    record = ModelRecord.read(model_dir / "model.pt")
-    cfg = record.variant.train
-    device = resolve_device(cfg.device)
-    net = build_network(record, model_dir / "model.pt").to(device)
-    if cfg.channels_last:
-        net.to(memory_format=torch.channels_last)
-    data = load_prepared(data_dir, splits=(split,))
-    images = torch.from_numpy(data.images[split]).to(device)
-    labels = torch.from_numpy(data.labels[split]).to(device)
-    normalize = Normalizer(record.mean, record.std, device, cfg.channels_last)
+def score(model_dir: Path, images: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+    """Accuracy of the model in `model_dir` on uint8 NHWC `images` under every view set."""
+    scorer = Scorer.of(ModelRecord.read(model_dir / "model.pt"), model_dir / "model.pt")
     sets = view_sets()
     union = list(dict.fromkeys(v for views in sets.values() for v in views))
-    amp = autocast_dtype(cfg.precision, device)
-    logits = predict_views(net, images, normalize, batch_size, amp, union)
+    logits = scorer.views(images.to(scorer.device), union)
+    labels = labels.to(scorer.device)
     row = {v: i for i, v in enumerate(union)}
     return {
         name: loss_and_accuracy(logits[[row[v] for v in views]].mean(0), labels)[1]
@@ -96,13 +79,15 @@ def main() -> None:
         help="a train stage's output folder (model.pt), e.g. models/resnet20_fast/seed0",
     )
     p.add_argument("--split", choices=("val", "test"), default="val")
-    p.add_argument("--batch-size", type=int, default=1000)
     p.add_argument("--json", type=Path, help="write every accuracy here")
     args = p.parse_args()
 
+    data = load_prepared(args.data, splits=(args.split,))
+    images = torch.from_numpy(data.images[args.split])
+    labels = torch.from_numpy(data.labels[args.split])
     results = {}
     for model_dir in args.model:
-        results[str(model_dir)] = score(model_dir, args.data, args.split, args.batch_size)
+        results[str(model_dir)] = score(model_dir, images, labels)
         print(f"scored {model_dir}", flush=True)
     sets = view_sets()
     names = list(results)

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from resnetlab.device import autocast
+from resnetlab.device import autocast, autocast_dtype, resolve_device
 from resnetlab.errors import ResnetlabError
 from resnetlab.models import build_model
 from resnetlab.records import ModelRecord
@@ -154,6 +154,37 @@ def predict_logits(
 ) -> torch.Tensor:
     """Logits (float32, on the device) for uint8 NHWC `images`, in eval mode."""
     return predict_views(model, images, normalize, batch_size, amp_dtype)[0]
+
+
+@dataclass(frozen=True)
+class Scorer:
+    """A trained network set up to score uint8 NHWC images as its training scored its validation
+    split: on the device its config names, in its memory format and autocast precision, in its
+    eval batches, normalised with the statistics of the train split it learnt from."""
+
+    net: nn.Module
+    normalize: Normalizer
+    device: torch.device
+    amp_dtype: torch.dtype | None
+    batch_size: int
+
+    @classmethod
+    def of(cls, record: ModelRecord, path: Path | str = "model file") -> Scorer:
+        cfg = record.variant.train
+        device = resolve_device(cfg.device)
+        net = build_network(record, path).to(device)
+        if cfg.channels_last:
+            net.to(memory_format=torch.channels_last)
+        normalize = Normalizer(record.mean, record.std, device, cfg.channels_last)
+        return cls(
+            net, normalize, device, autocast_dtype(cfg.precision, device), cfg.eval_batch_size
+        )
+
+    def views(self, images: torch.Tensor, views: Sequence[View] = (IDENTITY,)) -> torch.Tensor:
+        """`predict_views` of `images` (on `device`): len(views) x N x classes logits."""
+        return predict_views(
+            self.net, images, self.normalize, self.batch_size, self.amp_dtype, views
+        )
 
 
 def loss_and_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:

@@ -22,14 +22,7 @@ import torch
 from resnetlab import metrics, tracking
 from resnetlab.config import load_params
 from resnetlab.data import load_prepared
-from resnetlab.device import autocast_dtype, resolve_device
-from resnetlab.inference import (
-    TTA_VIEWS,
-    Normalizer,
-    build_network,
-    loss_and_accuracy,
-    predict_views,
-)
+from resnetlab.inference import TTA_VIEWS, Scorer, loss_and_accuracy
 from resnetlab.records import EvalReport, ModelRecord, RunFile, run_name
 
 log = logging.getLogger(__name__)
@@ -73,23 +66,16 @@ def evaluate_variant(
     run_file = RunFile.read(Path(model_dir) / "mlflow_run.json", variant)
     # Before the work, in seconds: the store answers and holds the run to record into.
     tracking.check_run(run_file.run_id, "from the train stage")
-    net = build_network(record, Path(model_dir) / "model.pt")
-    cfg = record.variant.train
-    device = resolve_device(cfg.device)
+    scorer = Scorer.of(record, Path(model_dir) / "model.pt")
+    device = scorer.device
     data = load_prepared(data_dir, splits=("test",))
     if list(data.classes) != list(record.classes):
         log.warning("%s: class names differ between the model and %s", variant, data_dir)
 
-    net.to(device)
-    if cfg.channels_last:
-        net.to(memory_format=torch.channels_last)
-    # The model's own statistics (the train split it was trained on) normalise the test images.
-    normalize = Normalizer(record.mean, record.std, device, cfg.channels_last)
     images = torch.from_numpy(data.images["test"]).to(device)
     labels = torch.from_numpy(data.labels["test"]).to(device)
-    amp = autocast_dtype(cfg.precision, device)
     start = time.perf_counter()
-    per_view = predict_views(net, images, normalize, cfg.eval_batch_size, amp, views)
+    per_view = scorer.views(images, views)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     forward_s = time.perf_counter() - start
