@@ -147,7 +147,7 @@ class DiagnoseConfig:
 
 
 Optimizer = Literal["sgd", "adamw"]
-Schedule = Literal["multistep", "step", "cosine", "onecycle", "constant"]
+Schedule = Literal["multistep", "step", "cosine", "linear", "onecycle", "constant"]
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 Compile = Literal["auto", True, False]
 Tta = Literal["none", "flip", "flip_translate"]

@@ -48,7 +48,7 @@ def lr_factor(step: int, cfg: TrainConfig, steps_per_epoch: int) -> float:
     """Learning rate at optimiser step `step` (0-based) as a multiple of `cfg.lr`.
 
     Warm-up ramps linearly from `warmup_lr` to `lr` over `warmup_epochs`; the schedule then runs
-    on whole epochs (multistep, step) or on the remaining steps (cosine, onecycle).
+    on whole epochs (multistep, step) or on the remaining steps (cosine, linear, onecycle).
     """
     total = cfg.epochs * steps_per_epoch
     warmup = round(cfg.warmup_epochs * steps_per_epoch)
@@ -63,6 +63,10 @@ def lr_factor(step: int, cfg: TrainConfig, steps_per_epoch: int) -> float:
     t = (step - warmup) / max(1, total - warmup)  # progress through the post-warm-up steps
     if cfg.schedule == "cosine":
         return 0.5 * (1.0 + math.cos(math.pi * t))
+    if cfg.schedule == "linear":
+        # Straight to 0 at the end of the run: under a fixed budget of steps, linear decay beat
+        # cosine and step decay in Li et al. 2020 ("Budgeted training", CIFAR-10 included).
+        return 1.0 - t
     if cfg.schedule == "onecycle":
         # Smith & Topin: linear rise from lr/25 to lr over 30% of training, cosine decay to ~0.
         if t < 0.3:
