@@ -64,8 +64,8 @@ def lr_factor(step: int, cfg: TrainConfig, steps_per_epoch: int) -> float:
     if cfg.schedule == "cosine":
         return 0.5 * (1.0 + math.cos(math.pi * t))
     if cfg.schedule == "linear":
-        # Straight to 0 at the end of the run: under a fixed budget of steps, linear decay beat
-        # cosine and step decay in Li et al. 2020 ("Budgeted training", CIFAR-10 included).
+        # Straight to 0 at the end of the run: under a fixed budget of steps, linear decay matched
+        # or beat cosine and step decay in Li et al. 2020 ("Budgeted training", CIFAR-10 included).
         return 1.0 - t
     if cfg.schedule == "onecycle":
         # Smith & Topin: linear rise from lr/25 to lr over 30% of training, cosine decay to ~0.
