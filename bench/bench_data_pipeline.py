@@ -78,6 +78,12 @@ def sync(device: torch.device) -> None:
         torch.mps.synchronize()
 
 
+def bench_model(args: argparse.Namespace) -> torch.nn.Module:
+    """A fresh `--model`, built with `--depth` unless it is 0 (models without a depth argument,
+    e.g. resnet18)."""
+    return build_model(args.model, **({"depth": args.depth} if args.depth else {}))
+
+
 class Bench:
     """The model, its initial weights and one optimiser step, shared by every pipeline."""
 
@@ -86,8 +92,7 @@ class Bench:
         self.channels_last = not args.no_channels_last
         self.amp_dtype = autocast_dtype(args.precision, device)
         torch.manual_seed(args.seed)
-        model_args = {"depth": args.depth} if args.depth else {}
-        self.model = build_model(args.model, **model_args).to(device)
+        self.model = bench_model(args).to(device)
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
         self.initial = {k: v.clone() for k, v in self.model.state_dict().items()}

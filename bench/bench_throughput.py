@@ -37,13 +37,12 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_data_pipeline import CifarArrays, load_images, sync
+from bench_data_pipeline import CifarArrays, bench_model, load_images, sync
 
 from resnetlab import engine
 from resnetlab.config import CIFAR10_TRAIN_SIZE, AugmentConfig, DataConfig, TrainConfig
 from resnetlab.device import autocast_dtype, resolve_device, use_compile
 from resnetlab.inference import Normalizer
-from resnetlab.models import build_model
 
 USUAL = "torchvision Dataset + PIL transforms + DataLoader({w} workers), eager fp32"
 ROWS = {
@@ -62,8 +61,7 @@ def make_rows(args: argparse.Namespace, device: torch.device) -> dict[str, Calla
     n = args.batches * args.batch_size
     images, labels, mean, std = load_images(args, n)
     torch.manual_seed(args.seed)
-    model_args = {"depth": args.depth} if args.depth else {}
-    model = build_model(args.model, **model_args).to(device)
+    model = bench_model(args).to(device)
     initial = {k: v.clone() for k, v in model.state_dict().items()}
     crop_flip = AugmentConfig(crop_padding=4, flip=True)
     cfg = TrainConfig(epochs=1, batch_size=args.batch_size, schedule="constant", augment=crop_flip)
@@ -108,7 +106,7 @@ def make_rows(args: argparse.Namespace, device: torch.device) -> dict[str, Calla
     normalize = Normalizer(mean, std, device, channels_last=True)
     for name, (compiled, bf16) in ROWS.items():
         # Each row its own module: a compiled wrapper keeps its graphs between rounds.
-        net = build_model(args.model, **model_args).to(device)
+        net = bench_model(args).to(device)
         net.to(memory_format=torch.channels_last)
         runner = torch.compile(net) if compiled else net
         amp = torch.bfloat16 if bf16 else None
