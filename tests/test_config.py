@@ -291,7 +291,7 @@ def test_shipped_params_run_every_variant_and_the_fast_recipe_keeps_resnet20():
     assert sorted(shipped.run_variants) == sorted(shipped.variants)
     fast, paper = shipped.variant("resnet20_fast"), shipped.variant("resnet20")
     assert fast.model == paper.model  # the same network, only the recipe differs
-    assert shipped.evaluate.tta_for("resnet20_fast") == "flip_translate"
+    assert shipped.evaluate.tta_for("resnet20_fast") == "flip_grid"
     assert shipped.evaluate.tta_for("resnet20") == "none"  # the papers' single view
 
 

@@ -35,11 +35,16 @@ def test_views_shift_and_mirror_as_hand_computed():
 
 
 def test_tta_view_sets():
-    assert [len(TTA_VIEWS[k]) for k in ("none", "flip", "flip_translate")] == [1, 2, 6]
+    sizes = [len(TTA_VIEWS[k]) for k in ("none", "flip", "flip_translate", "flip_grid")]
+    assert sizes == [1, 2, 6, 18]
     for views in TTA_VIEWS.values():
         assert views[0] == IDENTITY  # its logits are the single-view prediction
         assert len(set(views)) == len(views)
+    for views in list(TTA_VIEWS.values())[1:]:  # every shift also mirrored
+        assert {(v.dy, v.dx) for v in views if v.flip} == {(v.dy, v.dx) for v in views}
     assert {(v.dy, v.dx) for v in TTA_VIEWS["flip_translate"]} == {(0, 0), (-2, -2), (2, 2)}
+    one_px = {(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)}
+    assert {(v.dy, v.dx) for v in TTA_VIEWS["flip_grid"]} == one_px
 
 
 class Pixels(nn.Module):

@@ -122,7 +122,8 @@ class EvaluateConfig:
     """How the evaluate stage scores a model on the test set. Test-time augmentation (TTA)
     averages the logits of several views of each image: `flip` = the image and its mirror (2
     forward passes), `flip_translate` = both, each also shifted by 2 pixels up-left and
-    down-right (6 passes). eval.json's `accuracy` is the configured evaluation's;
+    down-right (6 passes), `flip_grid` = both, each shifted by every offset of -1, 0 and +1
+    pixel in each direction (18 passes). eval.json's `accuracy` is the configured evaluation's;
     `single_view_accuracy` is always the plain one, comparable with the papers'."""
 
     tta: Tta = "none"  # for every variant not named in tta_variants
@@ -150,7 +151,7 @@ Optimizer = Literal["sgd", "adamw"]
 Schedule = Literal["multistep", "step", "cosine", "linear", "onecycle", "constant"]
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 Compile = Literal["auto", True, False]
-Tta = Literal["none", "flip", "flip_translate"]
+Tta = Literal["none", "flip", "flip_translate", "flip_grid"]
 
 
 @dataclass(frozen=True)

@@ -100,12 +100,17 @@ class View:
 
 IDENTITY = View()
 # Test-time augmentation (`evaluate.tta`): the views whose logits are averaged. The identity
-# comes first, so its logits are also the single-view prediction. Shifts of 2 pixels stay
-# within the training crops' +-4.
+# comes first, so its logits are also the single-view prediction. Shifts stay within the
+# training crops' +-4 pixels. bench/bench_tta_views.py compares these and denser sets on the
+# validation split.
 TTA_VIEWS: dict[str, tuple[View, ...]] = {
     "none": (IDENTITY,),
     "flip": (IDENTITY, View(flip=True)),
     "flip_translate": tuple(View(flip, d, d) for d in (0, -2, 2) for flip in (False, True)),
+    # Every 1-pixel shift of a 3 x 3 grid, each also mirrored: 18 views.
+    "flip_grid": tuple(
+        View(flip, dy, dx) for dy in (0, -1, 1) for dx in (0, -1, 1) for flip in (False, True)
+    ),
 }
 
 
