@@ -1,12 +1,14 @@
-"""Batched augmentations: rotation and per-channel brightness shift (what they do to pixels)."""
+"""Batched augmentations: rotation, per-channel brightness shift and alternating flips (what they
+do to pixels)."""
 
 from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 
-from resnetlab.augment import augment_batch, channel_shift, random_rotation
+from resnetlab.augment import alternating_flips, augment_batch, channel_shift, random_rotation
 from resnetlab.config import AugmentConfig
 
 
@@ -77,3 +79,28 @@ def test_defaults_leave_the_batch_as_crop_and_flip_make_it() -> None:
     assert torch.equal(base, same)
     on = augment_batch(x, AugmentConfig(rotation=10.0, channel_shift=0.05), normalize, gen(5))
     assert on.shape == base.shape and on.dtype == base.dtype and not torch.equal(on, base)
+
+
+def test_alternating_flips_mirror_each_image_in_every_other_epoch() -> None:
+    cpu = torch.device("cpu")
+    e1, e2, e3 = (alternating_flips(1000, 7, e, cpu) for e in (1, 2, 3))
+    assert e1.dtype == torch.bool and e1.shape == (1000,)
+    assert 450 < int(e1.sum()) < 550  # a random half first
+    assert torch.equal(e2, ~e1) and torch.equal(e3, e1)  # then the other half, then again
+    assert torch.equal(alternating_flips(1000, 7, 1, cpu), e1)  # from (seed, epoch) alone
+    assert not torch.equal(alternating_flips(1000, 8, 1, cpu), e1)
+
+
+def test_alternate_flip_mirrors_exactly_the_flagged_images() -> None:
+    x = torch.randint(0, 256, (6, 8, 8, 3), dtype=torch.uint8)
+    mirror = torch.tensor([True, False, False, True, True, False])
+    cfg = AugmentConfig(crop_padding=0, flip="alternate")
+
+    def normalize(t: torch.Tensor) -> torch.Tensor:
+        return t.permute(0, 3, 1, 2).float()
+
+    out = augment_batch(x, cfg, normalize, gen(), mirror)
+    expected = torch.where(mirror[:, None, None, None], x.flip(2), x)
+    assert torch.equal(out, normalize(expected))
+    with pytest.raises(ValueError, match="flip: alternate needs"):
+        augment_batch(x, cfg, normalize, gen())

@@ -285,6 +285,17 @@ def test_evaluate_tta_default_and_per_variant():
         parse_params({**params(), "evaluate": {"tta_variants": {"nope": "flip"}}})
 
 
+def test_flip_is_true_false_or_alternate():
+    parsed = parse_params(params(augment={"flip": "alternate"}))
+    assert parsed.train.augment.flip == "alternate"
+    assert parse_params(params(augment={"flip": False})).train.augment.flip is False
+    with pytest.raises(
+        ConfigError,
+        match=r"^train.augment.flip: 'yes' is not allowed; expected true, false, alternate$",
+    ):
+        parse_params(params(augment={"flip": "yes"}))
+
+
 def test_shipped_params_run_every_variant_and_the_fast_recipe_keeps_resnet20():
     shipped = load_params(Path(__file__).resolve().parents[1] / "params.yaml")
     # A variant declared but not listed would silently never train.

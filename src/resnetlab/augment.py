@@ -34,8 +34,20 @@ def random_crop(x: torch.Tensor, padding: int, generator: torch.Generator) -> to
 
 def random_flip(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """Mirror each NHWC image left-right with probability 1/2."""
-    flip = torch.rand(x.shape[0], device=x.device, generator=generator) < 0.5
-    return torch.where(flip[:, None, None, None], x.flip(2), x)
+    return flip_where(x, torch.rand(x.shape[0], device=x.device, generator=generator) < 0.5)
+
+
+def flip_where(x: torch.Tensor, mirror: torch.Tensor) -> torch.Tensor:
+    """Mirror left-right the NHWC images whose entry of the boolean `mirror` is true."""
+    return torch.where(mirror[:, None, None, None], x.flip(2), x)
+
+
+def alternating_flips(n: int, seed: int, epoch: int, device: torch.device) -> torch.Tensor:
+    """Which of `n` training images `flip: alternate` mirrors in `epoch` (1-based): a random half
+    in epoch 1, drawn from `seed` alone, then the other half in epoch 2, and so on. Recomputed
+    from (seed, epoch), so a resumed run mirrors as an uninterrupted one."""
+    first = torch.rand(n, generator=torch.Generator().manual_seed(seed)) < 0.5
+    return (first ^ (epoch % 2 == 0)).to(device)
 
 
 def cutout(x: torch.Tensor, size: int, count: int, generator: torch.Generator) -> torch.Tensor:
@@ -89,13 +101,19 @@ def augment_batch(
     cfg: AugmentConfig,
     normalize: Callable[[torch.Tensor], torch.Tensor],
     generator: torch.Generator,
+    mirror: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Crop, flip, channel shift, normalise (`normalize`: uint8 NHWC -> float NCHW, e.g.
     `resnetlab.inference.Normalizer`), rotate and Cutout one uint8 NHWC batch; returns float
     NCHW. Steps that are off (the defaults for rotation and channel shift) draw no random
-    numbers, so turning them off leaves the batches of the others unchanged."""
+    numbers, so turning them off leaves the batches of the others unchanged. With `flip:
+    alternate`, `mirror` (boolean, one per image; see `alternating_flips`) says which to flip."""
     x = random_crop(x_uint8_nhwc, cfg.crop_padding, generator)
-    if cfg.flip:
+    if cfg.flip == "alternate":
+        if mirror is None:
+            raise ValueError("flip: alternate needs the batch's `mirror` flags")
+        x = flip_where(x, mirror)
+    elif cfg.flip:
         x = random_flip(x, generator)
     if cfg.channel_shift:
         x = channel_shift(x, cfg.channel_shift, generator)

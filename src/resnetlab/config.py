@@ -87,7 +87,11 @@ class MlflowConfig:
 @dataclass(frozen=True)
 class AugmentConfig:
     crop_padding: int = 4  # pixels of zero padding before the random 32x32 crop; 0 = no crop
-    flip: bool = True  # random horizontal flip with probability 1/2
+    # Horizontal flip. true: each image mirrored with probability 1/2 in every epoch.
+    # alternate: mirrored at random in the first epoch, then in each epoch exactly when it was
+    # not in the one before, so every image is seen both ways every two epochs (the alternating
+    # flip of Jordan 2024, "94% on CIFAR-10 in 3.29 seconds", which pays most in short runs).
+    flip: Flip = True
     cutout_size: int = (
         0  # side in pixels of each square Cutout hole (DeVries & Taylor: 16); 0 = off
     )
@@ -152,6 +156,7 @@ Schedule = Literal["multistep", "step", "cosine", "linear", "onecycle", "constan
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 Compile = Literal["auto", True, False]
 Tta = Literal["none", "flip", "flip_translate", "flip_grid"]
+Flip = Literal[True, False, "alternate"]
 
 
 @dataclass(frozen=True)

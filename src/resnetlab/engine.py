@@ -154,13 +154,15 @@ def train_epoch(
     shard: Shard | None = None,
     sync_every: int = 50,
     on_progress: Callable[[int, int, float, float], None] | None = None,
+    mirror: torch.Tensor | None = None,
 ) -> EpochStats:
     """One pass over `images` (uint8 NHWC on the device) in shuffled global batches.
 
     Each process takes every `world`-th image of a global batch; the loss is scaled by
     world / global_batch so that DDP's gradient average equals the gradient of the global batch's
     mean loss, even for a last batch that does not split evenly. `on_progress(step, steps, loss,
-    accuracy)` is called every `sync_every` steps. Raises NonFiniteLossError.
+    accuracy)` is called every `sync_every` steps. `mirror` (boolean, one per image of
+    `images`) says which images `flip: alternate` mirrors this epoch. Raises NonFiniteLossError.
     """
     shard = shard or Shard()
     device = images.device
@@ -178,7 +180,9 @@ def train_epoch(
         local = idx[shard.rank :: shard.world]
         # Augment the whole global batch, then keep this process's part, so the random draws
         # are identical on every process and to a single-process run.
-        x = augment_batch(images[idx], cfg.augment, normalize, generator)[shard.rank :: shard.world]
+        flips = None if mirror is None else mirror[idx]
+        x = augment_batch(images[idx], cfg.augment, normalize, generator, flips)
+        x = x[shard.rank :: shard.world]
         y = labels[local]
         with autocast(device, amp_dtype):
             logits = model(x)

@@ -23,6 +23,7 @@ from torch import nn
 
 from resnetlab import checkpoint, distributed, engine
 from resnetlab.atomic import remove_stale_temporaries
+from resnetlab.augment import alternating_flips
 from resnetlab.config import Variant, check_batch_fits
 from resnetlab.data import Prepared, load_prepared
 from resnetlab.device import autocast_dtype, place, use_compile
@@ -266,6 +267,9 @@ class Trainer:
     ) -> engine.EpochStats:
         cfg = self.variant.train
         generator = torch.Generator(device=self.device).manual_seed(epoch_seed(cfg.seed, epoch))
+        mirror = None
+        if cfg.augment.flip == "alternate":
+            mirror = alternating_flips(len(loop.x_train), cfg.seed, epoch, self.device)
         try:
             return engine.train_epoch(
                 loop.train_model,
@@ -282,6 +286,7 @@ class Trainer:
                 shard=loop.shard,
                 sync_every=sync_every,
                 on_progress=on_progress,
+                mirror=mirror,
             )
         except engine.NonFiniteLossError as exc:
             kept = (
