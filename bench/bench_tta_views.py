@@ -28,25 +28,20 @@ from pathlib import Path
 import torch
 
 from resnetlab.data import load_prepared
-from resnetlab.inference import TTA_VIEWS, Scorer, View, loss_and_accuracy
+from resnetlab.inference import TTA_VIEWS, Scorer, View, loss_and_accuracy, mirrored
 from resnetlab.records import ModelRecord
 
 BASELINE = "flip_translate"
 
 
-def _with_flips(shifts: list[tuple[int, int]]) -> tuple[View, ...]:
-    """Each (dy, dx) shift, unmirrored and mirrored; the identity first."""
-    return tuple(View(flip, dy, dx) for dy, dx in shifts for flip in (False, True))
-
-
 # Candidates beside the shipped sets. Shifts stay within the training crops' +-4 px.
 CANDIDATES: dict[str, tuple[View, ...]] = {
-    "diagonal 1 px": _with_flips([(0, 0), (-1, -1), (1, 1)]),
-    "both diagonals 1 px": _with_flips([(0, 0), (-1, -1), (1, 1), (-1, 1), (1, -1)]),
-    "both diagonals 2 px": _with_flips([(0, 0), (-2, -2), (2, 2), (-2, 2), (2, -2)]),
-    "axes 1 px": _with_flips([(0, 0), (-1, 0), (1, 0), (0, -1), (0, 1)]),
-    "axes 2 px": _with_flips([(0, 0), (-2, 0), (2, 0), (0, -2), (0, 2)]),
-    "grid 3x3, 2 px": _with_flips([(dy, dx) for dy in (0, -2, 2) for dx in (0, -2, 2)]),
+    "diagonal 1 px": mirrored([(0, 0), (-1, -1), (1, 1)]),
+    "both diagonals 1 px": mirrored([(0, 0), (-1, -1), (1, 1), (-1, 1), (1, -1)]),
+    "both diagonals 2 px": mirrored([(0, 0), (-2, -2), (2, 2), (-2, 2), (2, -2)]),
+    "axes 1 px": mirrored([(0, 0), (-1, 0), (1, 0), (0, -1), (0, 1)]),
+    "axes 2 px": mirrored([(0, 0), (-2, 0), (2, 0), (0, -2), (0, 2)]),
+    "grid 3x3, 2 px": mirrored([(dy, dx) for dy in (0, -2, 2) for dx in (0, -2, 2)]),
 }
 
 

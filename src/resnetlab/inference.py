@@ -7,7 +7,7 @@ the self-contained `Classifier` rebuilt from a model file. No training code, no 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -99,18 +99,24 @@ class View:
 
 
 IDENTITY = View()
+
+
+def mirrored(shifts: Iterable[tuple[int, int]]) -> tuple[View, ...]:
+    """Each (dy, dx) shift, unmirrored then mirrored, in the order given: shifts starting with
+    (0, 0) put the identity first."""
+    return tuple(View(flip, dy, dx) for dy, dx in shifts for flip in (False, True))
+
+
 # Test-time augmentation (`evaluate.tta`): the views whose logits are averaged. The identity
 # comes first, so its logits are also the single-view prediction. Shifts stay within the
 # training crops' +-4 pixels. bench/bench_tta_views.py compares these and denser sets on the
 # validation split.
 TTA_VIEWS: dict[str, tuple[View, ...]] = {
     "none": (IDENTITY,),
-    "flip": (IDENTITY, View(flip=True)),
-    "flip_translate": tuple(View(flip, d, d) for d in (0, -2, 2) for flip in (False, True)),
-    # Every 1-pixel shift of a 3 x 3 grid, each also mirrored: 18 views.
-    "flip_grid": tuple(
-        View(flip, dy, dx) for dy in (0, -1, 1) for dx in (0, -1, 1) for flip in (False, True)
-    ),
+    "flip": mirrored([(0, 0)]),
+    "flip_translate": mirrored([(0, 0), (-2, -2), (2, 2)]),
+    # Every 1-pixel shift of a 3 x 3 grid: 18 views.
+    "flip_grid": mirrored((dy, dx) for dy in (0, -1, 1) for dx in (0, -1, 1)),
 }
 
 
