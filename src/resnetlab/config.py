@@ -191,10 +191,7 @@ class TrainConfig:
     # compilation (device.COMPILE_MIN_STEPS optimiser steps); true / false force it
     compile: Compile = "auto"
     ema_decay: float = 0.0  # exponential moving average of weights per step; 0 = off
-    # Images per forward pass during validation / test. Small batches keep a CIFAR net's
-    # activations in the CPU's caches: 256 ran ResNet-20's 18-view test evaluation 1.4x faster
-    # than 1000 on a 2-core CPU, with the same logits (README, "Performance").
-    eval_batch_size: int = 256
+    eval_batch_size: int = 1000  # images per forward pass during validation / test
 
     def validate(self, prefix: str) -> None:
         _check(self.epochs >= 1, f"{prefix}.epochs", self.epochs, "an integer >= 1")
