@@ -10,7 +10,9 @@ from each one's wall-clock the time the stage itself reports for its work:
   evaluate  the "forward passes X s" of its log (the test set, once)
 
 What is left is the fixed cost: process start, imports, MLflow set-up and model logging, file
-I/O. `import` is a separate process that only imports the stage's module, for reference.
+I/O. `import only` is a separate process that only imports the stage's module, for reference;
+`libraries alone` one that only loads the libraries the stage cannot do without and opens the
+MLflow store (`LIBRARIES`): the floor under its fixed cost.
 Several source trees (`--src`, e.g. an older checkout's src/) are timed in interleaved rounds,
 so that other load on the machine hits them alike; round 0 (which also creates the MLflow
 database) is discarded and the medians of `--rounds` rounds are printed.
@@ -46,6 +48,19 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 STAGES = ("prepare", "train", "evaluate")
+_STORE = (
+    "from mlflow.tracking import MlflowClient; "
+    "MlflowClient(os.environ['MLFLOW_TRACKING_URI']).search_experiments(max_results=1)"
+)
+# What each stage cannot do without, loaded by a process that does nothing else: the floor under
+# its fixed cost. train exports the model with torch.export (torch._dynamo) and saves it with
+# mlflow.pytorch; train and evaluate open the MLflow store.
+LIBRARIES = {
+    "prepare": "import numpy",
+    "train": "import os, torch, torchvision, torch._dynamo, torch.export, mlflow.pytorch; "
+    + _STORE,
+    "evaluate": f"import os, torch, mlflow; {_STORE}",
+}
 
 
 def generated_archive(path: Path, train: int, test: int, seed: int = 0) -> None:
@@ -108,6 +123,7 @@ class Tree:
     def stage(self, name: str) -> dict[str, float]:
         """Run stage `name` once; wall, compute and overhead in seconds."""
         imported, _ = self._run([sys.executable, "-c", f"import resnetlab.stages.{name}"])
+        libraries, _ = self._run([sys.executable, "-c", LIBRARIES[name]])
         if name == "prepare":
             shutil.rmtree(self.root / "prepared", ignore_errors=True)
             args = ["--params", "params.yaml", "--raw", "raw", "--out", "prepared"]
@@ -132,7 +148,13 @@ class Tree:
                 compute, self.eval_images_per_s = 0.0, float("nan")
             else:
                 compute, self.eval_images_per_s = float(found[1]), float(found[2])
-        return {"wall": wall, "compute": compute, "overhead": wall - compute, "import": imported}
+        return {
+            "wall": wall,
+            "compute": compute,
+            "overhead": wall - compute,
+            "import": imported,
+            "libraries": libraries,
+        }
 
 
 def model_logging(rounds: int, model: str, depth: int) -> dict[str, list[float]]:
@@ -216,8 +238,11 @@ def main() -> None:
             f"{args.batch_size}; archive: {args.archive or 'generated'}; load average at the "
             f"end {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} on {os.cpu_count()} CPUs\n"
         )
-        print("| stage | source | wall s | compute s | wall - compute s | import only s |")
-        print("|---|---|---:|---:|---:|---:|")
+        print(
+            "| stage | source | wall s | compute s | wall - compute s | import only s "
+            "| libraries alone s |"
+        )
+        print("|---|---|---:|---:|---:|---:|---:|")
         med = {}
         for stage in STAGES:
             for i, tree in enumerate(trees):
@@ -226,7 +251,7 @@ def main() -> None:
                 m = med[i, stage]
                 print(
                     f"| {stage} | {tree.src} | {m['wall']:.2f} | {m['compute']:.2f} | "
-                    f"{m['overhead']:.2f} | {m['import']:.2f} |"
+                    f"{m['overhead']:.2f} | {m['import']:.2f} | {m['libraries']:.2f} |"
                 )
         print("\nevaluation images/s over training images/s (median of the per-round ratios):")
         for i, tree in enumerate(trees):
