@@ -17,7 +17,8 @@ Rows run interleaved, one pass each per round in a rotating order, so drift and 
 load hit them alike; round 0 is a discarded warm-up (it also pays for compilation), then the
 median of `--repeats` rounds is reported, in images/s and as a multiple of row 1. The script also
 says which row `precision: auto` and `compile: auto` resolve to for a full training run on this
-machine: the shipped default.
+machine: the shipped default. Like every stage, it first has glibc keep freed memory
+(`resnetlab.allocator`), for all rows alike; `--malloc-defaults` leaves malloc as it is.
 Run `python bench/bench_throughput.py --help` for the options.
 """
 
@@ -40,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_data_pipeline import CifarArrays, bench_model, load_images, sync
 
 from resnetlab import engine
+from resnetlab.allocator import keep_freed_memory
 from resnetlab.config import CIFAR10_TRAIN_SIZE, AugmentConfig, DataConfig, TrainConfig
 from resnetlab.device import autocast_dtype, resolve_device, use_compile
 from resnetlab.inference import Normalizer
@@ -164,15 +166,25 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=Path, help="write every time and the environment here")
+    p.add_argument(
+        "--malloc-defaults",
+        action="store_true",
+        help="leave glibc's malloc as it is (default: keep freed memory, as every stage does)",
+    )
     return p.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
+    # Process-wide, so every row (the usual recipe's DataLoader workers too) runs with it.
+    kept = False if args.malloc_defaults else keep_freed_memory()
     device = resolve_device(args.device)
     rows = make_rows(args, device)
     n = args.batches * args.batch_size
-    print(f"{len(rows)} rows, {n} images per pass, {args.repeats} timed rounds, {device}")
+    print(
+        f"{len(rows)} rows, {n} images per pass, {args.repeats} timed rounds, {device}, "
+        f"freed memory {'kept (resnetlab.allocator)' if kept else 'as malloc defaults'}"
+    )
     times = measure(rows, args.repeats)
     base = statistics.median(times[next(iter(rows))])
     # A full run of the shipped ResNet-20 recipe: its epochs over the training split (50k minus

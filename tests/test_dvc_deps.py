@@ -41,6 +41,7 @@ OUTPUT_NEUTRAL: dict[str, str] = {
         "exception classes; change how a failure is reported, never an output"
     ),
     "src/resnetlab/atomic.py": "how a file is written (temp + rename), not what is in it",
+    "src/resnetlab/allocator.py": "how freed memory is reused: speed, never a value",
     "src/resnetlab/cli.py": "argument dispatch shell around the stage modules",
     "src/resnetlab/tracking.py": (
         "MLflow records what stages compute; nothing it writes is a DVC output value"

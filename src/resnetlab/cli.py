@@ -7,6 +7,7 @@ import importlib
 import logging
 import sys
 
+from resnetlab.allocator import keep_freed_memory
 from resnetlab.errors import ResnetlabError
 
 # Sub-command -> one-line help. Each lives in the module resnetlab.stages.<name> (with
@@ -73,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         format="%(message)s",
         stream=sys.stderr,
     )
+    keep_freed_memory()  # speed only: tensors' memory is reused, not mapped again each pass
     try:
         args._run(args)
     except ResnetlabError as exc:
