@@ -17,8 +17,10 @@ Rows run interleaved, one pass each per round in a rotating order, so drift and 
 load hit them alike; round 0 is a discarded warm-up (it also pays for compilation), then the
 median of `--repeats` rounds is reported, in images/s and as a multiple of row 1. The script also
 says which row `precision: auto` and `compile: auto` resolve to for a full training run on this
-machine: the shipped default. Like every stage, it first has glibc keep freed memory
-(`resnetlab.allocator`), for all rows alike; `--malloc-defaults` leaves malloc as it is.
+machine: the shipped default. resnetlab's rows run with glibc keeping freed memory, as every
+stage does (`resnetlab.allocator`); the usual recipe then runs in a spawned process of its own,
+with malloc as it comes (its passes still interleaved with the others). `--malloc-defaults` runs
+every row in one process with malloc's defaults.
 Run `python bench/bench_throughput.py --help` for the options.
 """
 
@@ -26,11 +28,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import platform
 import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
@@ -56,19 +60,16 @@ ROWS = {
 }
 
 
-def make_rows(args: argparse.Namespace, device: torch.device) -> dict[str, Callable[[int], float]]:
-    """row name -> run(round) returning the seconds of one pass over the N images."""
+def usual_recipe(
+    args: argparse.Namespace, device: torch.device, initial: dict[str, torch.Tensor]
+) -> Callable[[int], float]:
+    """The usual recipe's row: run(round) returning the seconds of one pass over the N images."""
     import torchvision.transforms as T
 
     n = args.batches * args.batch_size
     images, labels, mean, std = load_images(args, n)
-    torch.manual_seed(args.seed)
     model = bench_model(args).to(device)
-    initial = {k: v.clone() for k, v in model.state_dict().items()}
-    crop_flip = AugmentConfig(crop_padding=4, flip=True)
-    cfg = TrainConfig(epochs=1, batch_size=args.batch_size, schedule="constant", augment=crop_flip)
-    rows: dict[str, Callable[[int], float]] = {}
-
+    cfg = TrainConfig(epochs=1, batch_size=args.batch_size, schedule="constant")
     transform = T.Compose(
         [
             T.RandomCrop(32, padding=4),
@@ -101,6 +102,51 @@ def make_rows(args: argparse.Namespace, device: torch.device) -> dict[str, Calla
         sync(device)
         return time.perf_counter() - start
 
+    return usual
+
+
+def _usual_process(conn: Connection, args: argparse.Namespace, initial: dict) -> None:
+    """A process of its own for the usual recipe (glibc's malloc as it comes): runs a pass per
+    round number received, answers its seconds, stops at None."""
+    usual = usual_recipe(args, resolve_device(args.device), initial)
+    while (r := conn.recv()) is not None:
+        conn.send(usual(r))
+
+
+class UsualProcess:
+    """The usual recipe's row, run in a spawned process: a fresh interpreter whose malloc has
+    its defaults, while this process's rows keep freed memory as the stages do."""
+
+    def __init__(self, args: argparse.Namespace, initial: dict[str, torch.Tensor]):
+        ctx = multiprocessing.get_context("spawn")
+        self.conn, child = ctx.Pipe()
+        # Not a daemon: its DataLoader starts worker processes of its own.
+        self.process = ctx.Process(target=_usual_process, args=(child, args, initial))
+        self.process.start()
+
+    def __call__(self, r: int) -> float:
+        self.conn.send(r)
+        return self.conn.recv()
+
+    def close(self) -> None:
+        self.conn.send(None)
+        self.process.join()
+
+
+def make_rows(
+    args: argparse.Namespace, device: torch.device, usual_apart: bool
+) -> dict[str, Callable[[int], float]]:
+    """row name -> run(round) returning the seconds of one pass over the N images; with
+    `usual_apart`, the usual recipe runs in a process of its own (`UsualProcess`)."""
+    n = args.batches * args.batch_size
+    images, labels, mean, std = load_images(args, n)
+    torch.manual_seed(args.seed)
+    model = bench_model(args).to(device)
+    initial = {k: v.clone() for k, v in model.state_dict().items()}
+    crop_flip = AugmentConfig(crop_padding=4, flip=True)
+    cfg = TrainConfig(epochs=1, batch_size=args.batch_size, schedule="constant", augment=crop_flip)
+    rows: dict[str, Callable[[int], float]] = {}
+    usual = UsualProcess(args, initial) if usual_apart else usual_recipe(args, device, initial)
     rows[USUAL.format(w=args.workers)] = usual
 
     x_dev = torch.from_numpy(images).to(device)
@@ -169,23 +215,33 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--malloc-defaults",
         action="store_true",
-        help="leave glibc's malloc as it is (default: keep freed memory, as every stage does)",
+        help="every row in one process with glibc's malloc as it comes (default: resnetlab's "
+        "rows keep freed memory, as every stage does; the usual recipe runs apart, as it comes)",
     )
     return p.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
-    # Process-wide, so every row (the usual recipe's DataLoader workers too) runs with it.
+    # resnetlab's rows run as its stages do; the usual recipe then runs in a process of its own
+    # with glibc's defaults, as it does without resnetlab.
     kept = False if args.malloc_defaults else keep_freed_memory()
     device = resolve_device(args.device)
-    rows = make_rows(args, device)
+    rows = make_rows(args, device, usual_apart=kept)
     n = args.batches * args.batch_size
     print(
-        f"{len(rows)} rows, {n} images per pass, {args.repeats} timed rounds, {device}, "
-        f"freed memory {'kept (resnetlab.allocator)' if kept else 'as malloc defaults'}"
+        f"{len(rows)} rows, {n} images per pass, {args.repeats} timed rounds, {device}; "
+        + (
+            "resnetlab keeps freed memory, the usual recipe runs in a process of its own with "
+            "malloc's defaults"
+            if kept
+            else "every row in this process, with malloc's defaults"
+        )
     )
     times = measure(rows, args.repeats)
+    usual = next(iter(rows.values()))
+    if isinstance(usual, UsualProcess):
+        usual.close()
     base = statistics.median(times[next(iter(rows))])
     # A full run of the shipped ResNet-20 recipe: its epochs over the training split (50k minus
     # the validation images), in its batches.
