@@ -27,6 +27,7 @@ Run `python bench/bench_throughput.py --help` for the options.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import multiprocessing
 import platform
@@ -129,7 +130,8 @@ class UsualProcess:
         return self.conn.recv()
 
     def close(self) -> None:
-        self.conn.send(None)
+        with contextlib.suppress(OSError):  # it may have died already (its error is printed)
+            self.conn.send(None)
         self.process.join()
 
 
@@ -238,10 +240,12 @@ def main(argv: Sequence[str] | None = None) -> None:
             else "every row in this process, with malloc's defaults"
         )
     )
-    times = measure(rows, args.repeats)
     usual = next(iter(rows.values()))
-    if isinstance(usual, UsualProcess):
-        usual.close()
+    try:
+        times = measure(rows, args.repeats)
+    finally:  # else a failed row would leave the usual recipe's process waiting, and us on it
+        if isinstance(usual, UsualProcess):
+            usual.close()
     base = statistics.median(times[next(iter(rows))])
     # A full run of the shipped ResNet-20 recipe: its epochs over the training split (50k minus
     # the validation images), in its batches.
