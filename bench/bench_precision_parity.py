@@ -16,17 +16,20 @@ import argparse
 import json
 import math
 import statistics
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_data_pipeline import bench_model
+
 from resnetlab import engine
 from resnetlab.config import TrainConfig
 from resnetlab.data import load_prepared
 from resnetlab.inference import Normalizer, loss_and_accuracy, predict_logits
-from resnetlab.models import build_model
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
 
@@ -43,7 +46,7 @@ def train_and_score(args: argparse.Namespace, data, seed: int, amp: torch.dtype 
         seed=seed,
     )
     torch.manual_seed(seed)
-    model = build_model(args.model, depth=args.depth).to(memory_format=torch.channels_last)
+    model = bench_model(args).to(memory_format=torch.channels_last)
     optimizer = engine.build_optimizer(model, cfg)
     steps = engine.steps_per_epoch(args.images, cfg.batch_size, 1)
     scheduler = engine.build_scheduler(optimizer, cfg, steps)
@@ -65,7 +68,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", default="data/prepared", help="prepared CIFAR-10")
     p.add_argument("--model", default="resnet_v1")
-    p.add_argument("--depth", type=int, default=20)
+    p.add_argument("--depth", type=int, default=20, help="0: the model takes no depth argument")
     p.add_argument("--images", type=int, default=10_000, help="training images used")
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--batch-size", type=int, default=128)
@@ -83,8 +86,9 @@ def main(argv: Sequence[str] | None = None) -> None:
             seconds = time.perf_counter() - start
             print(f"seed {seed} {name}: test accuracy {100 * accuracy:.2f}% ({seconds:.0f} s)")
 
+    model = f"{args.model}-{args.depth}" if args.depth else args.model
     print(
-        f"\n{args.model}-{args.depth}, {args.images} training images, {args.epochs} epochs "
+        f"\n{model}, {args.images} training images, {args.epochs} epochs "
         f"one-cycle (peak lr {args.lr}), batch {args.batch_size}, seeds {args.seeds}"
     )
     print("| precision | test accuracy, mean ± std | per seed |\n|---|---:|---|")
