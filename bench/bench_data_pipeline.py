@@ -84,6 +84,11 @@ def bench_model(args: argparse.Namespace) -> torch.nn.Module:
     return build_model(args.model, **({"depth": args.depth} if args.depth else {}))
 
 
+def bench_model_name(args: argparse.Namespace) -> str:
+    """`--model` as the tables name it: "resnet_v1-20", or "resnet18" when `--depth` is 0."""
+    return f"{args.model}-{args.depth}" if args.depth else args.model
+
+
 class Bench:
     """The model, its initial weights and one optimiser step, shared by every pipeline."""
 

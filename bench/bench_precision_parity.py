@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_data_pipeline import bench_model
+from bench_data_pipeline import bench_model, bench_model_name
 
 from resnetlab import engine
 from resnetlab.config import TrainConfig
@@ -86,7 +86,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             seconds = time.perf_counter() - start
             print(f"seed {seed} {name}: test accuracy {100 * accuracy:.2f}% ({seconds:.0f} s)")
 
-    model = f"{args.model}-{args.depth}" if args.depth else args.model
+    model = bench_model_name(args)
     print(
         f"\n{model}, {args.images} training images, {args.epochs} epochs "
         f"one-cycle (peak lr {args.lr}), batch {args.batch_size}, seeds {args.seeds}"

@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_data_pipeline import CifarArrays, bench_model, load_images, sync
+from bench_data_pipeline import CifarArrays, bench_model, bench_model_name, load_images, sync
 
 from resnetlab import engine
 from resnetlab.allocator import keep_freed_memory
@@ -252,7 +252,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     train = TrainConfig()
     split = CIFAR10_TRAIN_SIZE - DataConfig().val_size
     default = shipped_row(device, train.epochs * engine.steps_per_epoch(split, train.batch_size, 1))
-    model = f"{args.model}-{args.depth}" if args.depth else args.model
+    model = bench_model_name(args)
     print(f"\n{model}, batch {args.batch_size}, {n} images, median of "
           f"{args.repeats} interleaved rounds, {platform.processor() or platform.machine()}, "
           f"{torch.get_num_threads()} threads, torch {torch.__version__}")  # fmt: skip
