@@ -21,6 +21,13 @@ machine: the shipped default. resnetlab's rows run with glibc keeping freed memo
 stage does (`resnetlab.allocator`); the usual recipe then runs in a spawned process of its own,
 with malloc as it comes (its passes still interleaved with the others). `--malloc-defaults` runs
 every row in one process with malloc's defaults.
+
+Two more columns say how close each row comes to what the device can compute: its rate in
+GFLOP/s (images/s times the FLOPs of one image's training step: the convolutions' and matrix
+products' forward and backward, as `torch.utils.flop_counter` counts them) and that rate as a
+share of a large square matrix product's on this device in the row's precision (fp32, or bf16
+for the bf16 rows), timed after the rounds: a reference for the device's arithmetic rate on
+large regular work (a well-tuned convolution can exceed it).
 Run `python bench/bench_throughput.py --help` for the options.
 """
 
@@ -186,6 +193,45 @@ def shipped_row(device: torch.device, full_run_steps: int) -> str:
     return next(name for name, spec in ROWS.items() if spec == (compiled, bf16))
 
 
+def step_flops(args: argparse.Namespace) -> dict[str, float]:
+    """FLOPs of one image's training step (forward and backward) of the bench's model, as
+    `torch.utils.flop_counter` counts them (convolutions and matrix products; the precision and
+    the memory layout do not change the count): "step" in all, and its "convolution forward"
+    and "convolution backward"."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = bench_model(args)
+    x = torch.zeros(args.batch_size, 3, 32, 32)
+    y = torch.zeros(args.batch_size, dtype=torch.long)
+    with FlopCounterMode(display=False) as counter:
+        F.cross_entropy(model(x), y).backward()
+    ops = {str(op): n for op, n in counter.get_flop_counts()["Global"].items()}
+    return {
+        "step": counter.get_total_flops() / args.batch_size,
+        "convolution forward": ops.get("aten.convolution", 0) / args.batch_size,
+        "convolution backward": ops.get("aten.convolution_backward", 0) / args.batch_size,
+    }
+
+
+def matmul_rate(
+    dtype: torch.dtype, device: torch.device, n: int = 2048, products: int = 10
+) -> float:
+    """FLOP/s of n x n matrix products in `dtype` on `device`, the best of 5 timings of
+    `products` products: a reference for the device's rate on large regular work."""
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype)
+    a @ b  # warm-up: the library's kernel selection, the caches
+    best = float("inf")
+    for _ in range(5):
+        sync(device)
+        start = time.perf_counter()
+        for _ in range(products):
+            a @ b
+        sync(device)
+        best = min(best, time.perf_counter() - start)
+    return 2 * n**3 * products / best
+
+
 def measure(rows: dict[str, Callable[[int], float]], repeats: int) -> dict[str, list[float]]:
     names = list(rows)
     times: dict[str, list[float]] = {name: [] for name in names}
@@ -256,18 +302,39 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(f"\n{model}, batch {args.batch_size}, {n} images, median of "
           f"{args.repeats} interleaved rounds, {platform.processor() or platform.machine()}, "
           f"{torch.get_num_threads()} threads, torch {torch.__version__}")  # fmt: skip
-    print("| pipeline | images/s | vs the usual recipe |\n|---|---:|---:|")
+    flops = step_flops(args)["step"]
+    references = {
+        bf16: matmul_rate(torch.bfloat16 if bf16 else torch.float32, device)
+        for bf16 in (False, True)
+    }
+    print("| pipeline | images/s | vs the usual recipe | GFLOP/s | of the matmul rate |")
+    print("|---|---:|---:|---:|---:|")
     summary: dict[str, Any] = {}
     for name, secs in times.items():
         med = statistics.median(secs)
         label = f"{name} **(shipped default)**" if name == default else name
-        print(f"| {label} | {n / med:.0f} | {base / med:.2f}x |")
-        summary[name] = {"seconds": secs, "images_per_s": n / med, "speedup": base / med}
+        rate = flops * n / med
+        reference = references[ROWS.get(name, (False, False))[1]]
+        cells = f"{n / med:.0f} | {base / med:.2f}x | {rate / 1e9:.0f} | {rate / reference:.0%}"
+        print(f"| {label} | {cells} |")
+        summary[name] = {
+            "seconds": secs,
+            "images_per_s": n / med,
+            "speedup": base / med,
+            "flop_per_s": rate,
+        }
+    print(
+        f"\none image's training step: {flops / 1e6:.0f} MFLOP (convolutions and matrix products, "
+        f"forward and backward); 2048 x 2048 matrix products on {device}: "
+        f"{references[False] / 1e9:.0f} GFLOP/s in fp32, {references[True] / 1e9:.0f} in bf16"
+    )
     if args.json:
         env = {
             "device": str(device),
             "torch": torch.__version__,
             "threads": torch.get_num_threads(),
+            "step_flops_per_image": flops,
+            "matmul_flop_per_s": {"fp32": references[False], "bf16": references[True]},
         }
         args.json.write_text(
             json.dumps({"env": env, "rows": summary, "default": default}, indent=2)
