@@ -18,7 +18,9 @@ so that other load on the machine hits them alike; round 0 (which also creates t
 database) is discarded and the medians of `--rounds` rounds are printed.
 
 `--model-logging` adds a table: saving the trained model as an MLflow model folder (pt2, as the
-train stage does) with explicit pip requirements and with MLflow inferring them.
+train stage does) with explicit pip requirements and with MLflow inferring them; and the train
+stage's own save timed three times in a fresh process (the first pays for torch.export's first
+trace and MLflow's one scan of the installed packages, timed alone too).
 
     .venv/bin/python bench/bench_stage_overhead.py                          # generated data
     .venv/bin/python bench/bench_stage_overhead.py --archive /path/to/cifar-10-python.tar.gz
@@ -42,6 +44,7 @@ import tarfile
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import yaml
@@ -157,6 +160,48 @@ class Tree:
         }
 
 
+# A fresh process that loads what the train stage loads, then saves a model folder with the train
+# stage's own function three times: the first save pays for torch.export's first trace and for
+# MLflow's one scan of the installed packages (`importlib.metadata.packages_distributions`,
+# behind its check of the pip requirements), which later saves in the process do not. The scan
+# is also timed alone, in the same way.
+_FIRST_SAVE = """
+import json, sys, tempfile, time
+from importlib import metadata
+from pathlib import Path
+import numpy as np, torch, torchvision, torch._dynamo, torch.export, mlflow.pytorch
+from resnetlab.inference import Classifier
+from resnetlab.models import build_model
+from resnetlab.tracking import save_model_artifact
+model, depth = sys.argv[1], int(sys.argv[2])
+net = Classifier(build_model(model, **({"depth": depth} if depth else {})), [0.5] * 3, [0.25] * 3)
+example = np.zeros((2, 3, 32, 32), np.float32)
+times = []
+with tempfile.TemporaryDirectory() as tmp:
+    for i in range(3):
+        start = time.perf_counter()
+        save_model_artifact(net, Path(tmp) / str(i), example, [str(c) for c in range(10)])
+        times.append(time.perf_counter() - start)
+start = time.perf_counter()
+metadata.packages_distributions()
+print(json.dumps({"saves": times, "scan": time.perf_counter() - start}))
+"""
+
+
+def first_save(model: str, depth: int) -> dict[str, Any]:
+    """Seconds of the train stage's model saving in a fresh process: "saves" (first, second,
+    third) and "scan" (one scan of the installed packages' metadata)."""
+    res = subprocess.run(
+        [sys.executable, "-c", _FIRST_SAVE, model, str(depth)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO / "src")},
+    )
+    if res.returncode != 0:
+        raise SystemExit(f"timing the first model save failed:\n{res.stderr}")
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
 def model_logging(rounds: int, model: str, depth: int) -> dict[str, list[float]]:
     """Seconds to save a model folder as the train stage does, with and without requirements."""
     import mlflow.pytorch
@@ -266,6 +311,14 @@ def main() -> None:
                 print(
                     f"| {label} | {statistics.median(t):.2f} | {', '.join(f'{x:.2f}' for x in t)} |"
                 )
+            first = first_save(args.model, args.depth)
+            first_s, *later = first["saves"]
+            print(
+                f"\nthe train stage's save in a fresh process: first {first_s:.2f} s, then "
+                f"{', '.join(f'{x:.2f}' for x in later)} s; one scan of the installed packages' "
+                f"metadata (MLflow's requirement check, once per process): {first['scan']:.2f} s"
+            )
+            logging_times = {**logging_times, "fresh process": first}
 
         if args.json:
             record = {
