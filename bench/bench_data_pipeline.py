@@ -400,16 +400,24 @@ def print_table(results: dict[str, Any], args: argparse.Namespace, device: torch
         )
 
 
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def add_training_args(p: argparse.ArgumentParser, batches: int) -> None:
+    """The options every training bench takes: the images (`load_images`), the model
+    (`bench_model`), the batches per pass (`batches` by default), the batch size, the device."""
     p.add_argument("--data", default="data/prepared", help="prepared CIFAR-10 (resnetlab prepare)")
     p.add_argument("--synthetic", action="store_true", help="random uint8 images instead of --data")
     p.add_argument("--model", default="resnet_v1")
     p.add_argument("--depth", type=int, default=20, help="0: the model takes no depth argument")
-    p.add_argument("--batches", type=int, default=20, help="batches per pass (default 20)")
+    p.add_argument(
+        "--batches", type=int, default=batches, help=f"batches per pass (default {batches})"
+    )
     p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--repeats", type=int, default=3, help="timed rounds after a warm-up round")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_training_args(p, batches=20)
+    p.add_argument("--repeats", type=int, default=3, help="timed rounds after a warm-up round")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
     p.add_argument("--no-channels-last", action="store_true")
     p.add_argument("--cutout", type=int, default=16, help="Cutout hole size of the Cutout variant")

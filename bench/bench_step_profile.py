@@ -6,10 +6,9 @@ stage resolves `train.precision` and `train.compile` for a full run) for a warm-
 also compiles, then profiles a second pass over the same `--batches` batches and sums each
 operator's own time (time inside it, less the operators it calls) into a few parts:
 
-  convolution forward / backward   the convolution kernels (oneDNN on the CPU, cuDNN on CUDA)
+  convolution forward / backward   the convolution kernels (oneDNN)
   compiled kernels                 the kernels `torch.compile` generated (batch norm, ReLU, the
-                                   additions, forward and backward), named `cpp_fused_*`,
-                                   `triton_*`
+                                   additions, forward and backward), named `..._cpp_fused_...`
   everything else                  the optimiser step, augmentation, indexing, autograd's and
                                    Python's bookkeeping
 
@@ -18,6 +17,8 @@ them) over their own time, and the whole step's (convolutions and matrix product
 operators' time, each also as a share of the rate of 2048 x 2048 matrix products in the same
 precision (`bench_throughput.matmul_rate`). The profiler adds some
 time of its own; the shares are what the script is for.
+
+The CPU only: on CUDA the kernels' names do not say which operator launched them.
 
     .venv/bin/python bench/bench_step_profile.py --data data/prepared
     .venv/bin/python bench/bench_step_profile.py --synthetic --model resnet18 --depth 0 --batches 5
@@ -33,10 +34,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+import torch._inductor.config as inductor_config
 from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_data_pipeline import bench_model, bench_model_name, load_images, sync
+from bench_data_pipeline import add_training_args, bench_model, bench_model_name, load_images, sync
 from bench_throughput import matmul_rate, step_flops
 
 from resnetlab import engine
@@ -54,23 +56,17 @@ def part(name: str) -> str:
         return "convolution backward"
     if "convolution" in name or name.startswith("mkldnn::_convolution"):
         return "convolution forward"
-    # e.g. "graph_0_cpp_fused__native_batch_norm_legit_functional_..._3", "triton_poi_fused_..."
-    if "cpp_fused" in name or name.startswith("triton_"):
+    # e.g. "graph_0_cpp_fused__native_batch_norm_legit_functional_..._3"
+    if "cpp_fused" in name:
         return "compiled kernels"
     return "everything else"
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--data", default="data/prepared", help="prepared CIFAR-10 (resnetlab prepare)")
-    p.add_argument("--synthetic", action="store_true", help="random uint8 images instead of --data")
-    p.add_argument("--model", default="resnet_v1")
-    p.add_argument("--depth", type=int, default=20, help="0: the model takes no depth argument")
-    p.add_argument("--batches", type=int, default=20, help="batches per pass (default 20)")
-    p.add_argument("--batch-size", type=int, default=128)
+    add_training_args(p, batches=20)
     p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"))
     p.add_argument("--compile", default="auto", choices=("auto", "on", "off"))
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args(argv)
 
@@ -79,6 +75,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     keep_freed_memory()  # as every stage does
     device = resolve_device(args.device)
+    if device.type != "cpu":
+        sys.exit(f"{device}: the profile's parts are the CPU's operators; run with --device cpu")
     # What the train stage resolves for a full run of the shipped recipe at this batch size.
     train = TrainConfig()
     split = CIFAR10_TRAIN_SIZE - DataConfig().val_size
@@ -86,7 +84,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     amp = autocast_dtype(args.precision, device)
     compiled = use_compile({"on": True, "off": False}.get(args.compile, "auto"), device, full_run)
     # Name the generated kernels in the profile (else their time hides in the compiled region).
-    torch._inductor.config.cpp.enable_kernel_profile = True
+    inductor_config.cpp.enable_kernel_profile = True
 
     n = args.batches * args.batch_size
     images, labels, mean, std = load_images(args, n)
@@ -116,15 +114,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         return time.perf_counter() - start
 
     warm = one_pass(args.seed)
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    with profile(activities=activities) as prof:
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
         seconds = one_pass(args.seed + 1)
 
     own: dict[str, float] = defaultdict(float)  # seconds
     for event in prof.key_averages():
-        # On CUDA the kernels' device time is what counts; on the CPU, the operators' own time.
-        us = event.self_device_time_total if device.type == "cuda" else event.self_cpu_time_total
-        own[part(event.key)] += us / 1e6
+        own[part(event.key)] += event.self_cpu_time_total / 1e6  # microseconds
     total = sum(own.values())
     flops = step_flops(args)
     reference = matmul_rate(amp or torch.float32, device)

@@ -50,7 +50,14 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_data_pipeline import CifarArrays, bench_model, bench_model_name, load_images, sync
+from bench_data_pipeline import (
+    CifarArrays,
+    add_training_args,
+    bench_model,
+    bench_model_name,
+    load_images,
+    sync,
+)
 
 from resnetlab import engine
 from resnetlab.allocator import keep_freed_memory
@@ -249,15 +256,9 @@ def measure(rows: dict[str, Callable[[int], float]], repeats: int) -> dict[str, 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--data", default="data/prepared", help="prepared CIFAR-10 (resnetlab prepare)")
-    p.add_argument("--synthetic", action="store_true", help="random uint8 images instead of --data")
-    p.add_argument("--model", default="resnet_v1")
-    p.add_argument("--depth", type=int, default=20, help="0: the model takes no depth argument")
-    p.add_argument("--batches", type=int, default=50, help="batches per pass (default 50)")
-    p.add_argument("--batch-size", type=int, default=128)
+    add_training_args(p, batches=50)
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers of the usual recipe")
     p.add_argument("--repeats", type=int, default=3, help="timed rounds after a warm-up round")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=Path, help="write every time and the environment here")
     p.add_argument(

@@ -34,9 +34,9 @@ LOCK_DIR = Path(tempfile.gettempdir()) / "resnetlab-devices"
 _POLL_S = 2.0  # how often a run waiting for a device tries again
 
 # `compile: auto` compiles a run of at least this many optimiser steps. Measured on a 2-core
-# CPU (ResNet-20, batch 256, bf16): the first compiled step takes ~33 s and every later one is
-# ~25% faster (319 -> 253 ms), so compiling pays back after ~500 steps; the margin covers the
-# recompilations of a last partial batch and of deeper nets. On a GPU it pays back sooner.
+# CPU (ResNet-20, batch 256, bf16; README, "Performance"): compiling costs ~24 s with an empty
+# cache and every later step is ~5% faster (273 -> 260 ms), so it pays back after ~1,850 steps.
+# On a GPU it pays back sooner.
 COMPILE_MIN_STEPS = 2000
 
 
