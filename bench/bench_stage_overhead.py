@@ -166,15 +166,15 @@ class Tree:
 # behind its check of the pip requirements), which later saves in the process do not. The scan
 # is also timed alone, in the same way.
 _FIRST_SAVE = """
-import json, sys, tempfile, time
+import argparse, json, sys, tempfile, time
 from importlib import metadata
 from pathlib import Path
 import numpy as np, torch, torchvision, torch._dynamo, torch.export, mlflow.pytorch
+from bench_data_pipeline import bench_model
 from resnetlab.inference import Classifier
-from resnetlab.models import build_model
 from resnetlab.tracking import save_model_artifact
-model, depth = sys.argv[1], int(sys.argv[2])
-net = Classifier(build_model(model, **({"depth": depth} if depth else {})), [0.5] * 3, [0.25] * 3)
+args = argparse.Namespace(model=sys.argv[1], depth=int(sys.argv[2]))
+net = Classifier(bench_model(args), [0.5] * 3, [0.25] * 3)
 example = np.zeros((2, 3, 32, 32), np.float32)
 times = []
 with tempfile.TemporaryDirectory() as tmp:
@@ -195,7 +195,7 @@ def first_save(model: str, depth: int) -> dict[str, Any]:
         [sys.executable, "-c", _FIRST_SAVE, model, str(depth)],
         capture_output=True,
         text=True,
-        env={**os.environ, "PYTHONPATH": str(REPO / "src")},
+        env={**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(REPO / "bench")])},
     )
     if res.returncode != 0:
         raise SystemExit(f"timing the first model save failed:\n{res.stderr}")

@@ -39,11 +39,11 @@ from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_data_pipeline import add_training_args, bench_model, bench_model_name, load_images, sync
-from bench_throughput import matmul_rate, step_flops
+from bench_throughput import full_run_steps, matmul_rate, step_flops
 
 from resnetlab import engine
 from resnetlab.allocator import keep_freed_memory
-from resnetlab.config import CIFAR10_TRAIN_SIZE, AugmentConfig, DataConfig, TrainConfig
+from resnetlab.config import AugmentConfig, TrainConfig
 from resnetlab.device import autocast_dtype, resolve_device, use_compile
 from resnetlab.inference import Normalizer
 
@@ -78,11 +78,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     if device.type != "cpu":
         sys.exit(f"{device}: the profile's parts are the CPU's operators; run with --device cpu")
     # What the train stage resolves for a full run of the shipped recipe at this batch size.
-    train = TrainConfig()
-    split = CIFAR10_TRAIN_SIZE - DataConfig().val_size
-    full_run = train.epochs * engine.steps_per_epoch(split, args.batch_size, 1)
     amp = autocast_dtype(args.precision, device)
-    compiled = use_compile({"on": True, "off": False}.get(args.compile, "auto"), device, full_run)
+    precision = "bf16" if amp == torch.bfloat16 else "fp32"
+    setting = {"on": True, "off": False}.get(args.compile, "auto")
+    compiled = use_compile(setting, device, full_run_steps(args.batch_size))
     # Name the generated kernels in the profile (else their time hides in the compiled region).
     inductor_config.cpp.enable_kernel_profile = True
 
@@ -127,7 +126,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(
         f"{bench_model_name(args)}, batch {args.batch_size}, {args.batches} batches, {device}, "
         f"{torch.get_num_threads()} threads, torch {torch.__version__}; "
-        f"{'bf16 autocast' if amp == torch.bfloat16 else 'fp32'}, "
+        f"{'bf16 autocast' if precision == 'bf16' else 'fp32'}, "
         f"{'compiled' if compiled else 'eager'}"
     )
     print(f"warm-up pass {warm:.1f} s, profiled pass {seconds:.2f} s ({n / seconds:.0f} images/s)")
@@ -138,7 +137,6 @@ def main(argv: Sequence[str] | None = None) -> None:
         rate = part_flops * n / secs if part_flops and secs else None
         cells = f"{rate / 1e9:.0f} | {rate / reference:.0%}" if rate else "- | -"
         print(f"| {name} | {secs:.2f} | {secs / total:.0%} | {cells} |")
-    precision = "bf16" if amp == torch.bfloat16 else "fp32"
     print(
         f"\none image's step: {flops['step'] / 1e6:.0f} MFLOP (convolutions and matrix products); "
         f"2048 x 2048 matrix products in {precision}: {reference / 1e9:.0f} GFLOP/s"

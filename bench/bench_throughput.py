@@ -193,6 +193,13 @@ def make_rows(
     return rows
 
 
+def full_run_steps(batch_size: int) -> int:
+    """Optimiser steps of a full run of the shipped ResNet-20 recipe at `batch_size`: its epochs
+    over the training split (50k minus the validation images); what `compile: auto` weighs."""
+    split = CIFAR10_TRAIN_SIZE - DataConfig().val_size
+    return TrainConfig().epochs * engine.steps_per_epoch(split, batch_size, 1)
+
+
 def shipped_row(device: torch.device, full_run_steps: int) -> str:
     """The ROWS entry that `precision: auto` + `compile: auto` choose for a full run here."""
     bf16 = autocast_dtype("auto", device) == torch.bfloat16
@@ -296,9 +303,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     base = statistics.median(times[next(iter(rows))])
     # A full run of the shipped ResNet-20 recipe: its epochs over the training split (50k minus
     # the validation images), in its batches.
-    train = TrainConfig()
-    split = CIFAR10_TRAIN_SIZE - DataConfig().val_size
-    default = shipped_row(device, train.epochs * engine.steps_per_epoch(split, train.batch_size, 1))
+    default = shipped_row(device, full_run_steps(TrainConfig().batch_size))
     model = bench_model_name(args)
     print(f"\n{model}, batch {args.batch_size}, {n} images, median of "
           f"{args.repeats} interleaved rounds, {platform.processor() or platform.machine()}, "
