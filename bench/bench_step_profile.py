@@ -81,7 +81,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     amp = autocast_dtype(args.precision, device)
     precision = "bf16" if amp == torch.bfloat16 else "fp32"
     setting = {"on": True, "off": False}.get(args.compile, "auto")
-    compiled = use_compile(setting, device, full_run_steps(args.batch_size))
+    compiled = use_compile(setting, device, full_run_steps(args.batch_size), amp)
     # Name the generated kernels in the profile (else their time hides in the compiled region).
     inductor_config.cpp.enable_kernel_profile = True
 

@@ -202,8 +202,9 @@ def full_run_steps(batch_size: int) -> int:
 
 def shipped_row(device: torch.device, full_run_steps: int) -> str:
     """The ROWS entry that `precision: auto` + `compile: auto` choose for a full run here."""
-    bf16 = autocast_dtype("auto", device) == torch.bfloat16
-    compiled = use_compile("auto", device, full_run_steps)
+    amp = autocast_dtype("auto", device)
+    compiled = use_compile("auto", device, full_run_steps, amp)
+    bf16 = amp == torch.bfloat16
     return next(name for name, spec in ROWS.items() if spec == (compiled, bf16))
 
 

@@ -47,7 +47,8 @@ def throughput(variant: Any, device: torch.device, batches: int, seed: int, n_tr
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
     steps = cfg.epochs * engine.steps_per_epoch(n_train, cfg.batch_size, 1)
-    if use_compile(cfg.compile, device, steps):
+    amp = autocast_dtype(cfg.precision, device)
+    if use_compile(cfg.compile, device, steps, amp):
         model = torch.compile(model)
     # Constant lr: every step does the same work. The variant's batch size and augmentation.
     bench_cfg = dataclasses.replace(cfg, epochs=1, schedule="constant", warmup_epochs=0.0)
@@ -56,7 +57,6 @@ def throughput(variant: Any, device: torch.device, batches: int, seed: int, n_tr
     images = torch.randint(0, 256, (n, 32, 32, 3), dtype=torch.uint8, device=device)
     labels = torch.randint(0, 10, (n,), device=device, generator=gen)
     normalize = Normalizer((0.5,) * 3, (0.25,) * 3, device, cfg.channels_last)
-    amp = autocast_dtype(cfg.precision, device)
     optimizer = engine.build_optimizer(model, bench_cfg)
     scheduler = engine.build_scheduler(optimizer, bench_cfg, batches)
     timings = []

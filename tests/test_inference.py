@@ -66,13 +66,15 @@ def test_predict_views_runs_the_model_on_each_view():
     assert torch.equal(out[0], predict_logits(Pixels(), images, normalize, 2))
 
 
-def test_compile_auto_compiles_long_runs_on_cpu_and_cuda_only():
-    cpu, mps = torch.device("cpu"), torch.device("mps")
-    assert dev.use_compile("auto", cpu, dev.COMPILE_MIN_STEPS)
-    assert not dev.use_compile("auto", cpu, dev.COMPILE_MIN_STEPS - 1)
-    assert dev.use_compile("auto", torch.device("cuda"), 10**6)
-    assert not dev.use_compile("auto", mps, 10**6)
-    assert dev.use_compile(True, cpu, 1) and not dev.use_compile(False, cpu, 10**6)
+def test_compile_auto_compiles_long_runs_on_cuda_and_in_bf16_on_cpu_only():
+    cpu, mps, bf16 = torch.device("cpu"), torch.device("mps"), torch.bfloat16
+    assert dev.use_compile("auto", cpu, dev.COMPILE_MIN_STEPS, bf16)
+    assert not dev.use_compile("auto", cpu, dev.COMPILE_MIN_STEPS - 1, bf16)
+    assert not dev.use_compile("auto", cpu, 10**6, None)  # fp32 on a CPU: it never paid
+    assert dev.use_compile("auto", torch.device("cuda"), dev.COMPILE_MIN_STEPS, None)
+    assert not dev.use_compile("auto", torch.device("cuda"), dev.COMPILE_MIN_STEPS - 1, bf16)
+    assert not dev.use_compile("auto", mps, 10**6, None)
+    assert dev.use_compile(True, cpu, 1, None) and not dev.use_compile(False, cpu, 10**6, bf16)
 
 
 def test_precision_auto_is_bf16_only_where_it_is_native(monkeypatch):

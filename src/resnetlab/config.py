@@ -187,8 +187,9 @@ class TrainConfig:
     # AVX-512 BF16 or AMX), fp32 elsewhere
     precision: Precision = "auto"
     channels_last: bool = True  # NHWC memory format: faster convolutions on GPUs with tensor cores
-    # torch.compile the training model: auto = on CPU and CUDA for runs long enough to repay the
-    # compilation (device.COMPILE_MIN_STEPS optimiser steps); true / false force it
+    # torch.compile the training model: auto = on CUDA, and on a CPU training in bf16, for runs
+    # long enough to repay the compilation (device.COMPILE_MIN_STEPS optimiser steps); true /
+    # false force it
     compile: Compile = "auto"
     ema_decay: float = 0.0  # exponential moving average of weights per step; 0 = off
     eval_batch_size: int = 1000  # images per forward pass during validation / test

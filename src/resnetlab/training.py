@@ -154,7 +154,9 @@ class Trainer:
         fp16 = self.amp_dtype == torch.float16
         self.scaler = torch.amp.GradScaler(self.device.type) if fp16 else None
         self.ema = engine.build_ema(model, cfg.ema_decay)
-        self.compiled = use_compile(cfg.compile, self.device, cfg.epochs * self.steps)
+        self.compiled = use_compile(
+            cfg.compile, self.device, cfg.epochs * self.steps, self.amp_dtype
+        )
 
         self.progress = checkpoint.Progress()
         if saved is not None:
