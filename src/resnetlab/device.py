@@ -37,8 +37,7 @@ _POLL_S = 2.0  # how often a run waiting for a device tries again
 # CPU (ResNet-20, batch 256, bf16; README, "Performance"): compiling costs ~24 s with an empty
 # cache and every later step is ~5% faster (273 -> 260 ms), so it pays back after ~1,850 steps.
 # On a GPU it pays back sooner. On a CPU training in fp32 it never paid: compiled steps ran at
-# -2% to +2% of eager ones in every run of the throughput bench (fp32 convolutions take a larger
-# share of a step than in bf16, and compiling speeds up only what lies between them).
+# -2% to +2% of eager ones in every run of the throughput bench, so `auto` does not compile them.
 COMPILE_MIN_STEPS = 2000
 
 
