@@ -36,7 +36,7 @@ from typing import Any
 
 from PIL import Image
 
-from resnetlab.data import load_prepared
+from resnetlab.data.prepared import load_prepared
 
 TIMEOUT_S = 180
 MAX_PNG_BYTES = 300_000

@@ -11,9 +11,9 @@ import time
 
 import torch
 
-from resnetlab.augment import augment_batch
-from resnetlab.config import AugmentConfig
-from resnetlab.inference import Normalizer
+from resnetlab.core.config import AugmentConfig
+from resnetlab.data.augment import augment_batch
+from resnetlab.data.normalize import Normalizer
 
 torch.manual_seed(0)
 x = torch.randint(0, 256, (20, 128, 32, 32, 3), dtype=torch.uint8)

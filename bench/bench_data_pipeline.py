@@ -4,7 +4,7 @@ Compares, on the same machine, the same model and the same N batches of CIFAR-10
 
 1. model only: forward/backward/optimiser step on batches that were augmented and normalised
    beforehand and already sit on the device (the floor: no data work at all);
-2. resnetlab: the real `engine.train_epoch` over exactly those N*batch images (uint8 on the
+2. resnetlab: the real `loop.train_epoch` over exactly those N*batch images (uint8 on the
    device; indexing, batched crop/flip[/Cutout], normalisation, the model step and the engine's
    bookkeeping), without augmentation, with crop+flip, and with crop+flip+Cutout;
 3. the usual torchvision pipeline: a `Dataset` returning PIL images through
@@ -40,13 +40,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from resnetlab import engine
-from resnetlab.augment import augment_batch
-from resnetlab.config import AugmentConfig, TrainConfig
-from resnetlab.data import load_prepared
-from resnetlab.device import autocast, autocast_dtype, resolve_device
-from resnetlab.inference import Normalizer
+from resnetlab.core.config import AugmentConfig, TrainConfig
+from resnetlab.core.device import autocast, autocast_dtype, resolve_device
+from resnetlab.data.augment import augment_batch
+from resnetlab.data.normalize import Normalizer
+from resnetlab.data.prepared import load_prepared
 from resnetlab.models import build_model
+from resnetlab.train import loop, schedule
 
 MODEL = "model only (pre-made batches)"
 RESNETLAB = "resnetlab, crop+flip"
@@ -114,12 +114,12 @@ class Bench:
     def fresh(self) -> tuple[nn.Module, torch.optim.Optimizer, Any]:
         """The initial weights and a new optimiser/scheduler: every run trains the same way."""
         self.model.load_state_dict(self.initial)
-        optimizer = engine.build_optimizer(self.model, self.cfg)
-        scheduler = engine.build_scheduler(optimizer, self.cfg, self.steps)
+        optimizer = schedule.build_optimizer(self.model, self.cfg)
+        scheduler = schedule.build_scheduler(optimizer, self.cfg, self.steps)
         return self.model, optimizer, scheduler
 
     def step(self, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor) -> None:
-        """One training step, as `engine.train_epoch` does it, minus the data and bookkeeping."""
+        """One training step, as `loop.train_epoch` does it, minus the data and bookkeeping."""
         with autocast(self.device, self.amp_dtype):
             logits = self.model(x)
             loss = F.cross_entropy(logits.float(), y, reduction="sum") * (1.0 / len(y))
@@ -192,7 +192,7 @@ def make_pipelines(
     gen = torch.Generator(device=device).manual_seed(args.seed)
     premade = [
         (augment_batch(x_dev[idx], crop_flip, normalize, gen), y_dev[idx])
-        for idx in engine.batches(n_images, batch, gen, device, 1)
+        for idx in loop.batches(n_images, batch, gen, device, 1)
     ]
     # Warm-up: one step and one augmented batch (allocator, kernels, autocast caches).
     _, opt, _ = bench.fresh()
@@ -223,7 +223,7 @@ def make_pipelines(
             model, optimizer, scheduler = bench.fresh()
             generator = torch.Generator(device=device).manual_seed(args.seed + r)
             clock = Clock(device, per_step).start()
-            engine.train_epoch(
+            loop.train_epoch(
                 model,
                 optimizer,
                 scheduler,
@@ -247,7 +247,7 @@ def make_pipelines(
             generator = torch.Generator(device=device).manual_seed(args.seed + r)
             clock = Clock(device, per_step=False).start()
             for _ in range(args.data_passes):
-                for idx in engine.batches(n_images, batch, generator, device, 1):
+                for idx in loop.batches(n_images, batch, generator, device, 1):
                     _ = augment_batch(x_dev[idx], aug, normalize, generator), y_dev[idx]
             return clock.stop()
 

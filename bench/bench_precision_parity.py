@@ -26,10 +26,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_data_pipeline import bench_model, bench_model_name
 
-from resnetlab import engine
-from resnetlab.config import TrainConfig
-from resnetlab.data import load_prepared
-from resnetlab.inference import Normalizer, loss_and_accuracy, predict_logits
+from resnetlab.core.config import TrainConfig
+from resnetlab.data.normalize import Normalizer
+from resnetlab.data.prepared import load_prepared
+from resnetlab.evaluate.scoring import loss_and_accuracy, predict_logits
+from resnetlab.train import loop, schedule
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
 
@@ -47,15 +48,15 @@ def train_and_score(args: argparse.Namespace, data, seed: int, amp: torch.dtype 
     )
     torch.manual_seed(seed)
     model = bench_model(args).to(memory_format=torch.channels_last)
-    optimizer = engine.build_optimizer(model, cfg)
-    steps = engine.steps_per_epoch(args.images, cfg.batch_size, 1)
-    scheduler = engine.build_scheduler(optimizer, cfg, steps)
+    optimizer = schedule.build_optimizer(model, cfg)
+    steps = loop.steps_per_epoch(args.images, cfg.batch_size, 1)
+    scheduler = schedule.build_scheduler(optimizer, cfg, steps)
     normalize = Normalizer(data.mean, data.std, device)
     x = torch.from_numpy(data.images["train"][: args.images])
     y = torch.from_numpy(data.labels["train"][: args.images])
     for epoch in range(1, args.epochs + 1):
         generator = torch.Generator().manual_seed(seed * 1000 + epoch)
-        engine.train_epoch(
+        loop.train_epoch(
             model, optimizer, scheduler, x, y, cfg, normalize, generator, amp_dtype=amp
         )
     logits = predict_logits(

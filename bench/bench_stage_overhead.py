@@ -125,7 +125,7 @@ class Tree:
 
     def stage(self, name: str) -> dict[str, float]:
         """Run stage `name` once; wall, compute and overhead in seconds."""
-        imported, _ = self._run([sys.executable, "-c", f"import resnetlab.stages.{name}"])
+        imported, _ = self._run([sys.executable, "-c", f"import resnetlab.pipeline.{name}"])
         libraries, _ = self._run([sys.executable, "-c", LIBRARIES[name]])
         if name == "prepare":
             shutil.rmtree(self.root / "prepared", ignore_errors=True)
@@ -171,7 +171,7 @@ from importlib import metadata
 from pathlib import Path
 import numpy as np, torch, torchvision, torch._dynamo, torch.export, mlflow.pytorch
 from bench_data_pipeline import bench_model
-from resnetlab.inference import Classifier
+from resnetlab.evaluate.classifier import Classifier
 from resnetlab.tracking import save_model_artifact
 args = argparse.Namespace(model=sys.argv[1], depth=int(sys.argv[2]))
 net = Classifier(bench_model(args), [0.5] * 3, [0.25] * 3)
@@ -209,7 +209,7 @@ def model_logging(rounds: int, model: str, depth: int) -> dict[str, list[float]]
     import torchvision
     from mlflow.models import infer_signature
 
-    from resnetlab.inference import Classifier
+    from resnetlab.evaluate.classifier import Classifier
     from resnetlab.models import build_model
 
     net = Classifier(build_model(model, depth=depth), [0.5] * 3, [0.25] * 3).eval()

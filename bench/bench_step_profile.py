@@ -1,4 +1,4 @@
-"""Where a training step's time goes: `torch.profiler` over one pass of `engine.train_epoch`.
+"""Where a training step's time goes: `torch.profiler` over one pass of `loop.train_epoch`.
 
 Trains the bench's model (ResNet-20 by default) as the train stage does (uint8 images resident
 on the device, batched crop + flip, channels_last, `--precision` and `--compile` resolved as the
@@ -41,11 +41,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_data_pipeline import add_training_args, bench_model, bench_model_name, load_images, sync
 from bench_throughput import full_run_steps, matmul_rate, step_flops
 
-from resnetlab import engine
-from resnetlab.allocator import keep_freed_memory
-from resnetlab.config import AugmentConfig, TrainConfig
-from resnetlab.device import autocast_dtype, resolve_device, use_compile
-from resnetlab.inference import Normalizer
+from resnetlab.core.allocator import keep_freed_memory
+from resnetlab.core.config import AugmentConfig, TrainConfig
+from resnetlab.core.device import autocast_dtype, resolve_device, use_compile
+from resnetlab.data.normalize import Normalizer
+from resnetlab.train import loop, schedule
 
 PARTS = ("convolution forward", "convolution backward", "compiled kernels", "everything else")
 
@@ -99,14 +99,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         augment=AugmentConfig(crop_padding=4, flip=True),
     )
     normalize = Normalizer(mean, std, device, channels_last=True)
-    optimizer = engine.build_optimizer(net, cfg)
-    scheduler = engine.build_scheduler(optimizer, cfg, 2 * args.batches)
+    optimizer = schedule.build_optimizer(net, cfg)
+    scheduler = schedule.build_scheduler(optimizer, cfg, 2 * args.batches)
 
     def one_pass(seed: int) -> float:
         generator = torch.Generator(device=device).manual_seed(seed)
         sync(device)
         start = time.perf_counter()
-        engine.train_epoch(
+        loop.train_epoch(
             runner, optimizer, scheduler, x, y, cfg, normalize, generator, amp_dtype=amp
         )
         sync(device)

@@ -7,7 +7,7 @@ N = batches x batch_size CIFAR-10 training images with crop + flip augmentation:
 1. the usual recipe: a map-style `Dataset` of PIL images through torchvision's
    `RandomCrop(32, padding=4)`, `RandomHorizontalFlip()`, `ToTensor()`, `Normalize()`, a shuffling
    `DataLoader` with W workers, eager fp32 in the default (NCHW) memory layout;
-2. resnetlab's `engine.train_epoch` (uint8 images resident on the device, batched augmentation,
+2. resnetlab's `loop.train_epoch` (uint8 images resident on the device, batched augmentation,
    channels_last) in eager fp32;
 3. (2) under `torch.compile`;
 4. (2) with bf16 autocast;
@@ -18,7 +18,7 @@ load hit them alike; round 0 is a discarded warm-up (it also pays for compilatio
 median of `--repeats` rounds is reported, in images/s and as a multiple of row 1. The script also
 says which row `precision: auto` and `compile: auto` resolve to for a full training run on this
 machine: the shipped default. resnetlab's rows run with glibc keeping freed memory, as every
-stage does (`resnetlab.allocator`); the usual recipe then runs in a spawned process of its own,
+stage does (`resnetlab.core.allocator`); the usual recipe then runs in a spawned process of its own,
 with malloc as it comes (its passes still interleaved with the others). `--malloc-defaults` runs
 every row in one process with malloc's defaults.
 
@@ -59,11 +59,12 @@ from bench_data_pipeline import (
     sync,
 )
 
-from resnetlab import engine
-from resnetlab.allocator import keep_freed_memory
-from resnetlab.config import CIFAR10_TRAIN_SIZE, AugmentConfig, DataConfig, TrainConfig
-from resnetlab.device import autocast_dtype, resolve_device, use_compile
-from resnetlab.inference import Normalizer
+from resnetlab.core.allocator import keep_freed_memory
+from resnetlab.core.config import AugmentConfig, DataConfig, TrainConfig
+from resnetlab.core.device import autocast_dtype, resolve_device, use_compile
+from resnetlab.data.cifar10 import TRAIN_SIZE as CIFAR10_TRAIN_SIZE
+from resnetlab.data.normalize import Normalizer
+from resnetlab.train import loop, schedule
 
 USUAL = "torchvision Dataset + PIL transforms + DataLoader({w} workers), eager fp32"
 ROWS = {
@@ -105,7 +106,7 @@ def usual_recipe(
     def usual(r: int) -> float:
         model.load_state_dict(initial)
         model.to(memory_format=torch.contiguous_format)
-        optimizer = engine.build_optimizer(model, cfg)
+        optimizer = schedule.build_optimizer(model, cfg)
         sync(device)
         start = time.perf_counter()
         for x, y in loader:
@@ -177,12 +178,12 @@ def make_rows(
 
         def run(r: int, net=net, runner=runner, amp=amp) -> float:
             net.load_state_dict(initial)
-            optimizer = engine.build_optimizer(net, cfg)
-            scheduler = engine.build_scheduler(optimizer, cfg, args.batches)
+            optimizer = schedule.build_optimizer(net, cfg)
+            scheduler = schedule.build_scheduler(optimizer, cfg, args.batches)
             generator = torch.Generator(device=device).manual_seed(args.seed + r)
             sync(device)
             start = time.perf_counter()
-            engine.train_epoch(
+            loop.train_epoch(
                 runner, optimizer, scheduler, x_dev, y_dev, cfg, normalize, generator,
                 amp_dtype=amp,
             )  # fmt: skip
@@ -197,7 +198,7 @@ def full_run_steps(batch_size: int) -> int:
     """Optimiser steps of a full run of the shipped ResNet-20 recipe at `batch_size`: its epochs
     over the training split (50k minus the validation images); what `compile: auto` weighs."""
     split = CIFAR10_TRAIN_SIZE - DataConfig().val_size
-    return TrainConfig().epochs * engine.steps_per_epoch(split, batch_size, 1)
+    return TrainConfig().epochs * loop.steps_per_epoch(split, batch_size, 1)
 
 
 def shipped_row(device: torch.device, total_steps: int) -> str:

@@ -27,9 +27,10 @@ from pathlib import Path
 
 import torch
 
-from resnetlab.data import load_prepared
-from resnetlab.inference import TTA_VIEWS, Scorer, View, loss_and_accuracy, mirrored
-from resnetlab.records import ModelRecord
+from resnetlab.core.records import ModelRecord
+from resnetlab.data.prepared import load_prepared
+from resnetlab.evaluate.scoring import Scorer, loss_and_accuracy
+from resnetlab.evaluate.tta import TTA_VIEWS, View, mirrored
 
 BASELINE = "flip_translate"
 

@@ -2,7 +2,7 @@
 the time per variant and seed.
 
 For every variant of params.yaml (or those named with --variants) it builds the model, then runs
-the real `engine.train_epoch` (the variant's own batch size, augmentation, precision and
+the real `loop.train_epoch` (the variant's own batch size, augmentation, precision and
 channels_last) over --batches batches of random uint8 images on the device, after a warm-up
 pass, and reports images/s. The time of one run of the variant is then an ESTIMATE:
 epochs x training images / images/s (validation passes, which cost about a tenth of an epoch's
@@ -23,11 +23,12 @@ from typing import Any
 
 import torch
 
-from resnetlab import engine
-from resnetlab.config import CIFAR10_TRAIN_SIZE, load_params
-from resnetlab.device import autocast_dtype, resolve_device, use_compile
-from resnetlab.inference import Normalizer
+from resnetlab.core.device import autocast_dtype, resolve_device, use_compile
+from resnetlab.core.params import load_params
+from resnetlab.data.cifar10 import TRAIN_SIZE as CIFAR10_TRAIN_SIZE
+from resnetlab.data.normalize import Normalizer
 from resnetlab.models import build_model
+from resnetlab.train import loop, schedule
 
 
 def sync(device: torch.device) -> None:
@@ -46,7 +47,7 @@ def throughput(variant: Any, device: torch.device, batches: int, seed: int, n_tr
     model = build_model(variant.model.name, **model_args).to(device)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
-    steps = cfg.epochs * engine.steps_per_epoch(n_train, cfg.batch_size, 1)
+    steps = cfg.epochs * loop.steps_per_epoch(n_train, cfg.batch_size, 1)
     amp = autocast_dtype(cfg.precision, device)
     if use_compile(cfg.compile, device, steps, amp):
         model = torch.compile(model)
@@ -57,13 +58,13 @@ def throughput(variant: Any, device: torch.device, batches: int, seed: int, n_tr
     images = torch.randint(0, 256, (n, 32, 32, 3), dtype=torch.uint8, device=device)
     labels = torch.randint(0, 10, (n,), device=device, generator=gen)
     normalize = Normalizer((0.5,) * 3, (0.25,) * 3, device, cfg.channels_last)
-    optimizer = engine.build_optimizer(model, bench_cfg)
-    scheduler = engine.build_scheduler(optimizer, bench_cfg, batches)
+    optimizer = schedule.build_optimizer(model, bench_cfg)
+    scheduler = schedule.build_scheduler(optimizer, bench_cfg, batches)
     timings = []
     for _ in range(2):  # a warm-up pass (kernels, allocator, compile), then the timed one
         sync(device)
         start = time.perf_counter()
-        engine.train_epoch(
+        loop.train_epoch(
             model, optimizer, scheduler, images, labels, bench_cfg, normalize, gen, amp_dtype=amp
         )
         sync(device)

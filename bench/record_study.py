@@ -92,7 +92,7 @@ def machine(root: Path) -> dict[str, Any]:
     compilation as the MLflow params `resolved.precision` and `resolved.compile`)."""
     import torch
 
-    from resnetlab.device import native_bf16
+    from resnetlab.core.device import native_bf16
 
     model = platform.processor() or platform.machine()
     cpuinfo = Path("/proc/cpuinfo")

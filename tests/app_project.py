@@ -40,11 +40,11 @@ def mlflow_uri(root: Path) -> str:
 
 def build(root: Path, prepared: Path) -> Path:
     """Fill `root` with data/prepared, models/, metrics/, reports/ and mlflow.db."""
-    from resnetlab import figures, leaderboard
-    from resnetlab.config import parse_params
-    from resnetlab.records import run_folder
-    from resnetlab.stages.evaluate import evaluate_variant
-    from resnetlab.stages.train import train_variant
+    from resnetlab.core.params import parse_params
+    from resnetlab.core.records import run_folder
+    from resnetlab.pipeline.evaluate import evaluate_variant
+    from resnetlab.pipeline.train import train_variant
+    from resnetlab.report import figures, leaderboard
 
     root.mkdir(parents=True, exist_ok=True)
     (root / "params.yaml").write_text(yaml.safe_dump(params(), sort_keys=False))
@@ -81,7 +81,7 @@ def register(root: Path, variant: str) -> str:
     """Register `variant`'s logged model as version 1 of REGISTERED; returns its models:/ URI."""
     from mlflow.tracking import MlflowClient
 
-    from resnetlab.records import RunFile
+    from resnetlab.core.records import RunFile
 
     run_id = RunFile.read(root / "models" / variant / "seed0" / "mlflow_run.json").run_id
     client = MlflowClient(mlflow_uri(root), registry_uri=mlflow_uri(root))

@@ -39,7 +39,8 @@ def tiny_archive(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
 @pytest.fixture(scope="session")
 def tiny_prepared(tiny_archive, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Prepared arrays from the tiny archive: 250 train, 50 val, 100 test."""
-    from resnetlab.data import prepare, read_archive, save_prepared
+    from resnetlab.data.archive import read_archive
+    from resnetlab.data.prepared import prepare, save_prepared
 
     out = tmp_path_factory.mktemp("prepared")
     save_prepared(prepare(read_archive(tiny_archive[0]), val_size=50, subset=0, seed=0), out)

@@ -82,7 +82,7 @@ class DvcProject:
         ]
 
     def edit_code(self, relative: str, text: str = "\n# edited\n") -> None:
-        """Append `text` to the project's copy of a source file (e.g. `resnetlab/engine.py`)."""
+        """Append `text` to the project's copy of a source file (e.g. `resnetlab/train/loop.py`)."""
         path = self.root / "src" / relative
         path.write_text(path.read_text() + text)
 

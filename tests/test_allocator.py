@@ -1,4 +1,4 @@
-"""resnetlab.allocator: in a stage process glibc serves a batch's activations from its heap and
+"""resnetlab.core.allocator: in a stage process glibc serves a batch's activations from its heap and
 keeps them for the next pass, instead of mapping (and the kernel zeroing) fresh pages each time.
 
 Each check runs in a fresh interpreter: malloc's settings are the process's, and a test must not
@@ -43,7 +43,7 @@ print(json.dumps({"applied": applied, "mapped": mapped, "kept": kept}))
 """
 
 
-KEEP = "from resnetlab.allocator import keep_freed_memory\napplied = keep_freed_memory()\n"
+KEEP = "from resnetlab.core.allocator import keep_freed_memory\napplied = keep_freed_memory()\n"
 
 
 def probe(setup: str, env: dict[str, str] | None = None) -> dict:

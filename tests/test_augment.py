@@ -8,8 +8,8 @@ import math
 import pytest
 import torch
 
-from resnetlab.augment import alternating_flips, augment_batch, channel_shift, random_rotation
-from resnetlab.config import AugmentConfig
+from resnetlab.core.config import AugmentConfig
+from resnetlab.data.augment import alternating_flips, augment_batch, channel_shift, random_rotation
 
 
 def gen(seed: int = 0) -> torch.Generator:

@@ -11,10 +11,11 @@ import pytest
 import yaml
 from PIL import Image
 
-from resnetlab import figures, leaderboard, tracking
 from resnetlab.cli import main
-from resnetlab.config import parse_params
-from resnetlab.errors import ResnetlabError
+from resnetlab.core.errors import ResnetlabError
+from resnetlab.core.params import parse_params
+from resnetlab.report import figures, leaderboard
+from resnetlab.tracking import lineage
 
 # variant -> (model, depth, test accuracy, best val accuracy) of seed 0; seed k adds k / 100 to
 # both, so over SEEDS each has mean + 0.01 and sample std 0.01.
@@ -188,7 +189,7 @@ def test_leaderboard_and_comparison_figures(fake_run, tmp_path: Path) -> None:
 
 
 def test_accuracy_bars_have_error_bars_and_seed_dots(fake_run, tmp_path: Path, monkeypatch):
-    from resnetlab import plots
+    from resnetlab.report import plots
 
     variants, metrics = fake_run
     runs = leaderboard.build_runs(variants, SEEDS, metrics)
@@ -219,7 +220,7 @@ def test_accuracy_bars_have_error_bars_and_seed_dots(fake_run, tmp_path: Path, m
 def test_degradation_draws_bands_over_seeds(fake_run, tmp_path: Path, monkeypatch):
     from matplotlib.collections import PolyCollection
 
-    from resnetlab import plots
+    from resnetlab.report import plots
 
     variants, metrics = fake_run
     curves = leaderboard.curves_of(
@@ -299,7 +300,7 @@ def test_variant_figures_replace_stale_folders(fake_run, tmp_path: Path) -> None
 def test_cli_compare_draws_and_logs_to_mlflow(fake_run, tmp_path: Path, monkeypatch) -> None:
     from mlflow.tracking import MlflowClient
 
-    from resnetlab.records import RunFile
+    from resnetlab.core.records import RunFile
 
     _, metrics = fake_run
     params_path = tmp_path / "params.yaml"
@@ -324,7 +325,7 @@ def test_cli_compare_draws_and_logs_to_mlflow(fake_run, tmp_path: Path, monkeypa
     (run,) = runs
     # Outside `dvc exp run` and git: the parent run of this commit-less `dvc repro` and params.
     assert run.info.run_name.startswith("repro no-git ") and run.info.status == "FINISHED"
-    assert run.data.tags[tracking.PARENT_KEY_TAG].startswith("repro:no-git:")
+    assert run.data.tags[lineage.PARENT_KEY_TAG].startswith("repro:no-git:")
     logged = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert logged >= {
         "leaderboard.csv",
@@ -369,7 +370,7 @@ claims:
 
 
 def test_published_vs_measured_verdicts_and_claims(fake_run, tmp_path: Path) -> None:
-    from resnetlab import published
+    from resnetlab.report import published
 
     variants, metrics = fake_run
     path = tmp_path / "published.yaml"
@@ -416,7 +417,7 @@ def test_published_vs_measured_verdicts_and_claims(fake_run, tmp_path: Path) -> 
 
 
 def test_published_file_errors_name_the_entry(tmp_path: Path) -> None:
-    from resnetlab import published
+    from resnetlab.report import published
 
     path = tmp_path / "published.yaml"
     with pytest.raises(ResnetlabError, match=r"published\.yaml: not found"):
@@ -432,8 +433,8 @@ def test_published_file_errors_name_the_entry(tmp_path: Path) -> None:
 
 
 def test_shipped_published_file_names_shipped_variants() -> None:
-    from resnetlab import published
-    from resnetlab.config import load_params
+    from resnetlab.core.params import load_params
+    from resnetlab.report import published
 
     root = Path(__file__).resolve().parents[1]
     data = published.load_published(root / "published.yaml")

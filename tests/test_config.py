@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from dvc_project import DvcProject, tiny_params
 
-from resnetlab.config import check_batch_fits, load_params, parse_params
-from resnetlab.errors import ConfigError
+from resnetlab.core.errors import ConfigError
+from resnetlab.core.params import check_batch_fits, load_params, parse_params
 
 
 def params(variant: dict | None = None, data: dict | None = None, **train) -> dict:

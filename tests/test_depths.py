@@ -1,4 +1,4 @@
-"""The CIFAR depth rules (resnetlab.depths) and the light imports of depths and config."""
+"""The CIFAR depth rules (resnetlab.core.depths) and the light imports of depths and config."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from resnetlab.depths import BASIC_DEPTHS, BOTTLENECK_DEPTHS, basic_blocks, bottleneck_blocks
+from resnetlab.core.depths import BASIC_DEPTHS, BOTTLENECK_DEPTHS, basic_blocks, bottleneck_blocks
 
 
 @pytest.mark.parametrize(
@@ -54,7 +54,9 @@ def test_the_depths_listed_in_the_messages_fit_their_rule() -> None:
         assert all(blocks(d) is not None for d in listed), description
 
 
-@pytest.mark.parametrize("module", ["resnetlab.depths", "resnetlab.config"])
+@pytest.mark.parametrize(
+    "module", ["resnetlab.core.depths", "resnetlab.core.config", "resnetlab.core.params"]
+)
 def test_importing_does_not_import_torch(module: str) -> None:
     code = f"import sys, {module}; print('torch' in sys.modules)"
     result = subprocess.run(

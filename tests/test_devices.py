@@ -11,13 +11,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from resnetlab import device as dev
-from resnetlab import tracking
-from resnetlab.errors import ResnetlabError
+from resnetlab.core import device as dev
+from resnetlab.core.errors import ResnetlabError
+from resnetlab.tracking import store
 
 # A child process that places itself as a parallel run would and prints where it landed.
 PLACE = (
-    "import json, torch; from resnetlab import device as d; d.LOCK_DIR = __import__('pathlib')"
+    "import json, torch; from resnetlab.core import device as d; d.LOCK_DIR = __import__('pathlib')"
     ".Path({lock_dir!r}); p = d.place('auto'); print(json.dumps([p.describe(), "
     "torch.get_num_threads()]), flush=True); input()"
 )
@@ -85,10 +85,10 @@ def test_default_store_is_the_projects_even_from_a_temporary_copy(tmp_path, monk
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.setenv("DVC_ROOT", str(root))
     monkeypatch.chdir(copy)
-    assert tracking.tracking_uri() == f"sqlite:///{root / 'mlflow.db'}"
-    client = tracking.client()
-    experiment = client.get_experiment(tracking.experiment_id(client, "queued"))
+    assert store.tracking_uri() == f"sqlite:///{root / 'mlflow.db'}"
+    client = store.client()
+    experiment = client.get_experiment(store.experiment_id(client, "queued"))
     assert experiment.artifact_location == (root / "mlruns").as_uri()
     assert (root / "mlflow.db").exists() and not (copy / "mlflow.db").exists()
     monkeypatch.delenv("DVC_ROOT")
-    assert tracking.tracking_uri() == f"sqlite:///{copy / 'mlflow.db'}"
+    assert store.tracking_uri() == f"sqlite:///{copy / 'mlflow.db'}"

@@ -9,8 +9,8 @@ import pandas as pd
 import yaml
 
 from resnetlab.cli import main
-from resnetlab.diagnostics import gradient_profiles
-from resnetlab.stages import diagnose
+from resnetlab.pipeline import diagnose
+from resnetlab.report.gradients import gradient_profiles
 
 
 def test_gradient_profile_table(tmp_path: Path) -> None:

@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from resnetlab.diagnostics import first_layer_grad_norm, gradient_norms
 from resnetlab.models import build_model
+from resnetlab.report.gradients import first_layer_grad_norm, gradient_norms
 
 DEPTHS = (20, 56, 110)
 

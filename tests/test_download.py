@@ -24,10 +24,11 @@ from pathlib import Path
 
 import pytest
 
-from resnetlab import download
 from resnetlab.cli import main
-from resnetlab.download import ARCHIVE_NAME, Limits, fetch_archive
-from resnetlab.errors import ResnetlabError
+from resnetlab.core.errors import ResnetlabError
+from resnetlab.data import download
+from resnetlab.data.cifar10 import ARCHIVE_NAME
+from resnetlab.data.download import Limits, fetch_archive
 
 
 def write_params(tmp_path: Path, url: str, md5: str) -> Path:

@@ -1,8 +1,9 @@
 """dvc.yaml must make DVC re-run a stage whenever code that stage runs changes.
 
 For every stage whose command runs `resnetlab <sub>`, the code it runs is the import closure of
-`resnetlab.stages.<sub>` (plus the `resnetlab.cli` dispatcher), computed here from the source with
-`ast`: module-level and lazy (in-function) imports, relative imports and parent packages, but not
+the module `resnetlab.cli.command_module(<sub>)` names (plus the `resnetlab.cli` dispatcher),
+computed here from the source with `ast`: module-level and lazy (in-function) imports, relative
+imports and parent packages, but not
 imports under `if TYPE_CHECKING:`, which never run. Each module file in that closure must be a
 stage dep, or lie under a dep directory, unless OUTPUT_NEUTRAL exempts it. Conversely every `src/`
 dep must exist and be code the stage runs, so that an edit elsewhere causes no needless re-run.
@@ -28,27 +29,42 @@ from typing import Any
 import pytest
 import yaml
 
+from resnetlab.cli import command_module
+
 REPO = Path(__file__).resolve().parents[1]
 SRC = REPO / "src"
 PACKAGE = "resnetlab"
 
 # Module files a stage runs whose edits cannot change any DVC output value; no stage needs a dep on
-# them (paths relative to the repo root; an entry whose file does not exist is simply unused).
+# them (paths relative to the repo root; an entry ending in "/" covers a whole package). The one
+# list: dvc.yaml's header comment and docs/architecture.md name exactly these (checked below).
 OUTPUT_NEUTRAL: dict[str, str] = {
     "src/resnetlab/__init__.py": "package marker and version string",
-    "src/resnetlab/stages/__init__.py": "docstring only",
-    "src/resnetlab/errors.py": (
+    "src/resnetlab/cli.py": "argument dispatch shell around the command modules",
+    "src/resnetlab/core/__init__.py": "docstring only",
+    "src/resnetlab/core/errors.py": (
         "exception classes; change how a failure is reported, never an output"
     ),
-    "src/resnetlab/atomic.py": "how a file is written (temp + rename), not what is in it",
-    "src/resnetlab/allocator.py": "how freed memory is reused: speed, never a value",
-    "src/resnetlab/cli.py": "argument dispatch shell around the stage modules",
-    "src/resnetlab/tracking.py": (
+    "src/resnetlab/core/atomic.py": "how a file is written (temp + rename), not what is in it",
+    "src/resnetlab/core/allocator.py": "how freed memory is reused: speed, never a value",
+    "src/resnetlab/data/__init__.py": "docstring only",
+    "src/resnetlab/evaluate/__init__.py": "docstring only",
+    "src/resnetlab/pipeline/__init__.py": "docstring only",
+    "src/resnetlab/report/__init__.py": "docstring only",
+    "src/resnetlab/train/__init__.py": "docstring only",
+    "src/resnetlab/train/console.py": "terminal progress display",
+    "src/resnetlab/tracking/": (
         "MLflow records what stages compute; nothing it writes is a DVC output value"
         " (the run id file holds an opaque id)"
     ),
-    "src/resnetlab/progress.py": "terminal progress display",
 }
+
+
+def output_neutral(file: str) -> bool:
+    """Whether OUTPUT_NEUTRAL exempts `file` (a repo-relative path), itself or by its package."""
+    return file in OUTPUT_NEUTRAL or any(
+        key.endswith("/") and file.startswith(key) for key in OUTPUT_NEUTRAL
+    )
 
 
 # --- import closure -----------------------------------------------------------------------------
@@ -299,7 +315,7 @@ def stage_entries(cmd: str) -> list[str]:
             continue
         sub = next((a for a in args if not a.startswith("-")), None)  # as cli._chosen_stage
         if sub:
-            entries += [f"{PACKAGE}.cli", f"{PACKAGE}.stages.{sub}"]
+            entries += [f"{PACKAGE}.cli", command_module(sub)]
     return entries
 
 
@@ -337,7 +353,7 @@ def missing_deps(
     for name, files in stage_closures(stages, root).items():
         deps = stages[name]["deps"]
         for file in files:
-            if file not in OUTPUT_NEUTRAL and not any(_covers(d, file) for d in deps):
+            if not output_neutral(file) and not any(_covers(d, file) for d in deps):
                 missing.setdefault(base_name(name), set()).add(file)
     return {name: sorted(files) for name, files in missing.items()}
 
@@ -440,12 +456,12 @@ def test_import_closure_follows_lazy_from_and_parent_imports(tmp_path: Path) -> 
 def test_stage_entries_parse_command_forms() -> None:
     assert stage_entries("resnetlab train --variant x") == [
         "resnetlab.cli",
-        "resnetlab.stages.train",
+        "resnetlab.pipeline.train",
     ]
     assert stage_entries("OMP_NUM_THREADS=1 python -m resnetlab -q evaluate --out m")[1:] == [
-        "resnetlab.stages.evaluate"
+        "resnetlab.pipeline.evaluate"
     ]
-    assert stage_entries("echo hi && resnetlab compare")[1:] == ["resnetlab.stages.compare"]
+    assert stage_entries("echo hi && resnetlab compare")[1:] == ["resnetlab.pipeline.compare"]
     assert stage_entries("python other.py --resnetlab train") == []
 
 
@@ -467,3 +483,19 @@ def test_foreach_and_matrix_stages_expand() -> None:
     stages = resolve_stages(dvc, root=Path("/nonexistent"))
     assert stages["a@x"] == {"cmds": ["c x"], "deps": ["o/x"]}
     assert stages["m@v-1"]["deps"] == ["src/v"]
+
+
+def test_dvc_yaml_names_exactly_the_output_neutral_modules() -> None:
+    """dvc.yaml's header comment lists the exempt modules a reader sees; OUTPUT_NEUTRAL is the
+    one list, so the two must name the same ones (the package __init__ files, docstrings only,
+    as one phrase)."""
+    header = (REPO / "dvc.yaml").read_text(encoding="utf-8").split("\nvars:", 1)[0]
+    named = set(re.findall(r"\b([a-z_]+(?:/[a-z_]+)*(?:\.py|/))(?=[ ,)])", header))
+    named -= {"tests/test_dvc_deps.py"}
+    expected = {
+        key.removeprefix("src/resnetlab/")
+        for key in OUTPUT_NEUTRAL
+        if not key.endswith("/__init__.py") or OUTPUT_NEUTRAL[key] != "docstring only"
+    } - {"__init__.py"}
+    assert named == expected
+    assert "__init__ files, which hold docstrings only" in " ".join(header.split())

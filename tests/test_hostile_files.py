@@ -16,9 +16,9 @@ import torch
 from PIL import Image
 from test_train import make_params, train
 
-from resnetlab import checkpoint
-from resnetlab.classify import MAX_PIXELS, load_image
-from resnetlab.errors import ResnetlabError
+from resnetlab.core.errors import ResnetlabError
+from resnetlab.evaluate.images import MAX_PIXELS, load_image
+from resnetlab.train import checkpoint
 
 # ---------------------------------------------------------------------------------------------
 # checkpoint.pt

@@ -34,7 +34,7 @@ def loaded_after(code: str) -> dict[str, list[str]]:
 
 def test_data_stages_import_no_torch_and_no_mlflow():
     marks = loaded_after(
-        "import resnetlab.cli, resnetlab.stages.download, resnetlab.stages.prepare\n"
+        "import resnetlab.cli, resnetlab.pipeline.download, resnetlab.pipeline.prepare\n"
         "mark('imported')\n"
     )
     assert marks["imported"] == []
@@ -42,7 +42,7 @@ def test_data_stages_import_no_torch_and_no_mlflow():
 
 def test_model_stages_import_torch_alone_and_torchvision_only_for_its_models():
     marks = loaded_after(
-        "import resnetlab.cli, resnetlab.stages.train, resnetlab.stages.evaluate\n"
+        "import resnetlab.cli, resnetlab.pipeline.train, resnetlab.pipeline.evaluate\n"
         "mark('imported')\n"
         "from resnetlab.models import build_model\n"
         "build_model('resnet_v1', depth=8)\n"
@@ -58,7 +58,7 @@ def test_model_stages_import_torch_alone_and_torchvision_only_for_its_models():
 
 def test_metrics_need_no_scikit_learn_or_pandas():
     marks = loaded_after(
-        "from resnetlab.metrics import classification_report, confusion_matrix\n"
+        "from resnetlab.evaluate.metrics import classification_report, confusion_matrix\n"
         "classification_report([0, 1, 1], [0, 1, 0], ['a', 'b'])\n"
         "confusion_matrix([0, 1, 1], [0, 1, 0], 2)\n"
         "mark('report')\n"

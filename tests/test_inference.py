@@ -6,16 +6,10 @@ import pytest
 import torch
 from torch import nn
 
-from resnetlab import device as dev
-from resnetlab.inference import (
-    IDENTITY,
-    TTA_VIEWS,
-    Normalizer,
-    View,
-    predict_logits,
-    predict_views,
-    view_of,
-)
+from resnetlab.core import device as dev
+from resnetlab.data.normalize import Normalizer
+from resnetlab.evaluate.scoring import predict_logits
+from resnetlab.evaluate.tta import IDENTITY, TTA_VIEWS, View, predict_views, view_of
 
 
 def grid() -> torch.Tensor:

@@ -9,7 +9,12 @@ import warnings
 import numpy as np
 import pytest
 
-from resnetlab.metrics import classification_report, confusion_matrix, mean_std, per_class_frame
+from resnetlab.evaluate.metrics import (
+    classification_report,
+    confusion_matrix,
+    mean_std,
+    per_class_frame,
+)
 
 # Case 1: three classes, two samples each.
 # class 0: predicted at 0 (right) and 5 (wrong)       -> P 1/2, R 1/2, F1 1/2

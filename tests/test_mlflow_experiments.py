@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from experiments_project import EXPERIMENT, EXPERIMENTS, ExperimentsProject, build
 
-from resnetlab import tracking
+from resnetlab.tracking import lineage
 
 pytestmark = pytest.mark.slow
 
@@ -38,7 +38,7 @@ def store(experiments):
     client = MlflowClient(experiments.tracking_uri, registry_uri=experiments.tracking_uri)
     exp_id = client.get_experiment_by_name(EXPERIMENT).experiment_id
     runs = client.search_runs([exp_id], max_results=1000)
-    parents = [r for r in runs if tracking.PARENT_KEY_TAG in r.data.tags]
+    parents = [r for r in runs if lineage.PARENT_KEY_TAG in r.data.tags]
     children = [r for r in runs if r.data.tags.get("stage") == "train"]
     return client, parents, children
 
@@ -49,7 +49,7 @@ def test_one_parent_run_per_experiment_with_nested_variant_runs(experiments, sto
     assert sorted(by_name) == sorted(EXPERIMENTS) and len(parents) == len(EXPERIMENTS)
     for name, parent in by_name.items():
         assert parent.data.tags["dvc_exp_name"] == name
-        assert parent.data.tags[tracking.PARENT_KEY_TAG].startswith(f"dvc-exp:{name}@")
+        assert parent.data.tags[lineage.PARENT_KEY_TAG].startswith(f"dvc-exp:{name}@")
         assert parent.data.tags["dvc_baseline"] == experiments.project.git("rev-parse", "HEAD")[:-1]
         # compare logged the leaderboard and the comparison figures into it.
         logged = {a.path for a in client.list_artifacts(parent.info.run_id)}
@@ -183,13 +183,13 @@ def test_racing_stages_agree_on_one_parent(tmp_path) -> None:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(uri)
     exp_id = client.create_experiment("race")
-    group = tracking.Lineage("dvc-exp:race@abc", exp_name="race", baseline="abc")
+    group = lineage.Lineage("dvc-exp:race@abc", exp_name="race", baseline="abc")
     found: list[str] = []
     start = threading.Barrier(4)
 
     def stage() -> None:
         start.wait()
-        found.append(tracking.parent_run(MlflowClient(uri), exp_id, group))
+        found.append(lineage.parent_run(MlflowClient(uri), exp_id, group))
 
     threads = [threading.Thread(target=stage) for _ in range(4)]
     for t in threads:
@@ -197,7 +197,7 @@ def test_racing_stages_agree_on_one_parent(tmp_path) -> None:
     for t in threads:
         t.join(60)
     assert len(found) == 4 and len(set(found)) == 1
-    live = client.search_runs([exp_id], f"tags.`{tracking.PARENT_KEY_TAG}` = 'dvc-exp:race@abc'")
+    live = client.search_runs([exp_id], f"tags.`{lineage.PARENT_KEY_TAG}` = 'dvc-exp:race@abc'")
     assert [r.info.run_id for r in live] == found[:1]
     # Found again later, not created anew.
-    assert tracking.parent_run(client, exp_id, group) == found[0]
+    assert lineage.parent_run(client, exp_id, group) == found[0]

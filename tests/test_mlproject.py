@@ -14,7 +14,7 @@ from mlflow.projects._project_spec import load_project
 from mlflow.utils.environment import _PythonEnv
 from mlflow.utils.requirements_utils import _parse_requirements
 
-from resnetlab import tracking
+from resnetlab.tracking import lineage
 
 # `mlflow run` gives the command its own run; the stages nest under it, but never adopt it as
 # the active run of MLflow's fluent API (see MLproject).
@@ -114,7 +114,7 @@ def test_mlflow_run_train_entry_point(tiny_archive, tmp_path) -> None:
     assert train.info.run_name == "resnet8 · seed 0" and train.info.status == "FINISHED"
     assert train.data.tags["mlflow.parentRunId"] == launch.info.run_id
     key = f"mlflow-run:{launch.info.run_id}"
-    assert launch.data.tags[tracking.PARENT_KEY_TAG] == key
+    assert launch.data.tags[lineage.PARENT_KEY_TAG] == key
     assert train.data.tags["resnetlab.group"] == key
 
     # Up to date: DVC skips the training, and `mlflow run` still succeeds.
@@ -131,8 +131,8 @@ def test_launch_run_in_another_experiment_is_linked(tmp_path, monkeypatch) -> No
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     launch = client.create_run("0").info.run_id  # Default
     exp_id = client.create_experiment("e2e")
-    group = tracking.Lineage(f"mlflow-run:{launch}", launch_run=launch)
-    parent = tracking.parent_run(client, exp_id, group)
+    group = lineage.Lineage(f"mlflow-run:{launch}", launch_run=launch)
+    parent = lineage.parent_run(client, exp_id, group)
     assert parent != launch
     assert client.get_run(launch).data.tags["resnetlab.parent_run"] == parent
     tags = client.get_run(parent).data.tags

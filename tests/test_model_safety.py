@@ -26,11 +26,11 @@ import torch
 import yaml
 from PIL import Image
 
-from resnetlab import logged_model, tracking
-from resnetlab.classify import CIFAR10_CLASSES
 from resnetlab.cli import main
-from resnetlab.inference import Classifier
+from resnetlab.data.cifar10 import CLASSES as CIFAR10_CLASSES
+from resnetlab.evaluate.classifier import Classifier
 from resnetlab.models import build_model
+from resnetlab.tracking import logged_model, model_io
 
 ARCHIVE = Path("data") / "model.pt2"
 
@@ -43,7 +43,7 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Classifier
     folder = tmp_path_factory.mktemp("logged") / "model"
     # Batch of 4: torch.export makes the batch dimension dynamic only when the example's is > 1.
     example = np.random.default_rng(0).random((4, 3, 32, 32), dtype=np.float32)
-    tracking.save_model_artifact(clf, folder, example, CIFAR10_CLASSES)
+    model_io.save_model_artifact(clf, folder, example, CIFAR10_CLASSES)
     return folder, clf.eval()
 
 

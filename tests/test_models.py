@@ -16,7 +16,7 @@ from torchvision.models import resnet50 as tv_resnet50
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
 import resnetlab.models as models
-from resnetlab.errors import ConfigError, ResnetlabError
+from resnetlab.core.errors import ConfigError, ResnetlabError
 from resnetlab.models import build_model, count_parameters, list_models, model_depth, register_model
 from resnetlab.models import registry as registry_module
 from resnetlab.models.cifar import BasicBlockV1, PreActBasicBlock, PreActBottleneck, ZeroPadShortcut
@@ -250,8 +250,8 @@ BOTTLENECK = "a depth of the form 9n+2 (11, 20, 29, 56, 110, 164, 1001, ...)"
 def test_invalid_values_say_what_is_allowed(
     name: str, kwargs: dict[str, object], message: str
 ) -> None:
-    # One shape for every invalid value, as in resnetlab.config: "<key>: <value> is not allowed;
-    # expected <what is>", the key of a model argument being "<model>.<argument>".
+    # One shape for every invalid value, as in resnetlab.core.config: "<key>: <value> is not
+    # allowed; expected <what is>", the key of a model argument being "<model>.<argument>".
     with pytest.raises(ConfigError) as info:
         build_meta(name, **kwargs)
     assert str(info.value).startswith(message)

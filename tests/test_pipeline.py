@@ -129,14 +129,14 @@ def test_pipeline_reruns_exactly_what_changed(tiny_archive, tmp_path):
 
     # Code changes re-run exactly the stages that run that code. The learning-rate schedule:
     # every variant retrains (and is evaluated and compared again); data and diagnostics stay.
-    project.edit_code("resnetlab/engine.py")
+    project.edit_code("resnetlab/train/schedule.py")
     assert sorted(project.repro()) == sorted(TRAIN_ON)
     # A figure: only the drawing stage.
-    project.edit_code("resnetlab/plots.py")
+    project.edit_code("resnetlab/report/plots.py")
     assert project.repro() == ["compare"]
     # The gradient diagnostics: only their stage (its table comes out the same, so compare
     # has nothing new to draw).
-    project.edit_code("resnetlab/diagnostics.py")
+    project.edit_code("resnetlab/report/gradients.py")
     assert project.repro() == ["diagnose"]
     project.commit("code edits")
 

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from resnetlab import plots
+from resnetlab.report import plots
 
 CIFAR10 = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
@@ -170,7 +170,7 @@ NO_GLOBAL_STATE = textwrap.dedent(
     import numpy as np
     import pandas as pd
 
-    import resnetlab.plots as plots
+    import resnetlab.report.plots as plots
 
     assert "matplotlib.pyplot" not in sys.modules, "importing plots imported pyplot"
     assert matplotlib.get_backend() == before, "importing plots switched the backend"

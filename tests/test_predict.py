@@ -16,13 +16,14 @@ import pytest
 import torch
 from PIL import Image
 
-from resnetlab import tracking
-from resnetlab.classify import CIFAR10_CLASSES, load_image
 from resnetlab.cli import main
-from resnetlab.config import parse_params
-from resnetlab.inference import load_classifier
+from resnetlab.core.params import parse_params
+from resnetlab.core.records import ModelRecord
+from resnetlab.data.cifar10 import CLASSES as CIFAR10_CLASSES
+from resnetlab.evaluate.classifier import load_classifier
+from resnetlab.evaluate.images import load_image
 from resnetlab.models import build_model
-from resnetlab.records import ModelRecord
+from resnetlab.tracking import training_run
 
 # One result line: `<path>: <class> <p>%, <class> <p>%, ...`
 LINE = re.compile(r"^(?P<path>.+?): (?P<pairs>\w+ \d+\.\d%(?:, \w+ \d+\.\d%)*)$")
@@ -240,7 +241,7 @@ def test_missing_variant_is_one_line(models_dir, images, capsys) -> None:
 
 @pytest.fixture(scope="module")
 def logged(models_dir, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
-    """(tracking URI, model URI) of the tiny model logged with `tracking.log_trained_model`."""
+    """(tracking URI, model URI) of the tiny model logged with `training_run.TrainingRun`."""
     root = tmp_path_factory.mktemp("mlflow")
     uri = f"sqlite:///{root / 'mlflow.db'}"
     clf, record = load_classifier(models_dir / "tiny" / "seed0" / "model.pt")
@@ -251,7 +252,7 @@ def logged(models_dir, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, s
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MLFLOW_TRACKING_URI", uri)
         mp.chdir(root)  # the default artifact root is relative to the working directory
-        with tracking.TrainingRun("predict-test", "tiny", {"variant": "tiny"}, {}) as run:
+        with training_run.TrainingRun("predict-test", "tiny", {"variant": "tiny"}, {}) as run:
             run.log_model(clf, example, record.classes)
             run.log_table(pd.DataFrame({"epoch": [1], "val_accuracy": [0.1]}), "history.json")
         # Tracking goes through an explicit client: no MLflow variable is left behind. Torch's

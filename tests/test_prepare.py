@@ -15,18 +15,11 @@ import pytest
 from cifar_archive import make_archive
 from conftest import SHARED_CIFAR
 
-from resnetlab import data
 from resnetlab.cli import main
-from resnetlab.data import (
-    UnsafePickleError,
-    channel_stats,
-    load_prepared,
-    prepare,
-    read_archive,
-    safe_unpickle,
-    split_indices,
-)
-from resnetlab.errors import ResnetlabError
+from resnetlab.core.errors import ResnetlabError
+from resnetlab.data import archive as archive_reader
+from resnetlab.data.archive import UnsafePickleError, read_archive, safe_unpickle
+from resnetlab.data.prepared import channel_stats, load_prepared, prepare, split_indices
 
 
 class _CreatesFile:
@@ -106,7 +99,9 @@ def test_truncated_padded_and_oversized_archives(tmp_path, monkeypatch):
     assert np.array_equal(read_archive(archive).train_images, reference.train_images)
 
     archive.write_bytes(blob)
-    monkeypatch.setattr(data, "MAX_TAR_BYTES", 100_000)  # the tiny archive inflates to ~1 MB
+    monkeypatch.setattr(
+        archive_reader, "MAX_TAR_BYTES", 100_000
+    )  # the tiny archive inflates to ~1 MB
     with pytest.raises(ResnetlabError, match="decompresses to more than 100,000 bytes"):
         read_archive(archive)
 

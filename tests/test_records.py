@@ -9,11 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from resnetlab.config import Variant, parse_params
-from resnetlab.errors import ResnetlabError
-from resnetlab.inference import build_network, load_classifier
-from resnetlab.models import build_model
-from resnetlab.records import (
+from resnetlab.core.config import Variant
+from resnetlab.core.errors import ResnetlabError
+from resnetlab.core.params import parse_params
+from resnetlab.core.records import (
     HISTORY_COLUMNS,
     EvalReport,
     History,
@@ -24,6 +23,8 @@ from resnetlab.records import (
     RunFile,
     TrainSummary,
 )
+from resnetlab.evaluate.classifier import build_network, load_classifier
+from resnetlab.models import build_model
 
 SUMMARY = TrainSummary(epochs=3, best_val_accuracy=0.5, train_time_s=1.5, images_per_s=900.0)
 CARD = ModelCard(

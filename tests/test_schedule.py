@@ -6,8 +6,8 @@ import math
 
 import pytest
 
-from resnetlab.config import TrainConfig
-from resnetlab.engine import lr_factor
+from resnetlab.core.config import TrainConfig
+from resnetlab.train.schedule import lr_factor
 
 STEPS = 10  # optimiser steps per epoch
 

@@ -24,12 +24,13 @@ import torch
 import yaml
 from tracking_server import TrackingServer, free_port
 
-from resnetlab import checkpoint, tracking
-from resnetlab.classify import CIFAR10_CLASSES
 from resnetlab.cli import main
-from resnetlab.config import parse_params
+from resnetlab.core.params import parse_params
+from resnetlab.core.records import History, ModelRecord, RunFile
+from resnetlab.data.cifar10 import CLASSES as CIFAR10_CLASSES
 from resnetlab.models import build_model
-from resnetlab.records import History, ModelRecord, RunFile
+from resnetlab.tracking import store, training_run
+from resnetlab.train import checkpoint
 
 EPOCHS = 4
 TRAIN = {"epochs": EPOCHS, "batch_size": 64, "lr": 0.05, "precision": "fp32"}
@@ -86,7 +87,10 @@ def test_server_dying_mid_training_costs_no_epoch_and_relog_backfills_the_run(
 
     monkeypatch.setattr(checkpoint, "save_atomic", save)
     waits: dict[str, float] = {}  # how long the MLflow listener held training up, per event
-    real_epoch_end, real_finish = tracking.TrainingRun.on_epoch_end, tracking.TrainingRun.finish
+    real_epoch_end, real_finish = (
+        training_run.TrainingRun.on_epoch_end,
+        training_run.TrainingRun.finish,
+    )
 
     with TrackingServer(workdir / "store") as server:
         monkeypatch.setenv("MLFLOW_TRACKING_URI", server.url)
@@ -105,8 +109,8 @@ def test_server_dying_mid_training_costs_no_epoch_and_relog_backfills_the_run(
             finally:
                 waits["finish"] = time.monotonic() - start
 
-        monkeypatch.setattr(tracking.TrainingRun, "on_epoch_end", on_epoch_end)
-        monkeypatch.setattr(tracking.TrainingRun, "finish", finish)
+        monkeypatch.setattr(training_run.TrainingRun, "on_epoch_end", on_epoch_end)
+        monkeypatch.setattr(training_run.TrainingRun, "finish", finish)
         caplog.set_level(logging.INFO)
         assert main(train_argv(tiny_prepared)) == 1
 
@@ -152,17 +156,17 @@ def test_stage_error_when_tracking_is_behind_at_the_end_names_files_and_relog(
 ):
     """The same failure on the SQLite store, cheaply: every call after epoch 1 fails."""
     write_params(workdir, epochs=2)
-    real_epoch_end = tracking.TrainingRun.on_epoch_end
+    real_epoch_end = training_run.TrainingRun.on_epoch_end
 
     def on_epoch_end(self, event):
         real_epoch_end(self, event)
 
         def refuse(*args, **kwargs):
-            raise tracking.Unreachable("unreachable (refused by the test)")
+            raise store.Unreachable("unreachable (refused by the test)")
 
         self._calls.probe = refuse
 
-    monkeypatch.setattr(tracking.TrainingRun, "on_epoch_end", on_epoch_end)
+    monkeypatch.setattr(training_run.TrainingRun, "on_epoch_end", on_epoch_end)
     caplog.set_level(logging.INFO)
     assert main(train_argv(tiny_prepared)) == 1
     assert sum("tracking is behind" in r.getMessage() for r in caplog.records) == 1
@@ -180,7 +184,7 @@ def test_stage_error_when_tracking_is_behind_at_the_end_names_files_and_relog(
     )
 
     # Re-running the stage once the store answers: no epoch is trained again, the run completes.
-    monkeypatch.setattr(tracking.TrainingRun, "on_epoch_end", real_epoch_end)
+    monkeypatch.setattr(training_run.TrainingRun, "on_epoch_end", real_epoch_end)
     saved: list[bool] = []
     real_save = checkpoint.save_atomic
 
@@ -301,12 +305,12 @@ def test_run_left_running_by_kill_9_in_epoch_1_is_marked_killed_by_the_next_run(
     c = mlflow_client(uri)
     orphan = c.get_run(run_id)
     assert orphan.info.status == "RUNNING"
-    assert orphan.data.tags[tracking.PID_TAG] == str(proc.pid)
+    assert orphan.data.tags[training_run.PID_TAG] == str(proc.pid)
     # A run whose process lives (this one) is left alone.
     alive = c.create_run(
         orphan.info.experiment_id,
         run_name="tiny · seed 0",
-        tags={tracking.HOST_TAG: socket.gethostname(), tracking.PID_TAG: str(os.getpid())},
+        tags={training_run.HOST_TAG: socket.gethostname(), training_run.PID_TAG: str(os.getpid())},
     )
 
     assert main(train_argv(tiny_prepared)) == 0
@@ -327,7 +331,7 @@ def _running_run(db: Path) -> str | None:
         with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1) as conn:
             row = conn.execute(
                 "SELECT run_uuid FROM runs WHERE status = 'RUNNING' AND run_uuid IN "
-                f"(SELECT run_uuid FROM tags WHERE key = '{tracking.PID_TAG}')"
+                f"(SELECT run_uuid FROM tags WHERE key = '{training_run.PID_TAG}')"
             ).fetchone()
     except sqlite3.Error:  # tables not created yet, or locked for a moment
         return None

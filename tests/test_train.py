@@ -13,10 +13,10 @@ import pytest
 import torch
 import yaml
 
-from resnetlab import checkpoint
 from resnetlab.cli import main
-from resnetlab.config import parse_params
-from resnetlab.stages import train as train_stage
+from resnetlab.core.params import parse_params
+from resnetlab.pipeline import train as train_stage
+from resnetlab.train import checkpoint
 
 TINY_TRAIN = {
     "epochs": 3,

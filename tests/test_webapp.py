@@ -17,12 +17,12 @@ from PIL import Image
 from streamlit import dataframe_util
 from streamlit.testing.v1 import AppTest
 
-from resnetlab.classify import load_image, predict
 from resnetlab.cli import build_parser, main
-from resnetlab.data import load_prepared
-from resnetlab.errors import ResnetlabError
-from resnetlab.inference import load_classifier
-from resnetlab.stages import app as app_stage
+from resnetlab.core.errors import ResnetlabError
+from resnetlab.data.prepared import load_prepared
+from resnetlab.evaluate.classifier import load_classifier
+from resnetlab.evaluate.images import load_image, predict
+from resnetlab.tools import app as app_stage
 from resnetlab.webapp import project as data
 from resnetlab.webapp.project import Project
 

@@ -23,7 +23,7 @@ from conftest import SHARED_CIFAR
 from PIL import Image
 
 from resnetlab.cli import main
-from resnetlab.data import read_archive
+from resnetlab.data.archive import read_archive
 
 pytestmark = pytest.mark.slow
 

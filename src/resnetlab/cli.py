@@ -7,23 +7,36 @@ import importlib
 import logging
 import sys
 
-from resnetlab.allocator import keep_freed_memory
-from resnetlab.errors import ResnetlabError
+from resnetlab.core.allocator import keep_freed_memory
+from resnetlab.core.errors import ResnetlabError
 
-# Sub-command -> one-line help. Each lives in the module resnetlab.stages.<name> (with
-# `add_arguments(parser)` and `run(args)`), imported only when that command runs: torch,
-# torchvision, scikit-learn and MLflow take seconds to import, and a stage needs few of them.
-STAGES = {
-    "download": "fetch cifar-10-python.tar.gz from data.url and check data.md5",
-    "prepare": "split the archive into train/val/test arrays under --out",
-    "train": "train one variant (resumes an interrupted run)",
-    "evaluate": "evaluate a trained variant on the test set",
-    "diagnose": "per-layer gradient norms of plain vs residual nets at initialisation",
-    "compare": "leaderboard and every figure, over all variants",
-    "predict": "classify image files with a trained variant or an MLflow model",
-    "relog": "record a trained variant in MLflow from its files (after tracking failed)",
-    "app": "the web app (Streamlit): classify uploads, a model's mistakes, compare variants",
+# Sub-command -> (its package, one-line help). Each lives in the module
+# resnetlab.<package>.<name> (with `add_arguments(parser)` and `run(args)`): `pipeline` holds the
+# DVC stages, `tools` the commands DVC never runs. A module is imported only when its command
+# runs: torch, torchvision, scikit-learn and MLflow take seconds to import, and a command needs
+# few of them.
+COMMANDS = {
+    "download": ("pipeline", "fetch cifar-10-python.tar.gz from data.url and check data.md5"),
+    "prepare": ("pipeline", "split the archive into train/val/test arrays under --out"),
+    "train": ("pipeline", "train one variant (resumes an interrupted run)"),
+    "evaluate": ("pipeline", "evaluate a trained variant on the test set"),
+    "diagnose": (
+        "pipeline",
+        "per-layer gradient norms of plain vs residual nets at initialisation",
+    ),
+    "compare": ("pipeline", "leaderboard and every figure, over all variants"),
+    "predict": ("tools", "classify image files with a trained variant or an MLflow model"),
+    "relog": ("tools", "record a trained variant in MLflow from its files (after tracking failed)"),
+    "app": (
+        "tools",
+        "the web app (Streamlit): classify uploads, a model's mistakes, compare variants",
+    ),
 }
+
+
+def command_module(name: str) -> str:
+    """The module that implements sub-command `name`, e.g. `resnetlab.pipeline.train`."""
+    return f"resnetlab.{COMMANDS[name][0]}.{name}"
 
 
 def build_parser(stage: str | None = None) -> argparse.ArgumentParser:
@@ -34,11 +47,11 @@ def build_parser(stage: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="stage", required=True, metavar="STAGE")
-    for name, help_text in STAGES.items():
+    for name, (_, help_text) in COMMANDS.items():
         if name != stage:
             sub.add_parser(name, help=help_text, add_help=False)
             continue
-        module = importlib.import_module(f"resnetlab.stages.{name}")
+        module = importlib.import_module(command_module(name))
         p = sub.add_parser(
             name,
             help=help_text,

@@ -10,7 +10,7 @@ their 16/32/64 filters; ``resnet18/34/50`` take a ``width`` multiplier (int or f
 64/128/256/512 filters; all but ``resnet50_imagenet`` and ``plain18`` take
 ``zero_init_residual``. ``plain18`` is ``resnet18`` without its shortcuts. Convolutions
 use He (kaiming normal) initialisation. Unknown names, unknown arguments and invalid values
-raise :class:`resnetlab.errors.ConfigError` saying what is allowed.
+raise :class:`resnetlab.core.errors.ConfigError` saying what is allowed.
 
 Variants (``num_classes=10``, ``width=1``; ``tests/test_models.py`` keeps this table true):
 

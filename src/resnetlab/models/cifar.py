@@ -13,14 +13,14 @@ from collections.abc import Callable
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from resnetlab.depths import (
+from resnetlab.core.depths import (
     BASIC_DEPTHS,
     BASIC_RULE,
     BOTTLENECK_DEPTHS,
     basic_blocks,
     bottleneck_blocks,
 )
-from resnetlab.errors import invalid
+from resnetlab.core.errors import invalid
 from resnetlab.models.registry import (
     check_bool,
     check_choice,

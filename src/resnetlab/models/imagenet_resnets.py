@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from resnetlab.errors import ResnetlabError, invalid
+from resnetlab.core.errors import ResnetlabError, invalid
 from resnetlab.models.cifar import he_init
 from resnetlab.models.registry import check_bool, check_positive_int, register_model
 

@@ -3,8 +3,8 @@
 Builders are plain functions registered with :func:`register_model`. :func:`build_model` checks
 the arguments against the builder's signature before calling it, so an unknown or missing
 argument fails with the list of accepted ones; the builders validate the values themselves with
-the ``check_*`` helpers below or :func:`resnetlab.errors.invalid`. Every message names the
-argument as ``<model>.<arg>``, the key shape of :mod:`resnetlab.config`'s messages::
+the ``check_*`` helpers below or :func:`resnetlab.core.errors.invalid`. Every message names the
+argument as ``<model>.<arg>``, the key shape of :mod:`resnetlab.core.config`'s messages::
 
     resnet_v1.width: 0 is not allowed; expected an integer >= 1
     resnet_v1.foo: unknown argument; accepted: depth (required), shortcut='A', ...
@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 from torch import nn
 
-from resnetlab.errors import ConfigError, invalid
+from resnetlab.core.errors import ConfigError, invalid
 
 __all__ = [
     "build_model",

@@ -17,16 +17,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from resnetlab.errors import ResnetlabError
-from resnetlab.records import read_csv
+from resnetlab.core.errors import ResnetlabError
+from resnetlab.core.records import read_csv
 
 if TYPE_CHECKING:
     import numpy as np
     import pandas as pd
     import torch
 
-    from resnetlab.classify import Prediction
-    from resnetlab.data import Prepared
+    from resnetlab.data.prepared import Prepared
+    from resnetlab.evaluate.images import Prediction
 
 MODEL_FILE = "model.pt"
 RUN_FILE = "mlflow_run.json"
@@ -85,7 +85,7 @@ class Project:
 def _run_file(variant_folder: Path, filename: str) -> Path:
     """`filename` in the lowest-seed run folder of a variant that has it; the seed-0 path (for
     messages) when none has."""
-    from resnetlab.records import first_seed_folder
+    from resnetlab.core.records import first_seed_folder
 
     folder = first_seed_folder(variant_folder, filename) or variant_folder / "seed0"
     return folder / filename
@@ -96,7 +96,7 @@ def _run_file(variant_folder: Path, filename: str) -> Path:
 
 def _variants_with(folder: Path, filename: str) -> list[str]:
     """Variants with `filename` in one of their run folders (`<folder>/<v>/seed<k>/`)."""
-    from resnetlab.records import first_seed_folder
+    from resnetlab.core.records import first_seed_folder
 
     if not folder.is_dir():
         return []
@@ -127,7 +127,7 @@ def declared_variants(project: Project) -> list[str]:
 
 def _run_of(path: Path, variant: str) -> str:
     """`<variant>-<seed>` (the DVC stage suffix) for a file in a `seed<k>` run folder."""
-    from resnetlab.records import SEED_FOLDER
+    from resnetlab.core.records import SEED_FOLDER
 
     match = SEED_FOLDER.fullmatch(path.parent.name)
     return f"{variant}-{match.group(1) if match else 0}"
@@ -167,7 +167,7 @@ def best_variant(candidates: Sequence[str], ranking: Sequence[str]) -> str | Non
 def logged_model_uris(project: Project) -> dict[str, str]:
     """Variant -> `runs:/<run id>/<variant>`, the model its training logged to MLflow, for every
     variant whose run file is readable. Reads the run files only; MLflow is not contacted."""
-    from resnetlab.records import RecordError, RunFile
+    from resnetlab.core.records import RecordError, RunFile
 
     uris = {}
     for variant in _variants_with(project.models, RUN_FILE):
@@ -184,7 +184,7 @@ def logged_model_uris(project: Project) -> dict[str, str]:
 
 def load_variant_model(project: Project, variant: str) -> tuple[torch.nn.Module, list[str]]:
     """A trained variant's classifier ([0, 1] images in, logits out) and its class names."""
-    from resnetlab.inference import load_classifier
+    from resnetlab.evaluate.classifier import load_classifier
 
     model, record = load_classifier(project.model_file(variant))
     return model, list(record.classes)
@@ -192,8 +192,8 @@ def load_variant_model(project: Project, variant: str) -> tuple[torch.nn.Module,
 
 def load_uri_model(uri: str) -> tuple[torch.nn.Module, list[str]]:
     """The model logged to MLflow at `uri` and its class names, as `resnetlab predict` loads it."""
-    from resnetlab import logged_model
-    from resnetlab.classify import CIFAR10_CLASSES
+    from resnetlab.data.cifar10 import CLASSES as CIFAR10_CLASSES
+    from resnetlab.tracking import logged_model
 
     # The safe loader `resnetlab predict` uses: never unpickles or imports a model's own code.
     model, classes = logged_model.load_uri(uri)
@@ -222,7 +222,7 @@ def classify_uploads(
 
     Preprocessing is `resnetlab predict`'s own (`classify.load_image`, `classify.predict`).
     """
-    from resnetlab.classify import load_image, predict
+    from resnetlab.evaluate.images import load_image, predict
 
     arrays: dict[int, np.ndarray] = {}
     errors: dict[int, str] = {}
@@ -347,7 +347,7 @@ def right_wrong(right: pd.DataFrame, wrong: pd.DataFrame) -> pd.DataFrame:
 
 def read_test_split(project: Project) -> Prepared | None:
     """The prepared test images and labels; None if there is no prepared data."""
-    from resnetlab.data import load_prepared
+    from resnetlab.data.prepared import load_prepared
 
     if not (project.prepared / "meta.json").is_file():
         return None

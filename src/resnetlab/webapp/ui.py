@@ -24,14 +24,14 @@ if TYPE_CHECKING:
     import pandas as pd
     import torch
 
-    from resnetlab.data import Prepared
+    from resnetlab.data.prepared import Prepared
 
 GRID_SCALE = 4  # CIFAR images are 32 x 32: shown at 128 px, pixels kept sharp
 
 
 def current_project() -> Project:
     """The project the app serves: the folder `resnetlab app` started it in (as DVC runs the
-    stages from the project root, and as `tracking.tracking_uri()` finds ./mlflow.db)."""
+    stages from the project root, and as `store.tracking_uri()` finds ./mlflow.db)."""
     return Project(Path.cwd())
 
 
@@ -55,18 +55,18 @@ def uri_model(uri: str) -> tuple[torch.nn.Module, list[str]]:
 
 
 @st.cache_resource(show_spinner="Listing registered models…", ttl=60)
-def _registered_model_uris(store: str) -> list[str]:
-    del store  # only part of the cache key: tracking.client() reads the same setting
-    from resnetlab import tracking
+def _registered_model_uris(store_uri: str) -> list[str]:
+    del store_uri  # only part of the cache key: store.client() reads the same setting
+    from resnetlab.tracking import model_io
 
-    return tracking.registered_model_uris()
+    return model_io.registered_model_uris()
 
 
 def registered_model_uris() -> list[str]:
     """The registered model versions in the project's MLflow store (re-listed every minute)."""
-    from resnetlab import tracking
+    from resnetlab.tracking import store
 
-    return _registered_model_uris(tracking.tracking_uri())
+    return _registered_model_uris(store.tracking_uri())
 
 
 @st.cache_resource(show_spinner="Loading the test images…", max_entries=2)
@@ -98,8 +98,8 @@ def _import_model_code() -> None:
     # Wait until the first page has reached the browser: an import holds the GIL for long
     # stretches and would delay it (by about a second on a small CPU).
     time.sleep(WARM_UP_DELAY_S)
-    import resnetlab.classify
-    import resnetlab.inference  # noqa: F401 - imported for its side effect: torch is loaded
+    import resnetlab.evaluate.classifier
+    import resnetlab.evaluate.images  # noqa: F401 - imported for its side effect: torch is loaded
 
 
 @st.cache_resource(show_spinner=False)

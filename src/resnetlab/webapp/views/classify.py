@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import streamlit as st
 
-from resnetlab.errors import ResnetlabError
+from resnetlab.core.errors import ResnetlabError
 from resnetlab.webapp import project as data
 from resnetlab.webapp import ui
 

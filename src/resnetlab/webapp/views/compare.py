@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from resnetlab.errors import ResnetlabError
+from resnetlab.core.errors import ResnetlabError
 from resnetlab.webapp import project as data
 from resnetlab.webapp import ui
 

@@ -1,0 +1,45 @@
+"""The CIFAR depth rules (He et al. 2015, section 4.2), in one place.
+
+A CIFAR net is a stem convolution, three stages of ``n`` blocks and a classifier, so its depth
+(the weighted layers on the main path) is ``3 * layers_per_block * n + 2`` with ``n >= 1``:
+``6n+2`` for basic blocks (two 3x3 convolutions) and ``9n+2`` for bottleneck blocks
+(1x1-3x3-1x1). Every ``18k+2`` depth (20, 38, 56, 110, 164, ...) is both.
+
+Pure Python on purpose: :mod:`resnetlab.core.config` imports it and must not import torch.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BASIC_DEPTHS",
+    "BASIC_RULE",
+    "BOTTLENECK_DEPTHS",
+    "BOTTLENECK_RULE",
+    "basic_blocks",
+    "bottleneck_blocks",
+]
+
+# What the validation messages say is allowed ("expected <this>"); tests/test_depths.py checks
+# that every depth listed here fits its rule.
+BASIC_RULE = "6n+2 (8, 14, 20, 32, 44, 56, 110, 1202, ...)"
+BOTTLENECK_RULE = "9n+2 (11, 20, 29, 56, 110, 164, 1001, ...)"
+BASIC_DEPTHS = f"a depth of the form {BASIC_RULE}"
+BOTTLENECK_DEPTHS = f"a depth of the form {BOTTLENECK_RULE}"
+
+
+def _blocks(depth: object, layers_per_block: int) -> int | None:
+    """``n`` with ``depth == 3 * layers_per_block * n + 2`` and ``n >= 1``, else None."""
+    if isinstance(depth, bool) or not isinstance(depth, int):
+        return None
+    n, rest = divmod(depth - 2, 3 * layers_per_block)
+    return n if rest == 0 and n >= 1 else None
+
+
+def basic_blocks(depth: object) -> int | None:
+    """Blocks per stage of a basic-block net of ``depth`` (6n+2), or None if it does not fit."""
+    return _blocks(depth, 2)
+
+
+def bottleneck_blocks(depth: object) -> int | None:
+    """Blocks per stage of a bottleneck net of ``depth`` (9n+2), or None if it does not fit."""
+    return _blocks(depth, 3)

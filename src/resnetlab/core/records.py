@@ -1,0 +1,408 @@
+"""What stages hand each other: small typed records, each with a validated `write` and `read`.
+
+| record          | file                          | written by | read by                 |
+|-----------------|-------------------------------|------------|-------------------------|
+| `ModelRecord`   | `models/<v>/seed<k>/model.pt`         | train      | evaluate, predict |
+| `TrainSummary`  | `metrics/<v>/seed<k>/train.json`      | train      | compare           |
+| `ModelCard`     | `metrics/<v>/seed<k>/model.json`      | train      | compare           |
+| `History`       | `metrics/<v>/seed<k>/history.csv`     | train      | compare           |
+| `EvalReport`    | `metrics/<v>/seed<k>/eval.json`       | evaluate   | compare           |
+| `RunFile`       | `models/<v>/seed<k>/mlflow_run.json`  | train      | evaluate, compare |
+
+One folder per variant and training seed `k` (`run_folder`); the DVC stages of that run are
+`train@<v>-<k>` and `evaluate@<v>-<k>` (`run_name`), and the DVC metrics files hold their numbers
+under that name.
+
+A reader gets the dataclass back or a `RecordError` naming the file and the missing or malformed
+field, with the stage to re-run; no reader lists the keys again. Accuracies are fractions in
+[0, 1], times are seconds.
+
+`train.json` and `eval.json` are DVC metrics files: they hold only the numbers worth a column in
+`dvc exp show` (every number in them becomes one column per variant). Names, model arguments
+and details live in `model.json` and `per_class.csv`, which DVC tracks as plain outputs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import re
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+
+from resnetlab.core.atomic import write_atomic
+from resnetlab.core.config import Variant
+from resnetlab.core.errors import ConfigError, ResnetlabError
+from resnetlab.core.params import variant_from_dict
+
+if TYPE_CHECKING:
+    import pandas as pd
+    import torch
+
+__all__ = [
+    "EvalReport",
+    "History",
+    "HistoryRow",
+    "ModelCard",
+    "ModelRecord",
+    "RecordError",
+    "RunFile",
+    "TrainSummary",
+    "first_seed_folder",
+    "run_folder",
+    "run_name",
+    "seed_folders",
+]
+
+R = TypeVar("R")
+J = TypeVar("J", bound="_JsonRecord")
+
+
+class RecordError(ResnetlabError):
+    """A stage's output file is missing or malformed; the message names file and field."""
+
+
+SEED_FOLDER = re.compile(r"seed(\d+)")
+
+
+def run_name(variant: str, seed: int) -> str:
+    """What DVC's matrix appends to a stage name for this run: `train@<variant>-<seed>`."""
+    return f"{variant}-{seed}"
+
+
+def run_folder(root: Path, variant: str, seed: int) -> Path:
+    """`<root>/<variant>/seed<seed>`: where one training seed's files of a variant live (under
+    `models/` and `metrics/`, as dvc.yaml lays them out)."""
+    return Path(root) / variant / f"seed{seed}"
+
+
+def seed_folders(variant_folder: Path, filename: str | None = None) -> dict[int, Path]:
+    """Seed -> `seed<k>` sub-folder of `variant_folder` (holding `filename`, when given), by
+    ascending seed; empty if there are none."""
+    found: dict[int, Path] = {}
+    folder = Path(variant_folder)
+    if not folder.is_dir():
+        return found
+    for child in folder.iterdir():
+        match = SEED_FOLDER.fullmatch(child.name)
+        if match and child.is_dir() and (filename is None or (child / filename).is_file()):
+            found[int(match.group(1))] = child
+    return dict(sorted(found.items()))
+
+
+def first_seed_folder(variant_folder: Path, filename: str | None = None) -> Path | None:
+    """The lowest-seed run folder of a variant (holding `filename`, when given), or None."""
+    return next(iter(seed_folders(variant_folder, filename).values()), None)
+
+
+def _fail(path: Path, problem: str, stage: str) -> RecordError:
+    return RecordError(f"{path}: {problem}; re-run `dvc repro {stage}` to write it again")
+
+
+def _check_value(value: Any, hint: Any) -> bool:
+    if hint is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    origin = typing.get_origin(hint) or hint
+    return isinstance(value, origin)  # dict, list
+
+
+def _from_mapping(cls: type[R], data: Any, path: Path, stage: str) -> R:
+    """`cls(**data)` after checking every field is present and of its declared type."""
+    if not isinstance(data, Mapping):
+        raise _fail(path, f"expected a JSON object, got {type(data).__name__}", stage)
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        if f.name not in data:
+            raise _fail(path, f"missing field {f.name!r}", stage)
+        value = data[f.name]
+        if not _check_value(value, hints[f.name]):
+            raise _fail(path, f"field {f.name!r} is {value!r}, not a {hints[f.name]}", stage)
+        values[f.name] = float(value) if hints[f.name] is float else value
+    return cls(**values)
+
+
+def _stage(template: str, variant: str | None) -> str:
+    """`train@<variant>` with the variant's name filled in, when known."""
+    return template.replace("<variant>", variant) if variant else template
+
+
+def _read_json(path: Path, stage: str) -> Any:
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise _fail(path, "not found", stage) from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise _fail(path, f"not readable JSON ({exc})", stage) from None
+
+
+def _write_json(path: Path, data: Mapping[str, Any]) -> None:
+    blob = (json.dumps(data, indent=2) + "\n").encode()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(Path(path), lambda fh: fh.write(blob))
+
+
+def read_csv(path: Path, stage: str, **kwargs: Any) -> pd.DataFrame:
+    """`pandas.read_csv(path, **kwargs)`, failing as a `RecordError` that names the file and
+    the stage (`dvc repro <stage>`) that writes it."""
+    import pandas as pd
+
+    path = Path(path)
+    try:
+        return pd.read_csv(path, **kwargs)
+    except FileNotFoundError:
+        raise _fail(path, "not found", stage) from None
+    except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
+        raise _fail(path, f"not a readable CSV ({e})", stage) from None
+
+
+class _JsonRecord:
+    """`write`/`read` of a frozen dataclass as one JSON object, every field checked on read."""
+
+    STAGE: ClassVar[str]  # the stage that writes it, `<variant>` filled in when known
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)  # type: ignore[call-overload]
+
+    @classmethod
+    def fields(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in dataclasses.fields(cls))  # type: ignore[arg-type]
+
+    def write(self, path: Path) -> None:
+        _write_json(path, self.to_dict())
+
+    @classmethod
+    def read(cls: type[J], path: Path, variant: str | None = None) -> J:
+        stage = _stage(cls.STAGE, variant)
+        return _from_mapping(cls, _read_json(path, stage), Path(path), stage)
+
+
+class _MetricsRecord(_JsonRecord):
+    """A DVC metrics file: the fields under one key, the run's name (`<variant>-<seed>`, as in
+    the stage name `train@resnet56-0`). DVC names a column of `dvc exp show` after its key alone
+    when no other file has that key, so the column reads `resnet56-0.accuracy` rather than
+    `metrics/resnet56/seed0/eval.json:accuracy`."""
+
+    def write(self, path: Path, variant: str | None = None) -> None:  # type: ignore[override]
+        if not variant:
+            raise ValueError(f"{path}: a metrics record is written under its run's name")
+        _write_json(path, {variant: self.to_dict()})
+
+    @classmethod
+    def read(cls: type[J], path: Path, variant: str | None = None) -> J:
+        stage = _stage(cls.STAGE, variant)
+        data = _read_json(path, stage)
+        path = Path(path)
+        if not (isinstance(data, Mapping) and len(data) == 1):
+            raise _fail(path, "expected one JSON object under the run's name", stage)
+        ((key, inner),) = data.items()
+        if variant is not None and key != variant:
+            raise _fail(path, f"written for run {key!r}, not {variant!r}", stage)
+        return _from_mapping(cls, inner, path, stage)
+
+
+@dataclass(frozen=True)
+class TrainSummary(_MetricsRecord):
+    """`train.json`: a variant's training in headline numbers (a DVC metrics file)."""
+
+    epochs: int  # epochs completed
+    best_val_accuracy: float
+    train_time_s: float  # optimiser steps only; validation and I/O excluded
+    images_per_s: float  # training throughput over the whole run, all processes together
+
+    STAGE: ClassVar[str] = "train@<variant>"
+
+
+@dataclass(frozen=True)
+class ModelCard(_JsonRecord):
+    """`model.json`: what a variant trained (not a DVC metric: names and details)."""
+
+    variant: str
+    model: str
+    model_args: dict[str, Any]
+    depth: int
+    parameters: int
+    best_epoch: int  # the epoch whose weights were kept (best validation accuracy)
+
+    STAGE: ClassVar[str] = "train@<variant>"
+
+
+@dataclass(frozen=True)
+class EvalReport(_MetricsRecord):
+    """`eval.json`: the kept model on the test set in headline numbers (a DVC metrics file).
+    Per-class precision/recall/F1 and the averaged precision and recall go to per_class.csv."""
+
+    accuracy: float  # of the configured evaluation: test-time augmentation when views > 1
+    loss: float  # mean cross-entropy
+    macro_f1: float
+    weighted_f1: float
+    single_view_accuracy: float  # each image once, as it is: the papers' protocol
+    views: int  # test-time views averaged per image (evaluate.tta); 1 = none
+
+    STAGE: ClassVar[str] = "evaluate@<variant>"
+
+
+@dataclass(frozen=True)
+class HistoryRow:
+    """One epoch of training, measured on the main process."""
+
+    epoch: int
+    train_loss: float  # mean cross-entropy on the augmented training images
+    train_accuracy: float
+    val_loss: float
+    val_accuracy: float
+    lr: float  # learning rate of the epoch's last step
+    epoch_time_s: float
+    images_per_s: float  # all processes together
+
+
+HISTORY_COLUMNS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(HistoryRow))
+
+
+@dataclass(frozen=True)
+class History:
+    """`history.csv`: one `HistoryRow` per epoch, in order."""
+
+    rows: tuple[HistoryRow, ...]
+
+    STAGE: ClassVar[str] = "train@<variant>"
+
+    def frame(self) -> pd.DataFrame:
+        import pandas as pd
+
+        return pd.DataFrame([dataclasses.asdict(r) for r in self.rows], columns=HISTORY_COLUMNS)
+
+    def write(self, path: Path) -> None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        blob = self.frame().to_csv(index=False, float_format="%.6g").encode()
+        write_atomic(Path(path), lambda fh: fh.write(blob))
+
+    @classmethod
+    def read(cls, path: Path, variant: str | None = None) -> History:
+        path, stage = Path(path), _stage(cls.STAGE, variant)
+        frame = read_csv(path, stage)
+        lacking = [c for c in HISTORY_COLUMNS if c not in frame.columns]
+        if lacking:
+            raise _fail(path, f"missing column(s) {', '.join(lacking)}", stage)
+        if frame[list(HISTORY_COLUMNS)].isna().any().any():
+            raise _fail(path, "empty cells", stage)
+        try:
+            rows = tuple(
+                HistoryRow(
+                    epoch=int(r["epoch"]),
+                    **{c: float(r[c]) for c in HISTORY_COLUMNS if c != "epoch"},
+                )
+                for r in frame.to_dict("records")
+            )
+        except (TypeError, ValueError) as exc:
+            raise _fail(path, f"a non-numeric cell ({exc})", stage) from None
+        return cls(rows)
+
+
+@dataclass(frozen=True)
+class RunFile(_JsonRecord):
+    """`mlflow_run.json`: the MLflow run a variant's training recorded into."""
+
+    run_id: str
+    experiment: str
+
+    STAGE: ClassVar[str] = "train@<variant>"
+
+
+MODEL_FILE_FORMAT = 1  # bump when ModelRecord's layout changes
+
+
+@dataclass(frozen=True)
+class ModelRecord:
+    """`model.pt`: the kept weights, the variant that made them, and the data statistics.
+
+    Plain tensors, numbers, strings, lists and dicts only, so it loads with
+    `torch.load(..., weights_only=True)`: reading a model file never runs pickled code.
+    """
+
+    state_dict: dict[str, torch.Tensor]
+    variant: Variant
+    classes: tuple[str, ...]
+    mean: tuple[float, ...]  # per channel, on the [0, 1] scale: the train split's
+    std: tuple[float, ...]
+    parameters: int
+    best_epoch: int
+    best_val_accuracy: float
+
+    STAGE: ClassVar[str] = "train@<variant>"
+
+    def write(self, path: Path) -> None:
+        import torch
+
+        blob = {
+            "format": MODEL_FILE_FORMAT,
+            "state_dict": self.state_dict,
+            "config": self.variant.to_dict(),
+            "classes": list(self.classes),
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "parameters": self.parameters,
+            "best_epoch": self.best_epoch,
+            "best_val_accuracy": self.best_val_accuracy,
+        }
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(Path(path), lambda fh: torch.save(blob, fh))
+
+    @classmethod
+    def read(cls, path: Path, variant: str | None = None) -> ModelRecord:
+        import torch
+
+        path, stage = Path(path), _stage(cls.STAGE, variant)
+        if not path.exists():
+            raise RecordError(f"{path}: no trained model (run `dvc repro {stage}` first)")
+        try:
+            blob = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            raise _fail(path, f"not a readable model file ({first})", stage) from None
+        if not isinstance(blob, Mapping):
+            raise _fail(path, "not a model record", stage)
+        for key in ("state_dict", "config", "classes", "mean", "std"):
+            if key not in blob:
+                raise _fail(path, f"missing field {key!r}", stage)
+        if blob.get("format") != MODEL_FILE_FORMAT:
+            raise _fail(path, f"format {blob.get('format')!r}, expected {MODEL_FILE_FORMAT}", stage)
+        state = blob["state_dict"]
+        if not isinstance(state, Mapping) or not all(
+            isinstance(v, torch.Tensor) for v in state.values()
+        ):
+            raise _fail(path, "field 'state_dict' is not a mapping of tensors", stage)
+        try:
+            variant = variant_from_dict(blob["config"])
+        except ConfigError as exc:
+            raise _fail(path, f"field 'config' is invalid ({exc})", stage) from None
+        stats = _triple(blob["mean"]) and _triple(blob["std"])
+        if not stats:
+            raise _fail(path, "fields 'mean'/'std' are not three finite numbers", stage)
+        return cls(
+            state_dict=dict(state),
+            variant=variant,
+            classes=tuple(str(c) for c in blob["classes"]),
+            mean=tuple(float(x) for x in blob["mean"]),
+            std=tuple(float(x) for x in blob["std"]),
+            parameters=int(blob.get("parameters", 0)),
+            best_epoch=int(blob.get("best_epoch", 0)),
+            best_val_accuracy=float(blob.get("best_val_accuracy", math.nan)),
+        )
+
+
+def _triple(values: Any) -> bool:
+    return (
+        isinstance(values, Sequence)
+        and len(values) == 3
+        and all(isinstance(v, int | float) and math.isfinite(v) for v in values)
+    )

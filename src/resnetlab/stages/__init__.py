@@ -1,5 +1,0 @@
-"""Thin CLI entry points, one per pipeline stage: parse arguments, do the I/O, call the library.
-
-Each module exposes `add_arguments(parser)` and `run(args)`; `resnetlab.cli` wires them up and
-holds their one-line help.
-"""

@@ -1,0 +1,155 @@
+"""The model as MLflow holds it: exported (torch.export's pt2 program, nothing pickled), logged,
+registered, and found again from a model URI. Loading it safely is `tracking.logged_model`'s job.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+from urllib.parse import urlparse
+
+from resnetlab.core.errors import ResnetlabError, first_line
+from resnetlab.tracking.store import UPLOAD_S, Caller, client, quote, tracking_uri
+
+log = logging.getLogger(__name__)
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+    from mlflow.tracking import MlflowClient
+
+
+# The module MLflow's pyfunc flavor imports to load the logged models (serving.py).
+PYFUNC_LOADER = "resnetlab.tracking.serving"
+
+
+def registered_name(variant: str) -> str:
+    return f"resnetlab-{variant}"
+
+
+def ensure_registered_model(c: MlflowClient, name: str) -> None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        c.create_registered_model(name, description=f"resnetlab variant {name[10:]}")
+    except MlflowException as exc:  # it exists (made by an earlier or a concurrent training)
+        if getattr(exc, "error_code", None) != "RESOURCE_ALREADY_EXISTS":
+            raise
+
+
+def save_model_artifact(
+    model: torch.nn.Module, local: Path, input_example: np.ndarray, classes: Sequence[str]
+) -> None:
+    """Save `model` as an MLflow model folder at `local`, in the one format
+    `tracking.logged_model` loads back: pt2 (torch.export's program), no code paths, nothing
+    pickled. Two flavors read that one program: `pytorch` (`mlflow.pytorch.load_model`: the
+    network, [0, 1] N x 3 x 32 x 32 images in, logits out) and `python_function`, whose loader is
+    `tracking.serving` (pyfunc and `mlflow models serve`: one row per image with the predicted
+    class, its probability and every class's probability; the output schema names the classes).
+    """
+    import mlflow.pytorch
+    import numpy as np
+    import torch
+    import torchvision
+    from mlflow.models import Model, ModelSignature
+    from mlflow.types import ColSpec, Schema, TensorSpec
+
+    model = model.cpu().eval()
+    signature = ModelSignature(
+        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 3, 32, 32))]),
+        outputs=Schema(
+            [ColSpec("string", "class"), ColSpec("double", "probability")]
+            + [ColSpec("double", name) for name in classes]
+        ),
+    )
+    mlflow.pytorch.save_model(
+        model,
+        str(local),
+        signature=signature,
+        input_example=input_example,
+        metadata={"classes": list(classes)},
+        # torch.export's program: loading it runs no pickled code and needs no resnetlab.
+        serialization_format="pt2",
+        # Explicit requirements skip MLflow's slow inference of them. The pyfunc loader is
+        # resnetlab's: serve with `--env-manager local` in an environment that has it installed.
+        pip_requirements=[
+            f"mlflow=={mlflow.__version__}",
+            f"torch=={torch.__version__.split('+')[0]}",
+            f"torchvision=={torchvision.__version__.split('+')[0]}",
+            f"numpy=={np.__version__}",
+        ],
+    )
+    spec = Model.load(str(local / "MLmodel"))
+    # Named, not imported: the train stage never runs the loader (nor its imports).
+    spec.flavors["python_function"]["loader_module"] = PYFUNC_LOADER
+    spec.save(str(local / "MLmodel"))
+
+
+def model_folder(model_uri: str) -> Path:
+    """A local folder holding the MLflow model at `model_uri` (`runs:/<id>/model`,
+    `models:/<name>/<version>`, a local path, ...); downloads only from remote stores. Nothing
+    in it is loaded here: see `tracking.logged_model`."""
+    uri = tracking_uri()
+    calls = Caller(uri)
+    try:
+        if urlparse(model_uri).scheme in ("runs", "models"):
+            calls.probe()
+        return calls(lambda: _local_model_dir(model_uri), UPLOAD_S)
+    except ResnetlabError:
+        raise
+    except Exception as exc:
+        raise ResnetlabError(
+            f"cannot load the MLflow model {model_uri} (tracking store {uri}): {first_line(exc)}"
+        ) from None
+
+
+def _local_model_dir(model_uri: str) -> Path:
+    parsed = urlparse(model_uri)
+    source = model_uri
+    if parsed.scheme == "runs":
+        run_id, _, path = model_uri[len("runs:/") :].partition("/")
+        source = _run_model_location(client(), run_id, path)
+    elif parsed.scheme == "models":
+        name, _, version = model_uri[len("models:/") :].partition("/")
+        if version:
+            source = client().get_model_version_download_uri(name, version)
+        if source.startswith("models:/"):  # a logged model: models:/<model id>
+            model_id = source[len("models:/") :].strip("/")
+            source = client().get_logged_model(model_id).artifact_location
+    local = urlparse(source)
+    if local.scheme in ("", "file"):
+        folder = Path(local.path if local.scheme else source)
+        if not (folder / "MLmodel").is_file():
+            raise ResnetlabError(f"{folder}: no MLmodel file there")
+        return folder
+    import mlflow.artifacts
+
+    return Path(
+        mlflow.artifacts.download_artifacts(artifact_uri=source, tracking_uri=tracking_uri())
+    )
+
+
+def _run_model_location(c: MlflowClient, run_id: str, name: str) -> str:
+    """Where `runs:/<run_id>/<name>` lives: the logged model `name` the run made (MLflow 3),
+    else the run's artifact folder `name` (models logged as run artifacts)."""
+    run = c.get_run(run_id)
+    for found in c.search_logged_models(
+        experiment_ids=[run.info.experiment_id], filter_string=f"name = '{quote(name)}'"
+    ):
+        if found.source_run_id == run_id:
+            return found.artifact_location
+    return run.info.artifact_uri.rstrip("/") + "/" + name
+
+
+def registered_model_uris(limit: int = 200) -> list[str]:
+    """`models:/<name>/<version>` for the registered model versions in the store (by name, the
+    newest version first); none if the store has no registry or cannot be read."""
+    try:
+        versions = client().search_model_versions(max_results=limit)
+    except Exception as exc:  # an unreachable store must not break the caller's page
+        log.warning("cannot list registered models in %s: %s", tracking_uri(), first_line(exc))
+        return []
+    ordered = sorted(versions, key=lambda v: (v.name, -int(v.version)))
+    return [f"models:/{v.name}/{v.version}" for v in ordered]

@@ -1,0 +1,197 @@
+"""The MLflow tracking store, reached with bounded calls. Every other module of `tracking` goes
+through here; no module outside `tracking` imports mlflow.
+
+MLflow is reached through an explicit `MlflowClient` on `tracking_uri()`: `MLFLOW_TRACKING_URI`
+when set, else the SQLite store `mlflow.db` (artifacts in `mlruns/`) at the project root (DVC's
+DVC_ROOT, also for queued experiments in temporary copies; else the current directory), which
+`mlflow ui` opens by default. Nothing here sets MLflow's global tracking URI or active
+experiment, and nothing writes to `os.environ`.
+
+Every call is bounded in time. MLflow's REST client retries an unreachable server for minutes
+(`MLFLOW_HTTP_REQUEST_TIMEOUT` x `MLFLOW_HTTP_REQUEST_MAX_RETRIES`, read from the environment,
+which is the user's to set; neither `MlflowClient` nor its REST store takes a timeout or retry
+count of its own), so a stage first probes the server's `/health` with a short timeout and runs
+each call on a worker thread that it waits for only so long (`Caller`).
+
+Output-neutral by design, as is the whole `tracking` package: what is recorded mirrors what the
+stages write to disk; no DVC output depends on this code.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import urlparse
+
+from resnetlab.core.errors import ResnetlabError, first_line
+
+if TYPE_CHECKING:
+    from mlflow.tracking import MlflowClient
+
+
+log = logging.getLogger(__name__)
+
+
+T = TypeVar("T")
+
+
+_PROBE_TIMEOUT_S = 3.0  # a live server answers /health in milliseconds
+
+
+CALL_S = 20.0  # one metadata call (params, metrics, tags, status, lookups)
+
+
+UPLOAD_S = 120.0  # one artifact upload; the largest model is a few MB
+
+
+def project_root() -> Path:
+    """The project's root: DVC sets DVC_ROOT for every stage command, to the workspace's root even
+    when the stage runs in a temporary copy (`dvc exp run --queue` / `--temp`), whose own
+    mlflow.db and mlruns/ would vanish with it; else the current directory."""
+    return Path(os.environ.get("DVC_ROOT") or Path.cwd())
+
+
+def tracking_uri() -> str:
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        return uri
+    return f"sqlite:///{project_root() / 'mlflow.db'}"
+
+
+def _artifact_location() -> str | None:
+    """Where a new experiment keeps its artifacts: the project's mlruns/ for the default store
+    (MLflow would pick the creating process's current directory, a temporary copy under a
+    queued experiment); the server's or store's choice otherwise."""
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return None
+    return (project_root() / "mlruns").as_uri()
+
+
+def client() -> MlflowClient:
+    from mlflow.tracking import MlflowClient
+
+    uri = tracking_uri()
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+class Unreachable(Exception):
+    """The tracking server did not answer: its /health probe failed, or a call overran."""
+
+
+class Caller:
+    """Runs MLflow calls one at a time on a daemon thread, waiting at most a deadline for each.
+
+    A call that overruns is abandoned, not stopped: its thread runs on until MLflow gives up (a
+    daemon thread never holds up the process's exit). The next call first waits for it, within
+    its own deadline, so that two calls never overlap.
+    """
+
+    def __init__(self, uri: str):
+        self.uri = uri
+        self._thread: threading.Thread | None = None
+
+    def probe(self) -> None:
+        """Raise `Unreachable` unless an HTTP(S) server answers /health; other stores (SQLite,
+        files) have nothing to probe."""
+        if urlparse(self.uri).scheme not in ("http", "https"):
+            return
+        try:
+            url = self.uri.rstrip("/") + "/health"
+            with urllib.request.urlopen(url, timeout=_PROBE_TIMEOUT_S) as response:
+                response.read(64)
+        except (OSError, ValueError) as exc:  # URLError, timeouts, HTTP errors, bad URLs
+            reason = getattr(exc, "reason", None) or exc
+            raise Unreachable(f"unreachable ({first_line(reason)})") from None
+
+    def __call__(self, fn: Callable[[], T], deadline_s: float) -> T:
+        end = time.monotonic() + deadline_s
+        if self._thread is not None and self._thread.is_alive():
+            self._thread.join(max(0.0, end - time.monotonic()))
+            if self._thread.is_alive():
+                raise Unreachable("unreachable (an earlier call is still waiting for an answer)")
+        box: dict[str, Any] = {}
+
+        def target() -> None:
+            try:
+                box["value"] = fn()
+            except BaseException as exc:  # handed to the waiting thread
+                box["error"] = exc
+
+        self._thread = threading.Thread(target=target, name="resnetlab-mlflow", daemon=True)
+        self._thread.start()
+        self._thread.join(max(0.0, end - time.monotonic()))
+        if self._thread.is_alive():
+            raise Unreachable(f"unreachable (no answer within {deadline_s:.0f} s)")
+        if "error" in box:
+            raise box["error"]
+        return box["value"]
+
+
+def is_missing(exc: BaseException) -> bool:
+    """MLflow's 'no such run/experiment/model' (as opposed to an unreachable store)."""
+    return getattr(exc, "error_code", None) == "RESOURCE_DOES_NOT_EXIST"
+
+
+def not_usable(uri: str, exc: BaseException) -> ResnetlabError:
+    return ResnetlabError(
+        f"MLflow tracking store {uri} is not usable: {first_line(exc)}. "
+        "Start the server, fix MLFLOW_TRACKING_URI, or unset it to record into ./mlflow.db"
+    )
+
+
+def ensure_reachable(experiment: str) -> str:
+    """Fail fast (before any work, in seconds) if the tracking store cannot be used; returns
+    the id of `experiment`, created if missing."""
+    uri = tracking_uri()
+    calls = Caller(uri)
+    try:
+        calls.probe()
+        return calls(lambda: experiment_id(client(), experiment), CALL_S)
+    except Exception as exc:  # any failure: the message says which store and why
+        raise not_usable(uri, exc) from None
+
+
+def check_run(run_id: str, what: str) -> None:
+    """Fail fast if run `run_id` cannot be recorded into: the store is unreachable, or it does
+    not hold that run (`what` says where the id came from)."""
+    uri = tracking_uri()
+    calls = Caller(uri)
+    try:
+        calls.probe()
+        calls(lambda: client().get_run(run_id), CALL_S)
+    except Exception as exc:
+        if is_missing(exc):
+            raise ResnetlabError(
+                f"MLflow run {run_id} ({what}) not found in {uri}. Re-run its train stage "
+                "(dvc repro -f train@<variant>) to record a new one."
+            ) from None
+        raise not_usable(uri, exc) from None
+
+
+def experiment_id(mlflow_client: MlflowClient, name: str) -> str:
+    found = mlflow_client.get_experiment_by_name(name)
+    if found is not None:
+        return found.experiment_id
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return mlflow_client.create_experiment(name, artifact_location=_artifact_location())
+    except MlflowException:  # created meanwhile by a concurrent stage
+        found = mlflow_client.get_experiment_by_name(name)
+        if found is None:
+            raise
+        return found.experiment_id
+
+
+def quote(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("'", "\\'")
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
