@@ -40,8 +40,8 @@ def mlflow_uri(root: Path) -> str:
 
 def build(root: Path, prepared: Path) -> Path:
     """Fill `root` with data/prepared, models/, metrics/, reports/ and mlflow.db."""
+    from resnetlab.core.layout import run_folder
     from resnetlab.core.params import parse_params
-    from resnetlab.core.records import run_folder
     from resnetlab.pipeline.evaluate import evaluate_variant
     from resnetlab.pipeline.train import train_variant
     from resnetlab.report import figures, leaderboard

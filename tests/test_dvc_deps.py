@@ -499,3 +499,18 @@ def test_dvc_yaml_names_exactly_the_output_neutral_modules() -> None:
     } - {"__init__.py"}
     assert named == expected
     assert "__init__ files, which hold docstrings only" in " ".join(header.split())
+
+
+def test_dvc_yaml_folders_are_the_layout_modules() -> None:
+    """dvc.yaml's `vars` and `core.layout` declare the same folders: the stages get theirs from
+    dvc.yaml, the tools and the web app default to layout's."""
+    from resnetlab.core import layout
+
+    folders = DVC["vars"][0]
+    assert {k: folders[k] for k in ("raw", "prepared", "models", "metrics", "reports")} == {
+        "raw": layout.RAW.as_posix(),
+        "prepared": layout.PREPARED.as_posix(),
+        "models": layout.MODELS.as_posix(),
+        "metrics": layout.METRICS.as_posix(),
+        "reports": layout.REPORTS.as_posix(),
+    }

@@ -12,9 +12,9 @@ import pytest
 from resnetlab.evaluate.metrics import (
     classification_report,
     confusion_matrix,
-    mean_std,
     per_class_frame,
 )
+from resnetlab.report.stats import mean_std
 
 # Case 1: three classes, two samples each.
 # class 0: predicted at 0 (right) and 5 (wrong)       -> P 1/2, R 1/2, F1 1/2
@@ -152,10 +152,16 @@ def test_per_class_frame() -> None:
 
 
 def test_mean_std() -> None:
-    mean, std = mean_std([1.0, 2.0, 3.0, 4.0])
-    assert mean == 2.5
+    """The one mean ± std of every report (leaderboard, curves, published vs measured)."""
+    mean, std, n = mean_std([1.0, 2.0, 3.0, 4.0])
+    assert (mean, n) == (2.5, 4)
     # Squared deviations 2.25 + 0.25 + 0.25 + 2.25 = 5, over n - 1 = 3.
     assert std == pytest.approx(math.sqrt(5 / 3))
-    assert mean_std([0.91]) == (0.91, 0.0)
+    # One seed has no spread: NaN, which the tables print as the mean alone.
+    mean, std, n = mean_std([0.91])
+    assert (mean, n) == (0.91, 1) and math.isnan(std)
+    # Exact sums: the order of the seeds does not change the last digit.
+    values = [0.9151, 0.9123, 0.9177, 0.9101, 0.9189]
+    assert mean_std(values) == mean_std(reversed(values))
     with pytest.raises(ValueError):
         mean_std([])

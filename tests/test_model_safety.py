@@ -214,7 +214,7 @@ def _odd_text(sentinel: Path) -> Callable[[str, bytes], bytes | None]:
         (_pickled_weight, "record 'data/weights/model_weights_config.json' stores"),
         (_guard, "record 'models/model.json' has a guard outside what export writes"),
         (_shape_expression, "has a shape expression outside what export writes"),
-        (_foreign_call, "calls 'torch.hub.load', not an ATen operator"),
+        (_foreign_call, "calls 'torch.hub.load', an operator none of the project's networks"),
         (_odd_text, "record 'archive_format' has unexpected content"),
     ],
     ids=["pickled-weight", "guard-code", "shape-expression", "foreign-call", "odd-record"],

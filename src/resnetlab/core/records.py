@@ -10,7 +10,7 @@
 | `RunFile`       | `models/<v>/seed<k>/mlflow_run.json`  | train      | evaluate, compare |
 
 One folder per variant and training seed `k` (`run_folder`); the DVC stages of that run are
-`train@<v>-<k>` and `evaluate@<v>-<k>` (`run_name`), and the DVC metrics files hold their numbers
+`train@<v>-<k>` and `evaluate@<v>-<k>` (`run_key`), and the DVC metrics files hold their numbers
 under that name.
 
 A reader gets the dataclass back or a `RecordError` naming the file and the missing or malformed
@@ -27,7 +27,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import re
 import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -52,10 +51,7 @@ __all__ = [
     "RecordError",
     "RunFile",
     "TrainSummary",
-    "first_seed_folder",
-    "run_folder",
-    "run_name",
-    "seed_folders",
+    "run_key",
 ]
 
 R = TypeVar("R")
@@ -66,37 +62,9 @@ class RecordError(ResnetlabError):
     """A stage's output file is missing or malformed; the message names file and field."""
 
 
-SEED_FOLDER = re.compile(r"seed(\d+)")
-
-
-def run_name(variant: str, seed: int) -> str:
+def run_key(variant: str, seed: int) -> str:
     """What DVC's matrix appends to a stage name for this run: `train@<variant>-<seed>`."""
     return f"{variant}-{seed}"
-
-
-def run_folder(root: Path, variant: str, seed: int) -> Path:
-    """`<root>/<variant>/seed<seed>`: where one training seed's files of a variant live (under
-    `models/` and `metrics/`, as dvc.yaml lays them out)."""
-    return Path(root) / variant / f"seed{seed}"
-
-
-def seed_folders(variant_folder: Path, filename: str | None = None) -> dict[int, Path]:
-    """Seed -> `seed<k>` sub-folder of `variant_folder` (holding `filename`, when given), by
-    ascending seed; empty if there are none."""
-    found: dict[int, Path] = {}
-    folder = Path(variant_folder)
-    if not folder.is_dir():
-        return found
-    for child in folder.iterdir():
-        match = SEED_FOLDER.fullmatch(child.name)
-        if match and child.is_dir() and (filename is None or (child / filename).is_file()):
-            found[int(match.group(1))] = child
-    return dict(sorted(found.items()))
-
-
-def first_seed_folder(variant_folder: Path, filename: str | None = None) -> Path | None:
-    """The lowest-seed run folder of a variant (holding `filename`, when given), or None."""
-    return next(iter(seed_folders(variant_folder, filename).values()), None)
 
 
 def _fail(path: Path, problem: str, stage: str) -> RecordError:

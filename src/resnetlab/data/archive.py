@@ -19,7 +19,15 @@ from typing import Any
 import numpy as np
 
 from resnetlab.core.errors import ResnetlabError
-from resnetlab.data.cifar10 import BATCH_DIR, META, NUM_CLASSES, TEST_BATCH, TRAIN_BATCHES
+from resnetlab.data.cifar10 import (
+    BATCH_DIR,
+    CHANNELS,
+    IMAGE_SIZE,
+    META,
+    NUM_CLASSES,
+    TEST_BATCH,
+    TRAIN_BATCHES,
+)
 
 log = logging.getLogger(__name__)
 
@@ -179,5 +187,7 @@ def _batch_arrays(batch: Any, source: str) -> tuple[np.ndarray, np.ndarray]:
     if bad.size:
         raise ResnetlabError(f"{source}: label {int(bad[0])} is outside 0..{NUM_CLASSES - 1}")
     # Rows are R, G, B planes of 32x32, row-major: reshape to NCHW, then transpose to NHWC.
-    images = np.ascontiguousarray(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
+    images = np.ascontiguousarray(
+        data.reshape(-1, CHANNELS, IMAGE_SIZE, IMAGE_SIZE).transpose(0, 2, 3, 1)
+    )
     return images, labels.astype(np.int64)

@@ -7,7 +7,8 @@ takes the classes from there and falls back to `CLASSES` only for files that pre
 
 from __future__ import annotations
 
-NAME = "CIFAR-10"
+NAME = "CIFAR-10"  # for people
+KEY = "cifar10"  # for files and records (the MLflow dataset name)
 CLASSES = (
     "airplane",
     "automobile",

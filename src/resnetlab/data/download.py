@@ -33,13 +33,11 @@ from tqdm import tqdm
 
 from resnetlab.core.atomic import cleanup_on_sigterm, remove_stale_temporaries, write_atomic
 from resnetlab.core.errors import ResnetlabError
-from resnetlab.data.cifar10 import OFFICIAL_MD5
+from resnetlab.data.cifar10 import ARCHIVE_NAME, OFFICIAL_MD5, OFFICIAL_SIZE
 
 log = logging.getLogger(__name__)
 
-ARCHIVE_NAME = "cifar-10-python.tar.gz"
 CHUNK = 1 << 20  # most bytes read per iteration
-OFFICIAL_SIZE = 170_498_071  # bytes of the official archive (md5 OFFICIAL_MD5)
 # A mirror may repack the archive, but nothing CIFAR-10 holds needs twice the official size:
 # beyond that the source is endless (/dev/zero) or not the data set, and would fill the disk.
 MAX_MIRROR_BYTES = 2 * OFFICIAL_SIZE

@@ -27,7 +27,6 @@ if TYPE_CHECKING:  # training loads prepared arrays and never reads the archive
 
 log = logging.getLogger(__name__)
 
-
 SPLITS = ("train", "val", "test")
 
 

@@ -28,25 +28,11 @@ import numpy as np
 import torch
 
 from resnetlab.core.errors import ResnetlabError
+from resnetlab.data.cifar10 import IMAGE_SIZE
 
 if TYPE_CHECKING:
     from PIL import Image
 
-# CIFAR-10's label names in label order (the archive's `batches.meta`). Only a fallback for
-# `--model-uri` models logged without class names in their metadata.
-CIFAR10_CLASSES = (
-    "airplane",
-    "automobile",
-    "bird",
-    "cat",
-    "deer",
-    "dog",
-    "frog",
-    "horse",
-    "ship",
-    "truck",
-)
-IMAGE_SIZE = 32
 # Decoding a 50-megapixel image takes 150 MB to 200 MB as RGB (four times that in float); a
 # header claiming more is refused before decoding. Pillow's own guard is 89 megapixels (a
 # warning) and 179 (an error).

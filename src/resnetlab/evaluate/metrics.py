@@ -7,7 +7,6 @@ predictions) still gets its row, with 0 where a ratio is undefined rather than N
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -16,7 +15,7 @@ import numpy as np
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["classification_report", "confusion_matrix", "mean_std", "per_class_frame"]
+__all__ = ["classification_report", "confusion_matrix", "per_class_frame"]
 
 PER_CLASS_COLUMNS = ("class", "precision", "recall", "f1", "support")
 
@@ -125,18 +124,3 @@ def per_class_frame(report: dict[str, Any]) -> pd.DataFrame:
         )
     frame = pd.DataFrame(rows, columns=list(PER_CLASS_COLUMNS))
     return frame.astype({"support": "int64"})
-
-
-def mean_std(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (ddof=1), e.g. of one metric over seeds.
-
-    The std of a single value is 0.0 (not NaN), so one-seed runs still tabulate.
-    """
-    a = np.asarray(values, dtype=np.float64).reshape(-1)
-    if a.size == 0:
-        raise ValueError("mean_std of no values is undefined")
-    mean = float(a.mean())
-    std = float(a.std(ddof=1)) if a.size > 1 else 0.0
-    if not math.isfinite(mean):
-        raise ValueError(f"mean_std: values must be finite, got {a.tolist()}")
-    return mean, std

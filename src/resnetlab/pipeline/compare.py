@@ -17,9 +17,10 @@ import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from resnetlab.core.layout import RUN_FILE, run_folder
 from resnetlab.core.params import load_params
-from resnetlab.core.records import RecordError, RunFile, run_folder, run_name
-from resnetlab.data.cifar10 import TRAIN_SIZE as CIFAR10_TRAIN_SIZE
+from resnetlab.core.records import RecordError, RunFile, run_key
+from resnetlab.data import cifar10
 from resnetlab.report import figures, leaderboard, published
 
 log = logging.getLogger(__name__)
@@ -76,7 +77,7 @@ def run(args: argparse.Namespace) -> None:
         log.info("%s", line)
     if sources is not None:
         data = params.data
-        train_images = data.subset or CIFAR10_TRAIN_SIZE - data.val_size
+        train_images = data.subset or cifar10.TRAIN_SIZE - data.val_size
         finals = published.final_train_errors(histories)
         table = published.compare_published(sources, runs, finals, train_images, data.subset)
         claims = published.check_claims(sources, runs, finals)
@@ -99,9 +100,9 @@ def _runs_of(
         if models is None:
             continue
         for k in seeds:
-            path = run_folder(models, variant, k) / "mlflow_run.json"
+            path = run_folder(models, variant, k) / RUN_FILE
             try:
-                logged[RunFile.read(path, run_name(variant, k)).run_id] = paths
+                logged[RunFile.read(path, run_key(variant, k)).run_id] = paths
             except RecordError as exc:
                 log.warning("%s: figures not logged to its MLflow run (%s)", variant, exc)
     return logged

@@ -19,8 +19,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from resnetlab.core.layout import (
+    CONFUSION_CSV,
+    EVAL_JSON,
+    MODEL_FILE,
+    PER_CLASS_CSV,
+    PREDICTIONS_CSV,
+    RUN_FILE,
+)
 from resnetlab.core.params import load_params
-from resnetlab.core.records import EvalReport, ModelRecord, RunFile, run_name
+from resnetlab.core.records import EvalReport, ModelRecord, RunFile, run_key
 from resnetlab.data.prepared import load_prepared
 from resnetlab.evaluate import metrics
 from resnetlab.evaluate.scoring import Scorer, loss_and_accuracy
@@ -64,11 +72,11 @@ def evaluate_variant(
     """Score the model in `model_dir` on the test split, averaging the logits of the views of
     test-time augmentation `tta` (`evaluate.tta.TTA_VIEWS`)."""
     views = TTA_VIEWS[tta]
-    record = ModelRecord.read(Path(model_dir) / "model.pt", variant)
-    run_file = RunFile.read(Path(model_dir) / "mlflow_run.json", variant)
+    record = ModelRecord.read(Path(model_dir) / MODEL_FILE, variant)
+    run_file = RunFile.read(Path(model_dir) / RUN_FILE, variant)
     # Before the work, in seconds: the store answers and holds the run to record into.
     store.check_run(run_file.run_id, "from the train stage")
-    scorer = Scorer.of(record, Path(model_dir) / "model.pt")
+    scorer = Scorer.of(record, Path(model_dir) / MODEL_FILE)
     device = scorer.device
     data = load_prepared(data_dir, splits=("test",))
     if list(data.classes) != list(record.classes):
@@ -98,7 +106,7 @@ def evaluate_variant(
     }
     report = EvalReport(**{name: full[name] for name in EvalReport.fields()})
     # eval.json's key: the run (variant and training seed) the model file says it is.
-    key = run_name(record.variant.name, record.variant.train.seed)
+    key = run_key(record.variant.name, record.variant.train.seed)
     files = _write(
         Path(out_dir), key, report, full, classes, y_true, y_pred, confidence.cpu().numpy()
     )
@@ -132,9 +140,7 @@ def _write(
     import pandas as pd
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths = [
-        out_dir / n for n in ("eval.json", "per_class.csv", "confusion.csv", "predictions.csv")
-    ]
+    paths = [out_dir / n for n in (EVAL_JSON, PER_CLASS_CSV, CONFUSION_CSV, PREDICTIONS_CSV)]
     report.write(paths[0], key)
     metrics.per_class_frame(full).to_csv(paths[1], index=False, float_format="%.6g")
     cm = metrics.confusion_matrix(y_true, y_pred, len(classes))

@@ -26,23 +26,29 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
-import json
 import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from resnetlab.core.config import DataConfig, Params, Variant
+from resnetlab.core.config import DataConfig, Variant
 from resnetlab.core.errors import ResnetlabError
+from resnetlab.core.layout import (
+    CHECKPOINT_FILE,
+    HISTORY_CSV,
+    MODEL_FILE,
+    MODEL_JSON,
+    RUN_FILE,
+    TRAIN_JSON,
+)
 from resnetlab.core.params import flatten, load_params
-from resnetlab.core.records import RunFile, TrainSummary, run_name
+from resnetlab.core.records import RunFile, TrainSummary, run_key
 from resnetlab.evaluate.classifier import classifier_of
-from resnetlab.tracking import lineage, store, training_run
+from resnetlab.tracking import lineage, run_context, store, training_run
 from resnetlab.train.console import ConsoleProgress
 from resnetlab.train.trainer import Trainer
 
 if TYPE_CHECKING:
-    from resnetlab.data.prepared import Prepared
+    pass
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +75,7 @@ def run(args: argparse.Namespace) -> None:
         args.metrics,
         data_config=params.data,
         params_file=args.params,
-        overrides=_overrides(params, variant),
+        overrides=run_context.recipe_overrides(params.train, variant.train),
     )
 
 
@@ -88,7 +94,7 @@ def train_variant(
     (the `data` params), `params_file` (keys the run's parent, see `lineage.Lineage`) and
     `overrides` (the `train` keys the variant sets) only describe the run."""
     out_dir, metrics_dir = Path(out_dir), Path(metrics_dir)
-    trainer = Trainer(variant, data_dir, out_dir / "checkpoint.pt")
+    trainer = Trainer(variant, data_dir, out_dir / CHECKPOINT_FILE)
     console = ConsoleProgress(variant.name, variant.train.batch_size)
     if not trainer.is_main:  # other DDP processes compute; only the main one records
         trainer.fit(sync_every=console.sync_every)
@@ -111,13 +117,11 @@ def train_variant(
     if data_config is not None:
         run_params.update(flatten({"data": dataclasses.asdict(data_config)}))
     tags = lineage.training_tags(variant.name, where, trainer.dist.world, seed)
-    dataset = _dataset(trainer.data, data_dir, data_config)
-    data_words = f"{dataset.splits['train']} train / {dataset.splits['val']} val images"
-    if data_config is not None and data_config.subset:
-        data_words += f" (subset {data_config.subset}, seed {data_config.seed})"
-    context = training_run.RunContext(
+    dataset = run_context.dataset_of(trainer.data, data_dir, data_config)
+    words = run_context.data_words(dataset, data_config)
+    context = run_context.RunContext(
         lineage.lineage(params_file),
-        training_run.describe_run(variant.model.to_dict(), overrides, variant.name, data_words),
+        run_context.describe_run(variant.model.to_dict(), overrides, variant.name, words),
         dataset,
     )
     resume_id = trainer.progress.run_id
@@ -131,16 +135,16 @@ def train_variant(
         # Written before the run is completed: if the store fails now, the stage fails, but
         # the results stay on disk for `resnetlab relog`.
         record, history, summary = trainer.model_record(), trainer.history(), trainer.summary()
-        record.write(out_dir / "model.pt")
-        history.write(metrics_dir / "history.csv")
-        summary.write(metrics_dir / "train.json", run_name(variant.name, seed))
-        trainer.card().write(metrics_dir / "model.json")
+        record.write(out_dir / MODEL_FILE)
+        history.write(metrics_dir / HISTORY_CSV)
+        summary.write(metrics_dir / TRAIN_JSON, run_key(variant.name, seed))
+        trainer.card().write(metrics_dir / MODEL_JSON)
         example = trainer.data.images["val"][:4].transpose(0, 3, 1, 2).astype("float32") / 255
         classifier = classifier_of(record)
         run.log_outputs(classifier, record, history, summary, metrics_dir, example)
         try:
             run.finish()
-            RunFile(run.run_id, experiment).write(out_dir / "mlflow_run.json")
+            RunFile(run.run_id, experiment).write(out_dir / RUN_FILE)
         except training_run.TrackingBehind as exc:
             behind = exc
     # An unrecorded run leaves the checkpoint resumable: re-running the stage trains nothing.
@@ -148,26 +152,5 @@ def train_variant(
     if behind is not None:
         raise ResnetlabError(behind.stage_message(variant.name, out_dir, metrics_dir, seed))
     best = f"{100 * record.best_val_accuracy:.2f}% at epoch {record.best_epoch}"
-    log.info("%s: best val accuracy %s; model -> %s", variant.name, best, out_dir / "model.pt")
+    log.info("%s: best val accuracy %s; model -> %s", variant.name, best, out_dir / MODEL_FILE)
     return summary
-
-
-def _overrides(params: Params, variant: Variant) -> tuple[str, ...]:
-    """The `train` keys whose value the variant changes from the defaults."""
-    defaults, own = dataclasses.asdict(params.train), dataclasses.asdict(variant.train)
-    # The seed is the run's own (from the stage name), not a recipe change.
-    return tuple(k for k in own if k != "seed" and own[k] != defaults.get(k))
-
-
-def _dataset(data: Prepared, data_dir: Path, config: DataConfig | None) -> training_run.DatasetInfo:
-    """The training data as an MLflow dataset: SHA-256 over the train and val arrays (the test
-    split is not loaded here; meta.json, also hashed, holds its counts and class statistics)."""
-    digest = hashlib.sha256((Path(data_dir) / "meta.json").read_bytes())
-    for split in ("train", "val"):
-        digest.update(data.images[split].tobytes())
-        digest.update(data.labels[split].tobytes())
-    counts = json.loads((Path(data_dir) / "meta.json").read_text()).get("counts", {})
-    splits = {s: int(counts.get(s, 0)) for s in ("train", "val", "test")}
-    source = config.url if config is not None else str(Path(data_dir).resolve())
-    name = "cifar10" if not config or not config.subset else f"cifar10-subset{config.subset}"
-    return training_run.DatasetInfo(name, digest.hexdigest()[:16], source, splits)

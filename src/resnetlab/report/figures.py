@@ -11,7 +11,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from resnetlab.core.records import RecordError, read_csv, run_folder, run_name
+from resnetlab.core.layout import CONFUSION_CSV, run_folder
+from resnetlab.core.records import RecordError, read_csv, run_key
 from resnetlab.report.leaderboard import degradation_groups
 from resnetlab.report.plots import (
     plot_confusion,
@@ -50,8 +51,8 @@ def pooled_confusion(
     total: Any = None
     classes: list[str] = []
     for k in seeds:
-        path = run_folder(metrics_dir, variant, k) / "confusion.csv"
-        names, counts = load_confusion(path, run_name(variant, k))
+        path = run_folder(metrics_dir, variant, k) / CONFUSION_CSV
+        names, counts = load_confusion(path, run_key(variant, k))
         if total is not None and names != classes:
             raise RecordError(f"{path}: class names differ from seed {seeds[0]}'s")
         classes, total = names, counts if total is None else total + counts

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from resnetlab.data.cifar10 import CHANNELS, IMAGE_SIZE
 from resnetlab.models import build_model
 
 __all__ = ["first_layer_grad_norm", "gradient_norms", "gradient_profiles"]
@@ -112,7 +113,7 @@ def gradient_profiles(
     """Per-layer gradient norms (input -> output) of freshly initialised ``models`` at ``depths``,
     on one seeded random batch of CIFAR-shaped images; keys like ``"plain-20"``."""
     torch.manual_seed(seed)
-    x = torch.randn(GRADIENT_BATCH, 3, 32, 32)
+    x = torch.randn(GRADIENT_BATCH, CHANNELS, IMAGE_SIZE, IMAGE_SIZE)
     y = torch.randint(0, 10, (GRADIENT_BATCH,))
     profiles = {}
     for depth in depths:

@@ -13,21 +13,28 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from resnetlab.core.errors import ResnetlabError
+from resnetlab.core.layout import (
+    EVAL_JSON,
+    HISTORY_CSV,
+    LEADERBOARD_CSV,
+    MODEL_JSON,
+    TRAIN_JSON,
+    run_folder,
+)
 from resnetlab.core.records import (
     EvalReport,
     History,
     ModelCard,
     TrainSummary,
-    run_folder,
-    run_name,
+    run_key,
 )
+from resnetlab.report.stats import mean_std
 
 if TYPE_CHECKING:
     import pandas as pd
 
 log = logging.getLogger(__name__)
 
-LEADERBOARD_CSV = "leaderboard.csv"
 LEADERBOARD_MD = "leaderboard.md"
 RUNS_CSV = "runs.csv"
 CURVES_CSV = "curves.csv"
@@ -105,12 +112,12 @@ def build_runs(variants: Sequence[str], seeds: Sequence[int], metrics_dir: Path)
     for v in check_variants(list(variants)):
         for k in seeds:
             folder = run_folder(metrics_dir, v, k)
-            name = run_name(v, k)
-            train = TrainSummary.read(folder / "train.json", name)
-            card = ModelCard.read(folder / "model.json", name)
-            evaluation = EvalReport.read(folder / "eval.json", name)
+            name = run_key(v, k)
+            train = TrainSummary.read(folder / TRAIN_JSON, name)
+            card = ModelCard.read(folder / MODEL_JSON, name)
+            evaluation = EvalReport.read(folder / EVAL_JSON, name)
             if card.variant != v:
-                log.warning("%s: written for variant %r", folder / "model.json", card.variant)
+                log.warning("%s: written for variant %r", folder / MODEL_JSON, card.variant)
             rows.append(
                 {
                     "variant": v,
@@ -153,8 +160,7 @@ def build_leaderboard(runs: pd.DataFrame) -> pd.DataFrame:
             "best_epoch": float(group["best_epoch"].mean()),
         }
         for name in SPREAD:
-            row[name] = float(group[name].mean())
-            row[f"{name}_std"] = float(group[name].std(ddof=1)) if len(group) > 1 else math.nan
+            row[name], row[f"{name}_std"], _ = mean_std(group[name])
         for name in ("test_loss", "train_time_s", "images_per_s"):
             row[name] = float(group[name].mean())
         rows.append(row)
@@ -170,7 +176,7 @@ def load_histories(
     """variant -> seed -> its checked ``history.csv`` as a frame."""
     return {
         v: {
-            k: History.read(run_folder(metrics_dir, v, k) / "history.csv", run_name(v, k)).frame()
+            k: History.read(run_folder(metrics_dir, v, k) / HISTORY_CSV, run_key(v, k)).frame()
             for k in seeds
         }
         for v in variants
@@ -184,17 +190,16 @@ def mean_curves(histories: Mapping[str, Mapping[int, pd.DataFrame]]) -> pd.DataF
     figures' mean curves and bands."""
     import pandas as pd
 
-    parts = []
+    rows = []
     for v, by_seed in histories.items():
         stacked = pd.concat(list(by_seed.values()), ignore_index=True)
-        grouped = stacked.groupby("epoch", sort=True)[list(CURVE_COLUMNS)]
-        mean, std = grouped.mean(), grouped.std(ddof=1)
-        part = pd.DataFrame({"variant": v, "epoch": mean.index, "n": grouped.size().to_numpy()})
-        for c in CURVE_COLUMNS:
-            part[c] = mean[c].to_numpy()
-            part[f"{c}_std"] = std[c].to_numpy()
-        parts.append(part)
-    return pd.concat(parts, ignore_index=True)
+        for epoch, group in stacked.groupby("epoch", sort=True):
+            row: dict[str, Any] = {"variant": v, "epoch": epoch, "n": len(group)}
+            for c in CURVE_COLUMNS:
+                row[c], row[f"{c}_std"], _ = mean_std(group[c])
+            rows.append(row)
+    columns = ["variant", "epoch", "n", *(x for c in CURVE_COLUMNS for x in (c, f"{c}_std"))]
+    return pd.DataFrame(rows, columns=columns)
 
 
 def curves_of(curves: pd.DataFrame) -> dict[str, pd.DataFrame]:

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from resnetlab.core.errors import ResnetlabError
+from resnetlab.report.stats import mean_std
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -184,13 +185,6 @@ def _values(runs: pd.DataFrame, finals: Mapping[str, Sequence[float]], variant: 
     return [100.0 * float(x) for x in runs.loc[runs["variant"] == variant, column]]
 
 
-def _stats(values: Sequence[float]) -> tuple[float, float, int]:
-    n = len(values)
-    mean = sum(values) / n
-    std = math.sqrt(sum((x - mean) ** 2 for x in values) / (n - 1)) if n > 1 else math.nan
-    return mean, std, n
-
-
 def _budget_differences(
     entry: Published, epochs: int | None, train_images: int, subset: int
 ) -> list[str]:
@@ -222,7 +216,7 @@ def compare_published(
         values = _values(runs, finals, entry.variant, entry.metric)
         if not values:
             continue
-        mean, std, n = _stats(values)
+        mean, std, n = mean_std(values)
         epochs_run = runs.loc[runs["variant"] == entry.variant, "epochs"]
         epochs = int(epochs_run.iloc[0]) if len(epochs_run) else None
         diff = mean - entry.value
@@ -278,7 +272,7 @@ def check_claims(
             detail = f"not measured: {', '.join(missing)}"
             checks.append(ClaimCheck(claim, "not checked", detail, cite))
             continue
-        (m1, s1, n1), (m2, s2, n2) = _stats(hi), _stats(lo)
+        (m1, s1, n1), (m2, s2, n2) = mean_std(hi), mean_std(lo)
         diff = m1 - m2
         detail = (
             f"{claim.higher} {_pm(m1, s1, n1)}, {claim.lower} {_pm(m2, s2, n2)}; "

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from resnetlab.core.errors import ResnetlabError
-from resnetlab.core.records import first_seed_folder, run_folder
+from resnetlab.core.layout import MODEL_FILE, MODELS, first_seed_folder, run_folder
 from resnetlab.data.cifar10 import CLASSES as CIFAR10_CLASSES
 from resnetlab.evaluate.images import format_prediction, load_image, predict
 
@@ -59,7 +59,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--models-dir",
         type=Path,
-        default=Path("models"),
+        default=MODELS,
         metavar="DIR",
         help="the train stage's output folder, as in dvc.yaml (default: models)",
     )
@@ -118,9 +118,9 @@ def run(args: argparse.Namespace) -> None:
 def _model_file(models_dir: Path, variant: str, seed: int | None) -> Path:
     """`<models_dir>/<variant>/seed<seed>/model.pt`; without a seed, the lowest trained one's."""
     if seed is not None:
-        return run_folder(models_dir, variant, seed) / "model.pt"
-    folder = first_seed_folder(models_dir / variant, "model.pt")
-    return (folder or run_folder(models_dir, variant, 0)) / "model.pt"
+        return run_folder(models_dir, variant, seed) / MODEL_FILE
+    folder = first_seed_folder(models_dir / variant, MODEL_FILE)
+    return (folder or run_folder(models_dir, variant, 0)) / MODEL_FILE
 
 
 def _load(args: argparse.Namespace) -> tuple[torch.nn.Module, Sequence[str]]:

@@ -20,6 +20,17 @@ import numpy as np
 import torch
 
 from resnetlab.core.errors import ResnetlabError
+from resnetlab.core.layout import (
+    CHECKPOINT_FILE,
+    HISTORY_CSV,
+    METRICS,
+    MODEL_FILE,
+    MODEL_JSON,
+    MODELS,
+    RUN_FILE,
+    TRAIN_JSON,
+    run_folder,
+)
 from resnetlab.core.params import flatten, load_params
 from resnetlab.core.records import (
     History,
@@ -28,11 +39,11 @@ from resnetlab.core.records import (
     RecordError,
     RunFile,
     TrainSummary,
-    run_folder,
-    run_name,
+    run_key,
 )
+from resnetlab.data.cifar10 import CHANNELS, IMAGE_SIZE
 from resnetlab.evaluate.classifier import classifier_of
-from resnetlab.tracking import lineage, store, training_run
+from resnetlab.tracking import lineage, run_context, store, training_run
 from resnetlab.train import checkpoint
 
 log = logging.getLogger(__name__)
@@ -45,14 +56,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--models-dir",
         type=Path,
-        default=Path("models"),
+        default=MODELS,
         metavar="DIR",
         help="the train stage's output folder, as in dvc.yaml (default: models)",
     )
     p.add_argument(
         "--metrics-dir",
         type=Path,
-        default=Path("metrics"),
+        default=METRICS,
         metavar="DIR",
         help="the train stage's metrics folder, as in dvc.yaml (default: metrics)",
     )
@@ -69,11 +80,11 @@ def run(args: argparse.Namespace) -> None:
 
 def relog(variant: str, params: Path, out_dir: Path, metrics_dir: Path) -> str:
     """Record the variant's training from its files; returns the MLflow run id."""
-    record = ModelRecord.read(out_dir / "model.pt", variant)
-    history = History.read(metrics_dir / "history.csv", variant)
+    record = ModelRecord.read(out_dir / MODEL_FILE, variant)
+    history = History.read(metrics_dir / HISTORY_CSV, variant)
     seed = record.variant.train.seed
-    summary = TrainSummary.read(metrics_dir / "train.json", run_name(variant, seed))
-    ModelCard.read(metrics_dir / "model.json", variant)  # logged with the others: check it now
+    summary = TrainSummary.read(metrics_dir / TRAIN_JSON, run_key(variant, seed))
+    ModelCard.read(metrics_dir / MODEL_JSON, variant)  # logged with the others: check it now
     experiment = load_params(params).mlflow.experiment
     store.ensure_reachable(experiment)
 
@@ -91,7 +102,7 @@ def relog(variant: str, params: Path, out_dir: Path, metrics_dir: Path) -> str:
     }
     run_id = _earlier_run(out_dir, variant)
     try:
-        context = training_run.RunContext(lineage.lineage(params))
+        context = run_context.RunContext(lineage.lineage(params))
         with training_run.TrainingRun(
             experiment, variant, run_params, tags, run_id, context, seed=seed
         ) as run:
@@ -99,13 +110,15 @@ def relog(variant: str, params: Path, out_dir: Path, metrics_dir: Path) -> str:
                 run.log_metrics({"parameters": float(record.parameters)}, step=0)
             run.log_history(history.rows)
             # The data is not needed: the model's input example is any batch of valid images.
-            example = np.random.default_rng(0).random((4, 3, 32, 32), dtype=np.float32)
+            example = np.random.default_rng(0).random(
+                (4, CHANNELS, IMAGE_SIZE, IMAGE_SIZE), dtype=np.float32
+            )
             classifier = classifier_of(record)
             run.log_outputs(classifier, record, history, summary, metrics_dir, example)
             run.finish()
     except training_run.TrackingBehind as exc:
         raise ResnetlabError(f"{variant}: not recorded: {exc}; try again later") from None
-    RunFile(run.run_id, experiment).write(out_dir / "mlflow_run.json")
+    RunFile(run.run_id, experiment).write(out_dir / RUN_FILE)
     log.info("%s: recorded %d epochs into MLflow run %s", variant, len(history.rows), run.run_id)
     return run.run_id
 
@@ -113,7 +126,7 @@ def relog(variant: str, params: Path, out_dir: Path, metrics_dir: Path) -> str:
 def _earlier_run(out_dir: Path, variant: str) -> str | None:
     """The run the train stage recorded into: the checkpoint's (an unrecorded training leaves
     it resumable), else the run file's; None if neither says."""
-    ckpt = out_dir / "checkpoint.pt"
+    ckpt = out_dir / CHECKPOINT_FILE
     if ckpt.exists():
         try:
             run_id = (checkpoint.load(ckpt).get("progress") or {}).get("run_id")
@@ -123,6 +136,6 @@ def _earlier_run(out_dir: Path, variant: str) -> str | None:
             if isinstance(run_id, str) and run_id:
                 return run_id
     try:
-        return RunFile.read(out_dir / "mlflow_run.json", variant).run_id
+        return RunFile.read(out_dir / RUN_FILE, variant).run_id
     except RecordError:
         return None

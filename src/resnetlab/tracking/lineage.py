@@ -22,17 +22,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-
 # The parent run of a DVC experiment (or of a plain `dvc repro`) carries its key in this tag; see
 # `Lineage`.
 PARENT_KEY_TAG = "resnetlab.parent_key"
-
-
 # Set by the MLproject entry points to the run `mlflow run` made (which they unset as
 # MLFLOW_RUN_ID so that nothing logs into it by accident); see `Lineage`.
 LAUNCH_RUN_ENV = "RESNETLAB_LAUNCH_RUN_ID"
-
-
 # How long a stage that created a parent run waits before looking for a concurrent creator's.
 _SETTLE_S = 0.3
 
@@ -47,9 +42,9 @@ def git_commit() -> str | None:
     return (res.stdout.strip() or None) if res.returncode == 0 else None
 
 
-def run_label(variant: str, seed: int) -> str:
-    """How the MLflow run name of one training seed of a variant starts (`Lineage.run_name`
-    appends the DVC experiment). Not `records.run_name`, the `<variant>-<seed>` of stage names
+def mlflow_run_label(variant: str, seed: int) -> str:
+    """How the MLflow run name of one training seed of a variant starts (`Lineage.display_name`
+    appends the DVC experiment). Not `records.run_key`, the `<variant>-<seed>` of stage names
     and metrics keys."""
     return f"{variant} · seed {seed}"
 
@@ -126,8 +121,9 @@ class Lineage:
             tags["resnetlab.launch_run"] = self.launch_run
         return tags
 
-    def run_name(self, label: str) -> str:
-        """`resnet20 · seed 0 · tiny1` under a DVC experiment, else the label alone."""
+    def display_name(self, label: str) -> str:
+        """The MLflow run name: `resnet20 · seed 0 · tiny1` under a DVC experiment, else the
+        label alone."""
         return f"{label} · {self.exp_name}" if self.exp_name else label
 
 

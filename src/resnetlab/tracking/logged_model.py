@@ -10,9 +10,17 @@ So only the format `model_io.save_model_artifact` writes is accepted, and checke
 reads a byte of it: an MLmodel with the pytorch flavor, no code paths, `data/model.pt2` (never
 `model.pth`); in the archive only the records `torch.export.save` writes for one program, every
 tensor stored raw (`use_pickle: false`), example inputs that load with `weights_only=True`, graph
-nodes that call ATen operators only, and shape expressions and guards made of symbols, numbers,
-arithmetic and comparisons. Anything else is refused with one line naming the file and the
-record. The archive is read once into memory and loaded from those checked bytes.
+nodes that call only the operators our networks export to, with the arguments they pass
+(`pt2_ops`: ATen as a whole can map files), and shape expressions and guards made of symbols,
+numbers, arithmetic and comparisons. Anything else is refused with one line naming the file and
+the record. The archive is read once into memory and loaded from those checked bytes.
+
+Files are read as MLflow writes them: regular files, no links anywhere below the model folder (a
+link to `/dev/zero` or a FIFO would be read without end or block), at most the size declared
+when opened (plus one byte, to see a file that grows) and never more than a fixed cap; every
+record of the archive is stored as is (torch.export.save compresses nothing, so a small archive
+cannot unpack to gigabytes), the records together under the cap, each read back and checked
+(CRC) at its declared size.
 """
 
 from __future__ import annotations
@@ -20,7 +28,9 @@ from __future__ import annotations
 import ast
 import io
 import json
+import os
 import re
+import stat
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,12 +39,13 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from resnetlab.core.errors import ResnetlabError
+from resnetlab.tracking import pt2_ops
 
 if TYPE_CHECKING:
     import torch
 
 MAX_MLMODEL_BYTES = 1 << 20
-MAX_ARCHIVE_BYTES = 1 << 30  # uncompressed; the largest shipped ResNet is a few MB
+MAX_ARCHIVE_BYTES = 1 << 30  # file and records alike; ResNet-50 exports to 95 MB
 MODEL_FILE = "data/model.pt2"
 
 # Records of a `torch.export.save` archive of one program named "model", below its top folder.
@@ -52,10 +63,6 @@ _SAMPLE_INPUTS = "data/sample_inputs/model.pt"
 _RAW_RECORD = re.compile(r"data/(weights/weight|constants/tensor)_\d{1,9}")
 _PREFIX = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
-# Graph nodes may call ATen operators (`torch.ops.aten.conv2d.default`) and `getitem` only.
-_TARGET = re.compile(
-    r"torch\.ops\.aten\.[a-z][A-Za-z0-9_]*\.[A-Za-z][A-Za-z0-9_]*|_operator\.getitem"
-)
 # Shape expressions are written by `sympy.srepr` (`Symbol('s0', positive=True, integer=True)`,
 # `Mul(Integer(2), ...)`); guards are Python over the inputs (`L['images'].size()[0] >= 2`).
 _SYMBOL = re.compile(r"[a-z]{1,4}\d{1,9}")
@@ -97,7 +104,7 @@ def load(folder: Path) -> tuple[torch.nn.Module, list[str] | None]:
     [0, 1] images in, logits out; and its class names when its metadata has them."""
     folder = Path(folder)
     classes = check_mlmodel(folder)
-    blob = _read_archive(folder / MODEL_FILE)
+    blob = _read_archive(folder)
     check_archive(blob, folder / MODEL_FILE)
     import torch
 
@@ -117,9 +124,7 @@ def check_mlmodel(folder: Path) -> list[str] | None:
     """Refuse anything but a pt2-format pytorch model without code; returns its class names."""
     path = folder / "MLmodel"
     try:
-        if path.stat().st_size > MAX_MLMODEL_BYTES:
-            raise UnsafeModelError(f"{path}: larger than {MAX_MLMODEL_BYTES} bytes")
-        spec = yaml.safe_load(path.read_text())
+        spec = yaml.safe_load(read_regular(folder, "MLmodel", MAX_MLMODEL_BYTES).decode())
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
         raise UnsafeModelError(f"{path}: not a readable MLmodel file ({exc})") from None
     flavors = spec.get("flavors") if isinstance(spec, dict) else None
@@ -131,11 +136,11 @@ def check_mlmodel(folder: Path) -> list[str] | None:
                 f"{path}: flavor {name} declares code paths ({flavor['code']!r}); a model "
                 "that brings its own Python code is not loaded"
             )
-    if (folder / "code").exists():
+    if os.path.lexists(folder / "code"):
         raise UnsafeModelError(f"{folder / 'code'}: a model that brings Python code is not loaded")
     if flavors["pytorch"].get("model_data") != "data":
         raise UnsafeModelError(f"{path}: pytorch model_data is not 'data'")
-    if (folder / "data" / "model.pth").exists():
+    if os.path.lexists(folder / "data" / "model.pth"):
         raise UnsafeModelError(
             f"{folder / 'data' / 'model.pth'}: the model is saved in the pickle format, which "
             "can run code when loaded; only the pt2 format (torch.export) is loaded"
@@ -148,11 +153,51 @@ def check_mlmodel(folder: Path) -> list[str] | None:
     return classes
 
 
-def _read_archive(path: Path) -> bytes:
+def read_regular(folder: Path, name: str, limit: int) -> bytes:
+    """The regular file `name` ("data/model.pt2") below `folder`, of at most `limit` bytes.
+    Refuses a link below the folder (the folder itself may be one: the user named it), a FIFO or
+    device (seen by lstat, never opened, so nothing blocks) and a file that changes while read:
+    reads the size it has once opened, plus one byte to see it grow."""
+    fd, where = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC), folder
     try:
-        if path.stat().st_size > MAX_ARCHIVE_BYTES:
-            raise UnsafeModelError(f"{path}: larger than {MAX_ARCHIVE_BYTES} bytes")
-        return path.read_bytes()
+        parts = name.split("/")
+        for i, part in enumerate(parts):
+            where, last = where / part, i == len(parts) - 1
+            found = os.stat(part, dir_fd=fd, follow_symlinks=False)
+            kind = next((k for test, k in _KINDS if test(found.st_mode)), "a socket")
+            wanted = "a regular file" if last else "a folder"
+            if kind != wanted:
+                raise UnsafeModelError(
+                    f"{where}: is {kind}, not {wanted} (MLflow writes no links, FIFOs or devices)"
+                )
+            flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+            opened = os.open(part, flags | (os.O_NONBLOCK if last else os.O_DIRECTORY), dir_fd=fd)
+            os.close(fd)
+            fd = opened
+            now = os.fstat(fd)
+            if (now.st_ino, now.st_dev, now.st_mode) != (found.st_ino, found.st_dev, found.st_mode):
+                raise UnsafeModelError(f"{where}: replaced while it was opened")
+        if now.st_size > limit:
+            raise UnsafeModelError(f"{where}: larger than {limit} bytes")
+        with os.fdopen(fd, "rb", closefd=False) as stream:
+            content = stream.read(now.st_size + 1)
+        if len(content) != now.st_size:
+            raise UnsafeModelError(f"{where}: changed size while it was read")
+        return content
+    finally:
+        os.close(fd)
+
+
+_KINDS = (
+    (stat.S_ISREG, "a regular file"), (stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISLNK, "a symbolic link"), (stat.S_ISCHR, "a device"), (stat.S_ISBLK, "a device"),
+)  # fmt: skip
+
+
+def _read_archive(folder: Path) -> bytes:
+    path = folder / MODEL_FILE
+    try:
+        return read_regular(folder, MODEL_FILE, MAX_ARCHIVE_BYTES)
     except FileNotFoundError:
         raise UnsafeModelError(f"{path}: not found; only the pt2 format is loaded") from None
     except OSError as exc:
@@ -172,16 +217,23 @@ def check_archive(blob: bytes, path: Path) -> None:
     try:
         with zipfile.ZipFile(io.BytesIO(blob)) as archive:
             _check_records(archive, _records(archive))
-    except zipfile.BadZipFile as exc:
-        raise UnsafeModelError(f"{path}: not a pt2 archive ({exc})") from None
+    except (zipfile.BadZipFile, OSError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise UnsafeModelError(f"{path}: not a pt2 archive ({first})") from None
     except _Refused as exc:
         raise UnsafeModelError(f"{path}: {exc}; the model is not loaded") from None
 
 
 def _records(archive: zipfile.ZipFile) -> dict[str, zipfile.ZipInfo]:
     """Record name (below the archive's one top folder) -> entry; refuses duplicates, paths
-    outside the folder and an archive too large once unpacked."""
+    outside the folder, compressed or encrypted records and an archive too large once unpacked
+    (by its directory; each record is then read at its declared size, see `_check_records`)."""
     infos = [info for info in archive.infolist() if not info.is_dir()]
+    for info in infos:
+        if info.compress_type != zipfile.ZIP_STORED or info.compress_size != info.file_size:
+            raise _Refused(info.filename, "is compressed; torch.export.save stores records as is")
+        if info.flag_bits & 0x1:
+            raise _Refused(info.filename, "is encrypted")
     if sum(info.file_size for info in infos) > MAX_ARCHIVE_BYTES:
         raise _Refused("*", f"unpack to more than {MAX_ARCHIVE_BYTES} bytes")
     prefixes = {info.filename.split("/", 1)[0] for info in infos}
@@ -202,26 +254,40 @@ def _check_records(archive: zipfile.ZipFile, records: dict[str, zipfile.ZipInfo]
         if name not in records:
             raise _Refused(name, "is missing")
 
+    def read(name: str) -> bytes:
+        """The record, once, at its declared size (+1 byte to see more; the sizes add up to at
+        most MAX_ARCHIVE_BYTES); zipfile checks its CRC once it has all of it."""
+        info = records[name]
+        try:
+            with archive.open(info) as stream:
+                content = stream.read(info.file_size + 1)
+        except EOFError:
+            content = b""
+        if len(content) != info.file_size:
+            raise _Refused(name, f"does not hold the {info.file_size} bytes it declares")
+        return content
+
     def read_json(name: str) -> Any:
         try:
-            return json.loads(archive.read(records[name]))
+            return json.loads(read(name))
         except (UnicodeDecodeError, ValueError):
             raise _Refused(name, "is not JSON") from None
 
     raw = _raw_records(read_json(_WEIGHTS_CONFIG), "weights")
     raw |= _raw_records(read_json(_CONSTANTS_CONFIG), "constants")
-    for name, info in records.items():
+    for name in records:
         if name in _TEXT_RECORDS:
-            text = archive.read(info).decode("ascii", errors="replace")
+            text = read(name).decode("ascii", errors="replace")
             if not _TEXT_RECORDS[name].fullmatch(text):
                 raise _Refused(name, "has unexpected content")
         elif _RAW_RECORD.fullmatch(name):
             if name not in raw:
                 raise _Refused(name, "is not a raw tensor of the weights or constants config")
+            read(name)  # its bytes are there, as declared (torch reads them by the directory)
         elif name == _PROGRAM:
             _check_program(read_json(name))
         elif name == _SAMPLE_INPUTS:
-            _check_tensors_only(archive.read(info))
+            _check_tensors_only(read(name))
         elif name not in (_WEIGHTS_CONFIG, _CONSTANTS_CONFIG):
             raise _Refused(name, "is not part of the format we write")
 
@@ -262,10 +328,14 @@ def _check_tensors_only(content: bytes) -> None:
 def _check_program(program: Any) -> None:
     if not isinstance(program, dict):
         raise _Refused(_PROGRAM, "is not a JSON object")
+    try:
+        pt2_ops.check_nodes(program)
+    except pt2_ops.RefusedOperator as exc:
+        raise _Refused(_PROGRAM, str(exc)) from None
     for key, value in _walk(program):
-        if key in ("target", "as_operator") and isinstance(value, str):
-            if not _TARGET.fullmatch(value):
-                raise _Refused(_PROGRAM, f"calls {value[:80]!r}, not an ATen operator")
+        # Nodes are checked above; an operator named anywhere else is refused all the same.
+        if key == "as_operator" or (key == "target" and str(value) not in pt2_ops.ALLOWED_OPS):
+            raise _Refused(_PROGRAM, f"names the operator {str(value)[:80]!r}")
         elif key == "expr_str":
             _check_expression(value, guard=False)
         elif key == "guards_code":

@@ -5,7 +5,8 @@ registered, and found again from a model URI. Loading it safely is `tracking.log
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlparse
@@ -39,6 +40,40 @@ def ensure_registered_model(c: MlflowClient, name: str) -> None:
             raise
 
 
+@dataclass
+class ModelUpload:
+    """Logs an exported model folder as the run's logged model and registers it as the next
+    version of `resnetlab-<variant>`: each step once, even when a retry follows a call that was
+    abandoned half way (the ids it got are kept)."""
+
+    model_id: str = ""  # the logged model, once created
+    model_version: str = ""  # its registered version, once registered
+
+    def __call__(
+        self, local: Path, run_id: str, name: str, params: Mapping[str, str], c: MlflowClient
+    ) -> None:
+        from mlflow.entities import LoggedModelOutput
+
+        if not self.model_id:
+            exp_id = c.get_run(run_id).info.experiment_id
+            logged = c.create_logged_model(
+                exp_id, name=name, source_run_id=run_id, params=dict(params),
+                model_type="resnetlab-classifier",
+            )  # fmt: skip
+            self.model_id = logged.model_id
+            c.log_model_artifacts(self.model_id, str(local))
+            c.finalize_logged_model(self.model_id, "READY")
+            c.log_outputs(run_id, [LoggedModelOutput(self.model_id, 0)])
+        if not self.model_version:
+            registered = registered_name(name)
+            ensure_registered_model(c, registered)
+            version = c.create_model_version(
+                registered, f"models:/{self.model_id}", run_id=run_id, model_id=self.model_id,
+                await_creation_for=0, tags={"variant": name},
+            )  # fmt: skip
+            self.model_version = str(version.version)
+
+
 def save_model_artifact(
     model: torch.nn.Module, local: Path, input_example: np.ndarray, classes: Sequence[str]
 ) -> None:
@@ -58,7 +93,7 @@ def save_model_artifact(
 
     model = model.cpu().eval()
     signature = ModelSignature(
-        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 3, 32, 32))]),
+        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, *input_example.shape[1:]))]),
         outputs=Schema(
             [ColSpec("string", "class"), ColSpec("double", "probability")]
             + [ColSpec("double", name) for name in classes]

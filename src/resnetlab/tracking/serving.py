@@ -12,6 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from resnetlab.data.cifar10 import CHANNELS, IMAGE_SIZE
+
 if TYPE_CHECKING:
     import pandas as pd
     import torch
@@ -31,7 +33,7 @@ class ClassProbabilities:
         import torch
 
         images = np.asarray(model_input, dtype=np.float32)
-        if images.ndim != 4 or images.shape[1:] != (3, 32, 32):
+        if images.ndim != 4 or images.shape[1:] != (CHANNELS, IMAGE_SIZE, IMAGE_SIZE):
             raise ValueError(f"expected N x 3 x 32 x 32 images in [0, 1], got {images.shape}")
         with torch.no_grad():
             logits = self.network(torch.from_numpy(images))

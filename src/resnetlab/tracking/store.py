@@ -37,16 +37,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-
 T = TypeVar("T")
-
-
 _PROBE_TIMEOUT_S = 3.0  # a live server answers /health in milliseconds
-
-
 CALL_S = 20.0  # one metadata call (params, metrics, tags, status, lookups)
-
-
 UPLOAD_S = 120.0  # one artifact upload; the largest model is a few MB
 
 

@@ -7,7 +7,6 @@ epochs are on disk already, and training never waits minutes for tracking.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import json
 import logging
@@ -16,24 +15,23 @@ import socket
 import tempfile
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlparse
 
 from resnetlab.core.errors import ResnetlabError, first_line
-from resnetlab.tracking.lineage import PARENT_KEY_TAG, Lineage, parent_run, run_label
+from resnetlab.core.layout import HISTORY_CSV, METRICS, MODEL_FILE, MODEL_JSON, MODELS, TRAIN_JSON
+from resnetlab.tracking.lineage import PARENT_KEY_TAG, mlflow_run_label, parent_run
 from resnetlab.tracking.model_io import (
-    ensure_registered_model,
-    registered_name,
+    ModelUpload,
     save_model_artifact,
 )
+from resnetlab.tracking.retry import Record, RetryQueue, epoch_range
+from resnetlab.tracking.run_context import RunContext, dataset_input
 from resnetlab.tracking.store import (
     CALL_S,
     UPLOAD_S,
     Caller,
-    Unreachable,
     client,
     experiment_id,
     is_missing,
@@ -41,6 +39,7 @@ from resnetlab.tracking.store import (
     now_ms,
     tracking_uri,
 )
+from resnetlab.train.events import TrainingListener
 
 if TYPE_CHECKING:
     import numpy as np
@@ -49,75 +48,23 @@ if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
 
     from resnetlab.core.records import History, HistoryRow, ModelRecord, TrainSummary
-    from resnetlab.train.events import EpochEnd, RunStart, StepProgress
+    from resnetlab.train.events import EpochEnd, RunStart
 
 
 log = logging.getLogger(__name__)
 
-
 # MLflow's param values are limited in length; longer ones (none expected) are cut.
 _PARAM_MAX = 6000
-
-
 _BATCH = 100  # MLflow accepts at most 100 params per log_batch call
-
-
 _METRICS_BATCH = 1000  # ... and at most 1000 metrics
-
-
 _MONITOR_STOP_S = 3.0  # the system metrics monitor's last sample and flush
-
-
 # Tags that let a later execution tell whether the process recording a RUNNING run still lives.
 HOST_TAG, PID_TAG = "host", "pid"
-
-
-@dataclass(frozen=True)
-class DatasetInfo:
-    """The prepared data a run trained on, as MLflow's dataset input: a digest of the arrays,
-    a name, where it came from, and the split sizes (its profile)."""
-
-    name: str
-    digest: str
-    source: str  # the archive's URL or path
-    splits: Mapping[str, int]
-
-
-@dataclass(frozen=True)
-class RunContext:
-    """What places and describes a training run: its group (parent run), a one-line
-    description, and the data it trained on (None when unknown, as for `resnetlab relog`)."""
-
-    lineage: Lineage
-    description: str = ""
-    dataset: DatasetInfo | None = None
-
-
-def describe_run(
-    model: Mapping[str, Any], overrides: Sequence[str], variant: str, data: str
-) -> str:
-    """The run description: one line naming the model, the recipe's source and the data."""
-    args = ", ".join(f"{k}={v}" for k, v in model.items() if k != "name")
-    recipe = "params.yaml `train`"
-    if overrides:
-        recipe += f" + variants.{variant} ({', '.join(overrides)})"
-    return f"model {model.get('name')}({args}) · recipe: {recipe} · data: {data}"
 
 
 def _param(value: Any) -> str:
     text = json.dumps(value) if isinstance(value, list | dict | tuple) else str(value)
     return text[:_PARAM_MAX]
-
-
-@dataclass(frozen=True)
-class _Record:
-    """Something to record into the run, kept until the store has taken it."""
-
-    what: str  # for messages: "epoch 3", "the model", ...
-    call: Callable[[MlflowClient], object]
-    deadline_s: float = CALL_S
-    epoch: int | None = None
-    prepare: Callable[[], object] | None = None  # local work before the call (an export)
 
 
 class TrackingBehind(ResnetlabError):
@@ -135,20 +82,20 @@ class TrackingBehind(ResnetlabError):
         `metrics_dir`: the run's `<root>/<name>/seed<seed>` folders)."""
         relog = f"resnetlab relog --variant {name} --seed {seed}"
         run = Path(name) / f"seed{seed}"
-        if out_dir != Path("models") / run or metrics_dir != Path("metrics") / run:
+        if out_dir != MODELS / run or metrics_dir != METRICS / run:
             relog += (
                 f" --models-dir {out_dir.parent.parent} --metrics-dir {metrics_dir.parent.parent}"
             )
         return (
             f"{name}: training is complete but not recorded: {self}. The model and metrics are "
-            f"on disk ({out_dir / 'model.pt'}, {metrics_dir / 'history.csv'}, "
-            f"{metrics_dir / 'train.json'}); when the store answers, record them with "
+            f"on disk ({out_dir / MODEL_FILE}, {metrics_dir / HISTORY_CSV}, "
+            f"{metrics_dir / TRAIN_JSON}); when the store answers, record them with "
             f"`{relog}`, or re-run this stage (it resumes after the last epoch, trains nothing "
             "and records)"
         )
 
 
-class TrainingRun:
+class TrainingRun(TrainingListener):
     """A variant's MLflow run for one execution of the train stage, and a training listener.
 
     As a context manager it starts the run (or, with `run_id`, re-opens the run an interrupted
@@ -177,10 +124,8 @@ class TrainingRun:
         self.experiment = experiment
         self.name = name  # the variant: names its logged and registered model
         self.context = context
-        label = run_label(name, seed) if seed is not None else name
-        self.run_name = context.lineage.run_name(label) if context else label
-        self.model_id = ""  # the logged model, once created
-        self.model_version = ""  # its registered version, once registered
+        label = mlflow_run_label(name, seed) if seed is not None else name
+        self.display_name = context.lineage.display_name(label) if context else label
         self._monitor: Any = None
         self.params = dict(params)
         self.tags = {**tags, HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid())}
@@ -189,10 +134,9 @@ class TrainingRun:
         self.created = False  # whether entering created the run (rather than re-opening it)
         self._client: MlflowClient | None = None
         self._calls = Caller(tracking_uri())
-        self._pending: list[_Record] = []
-        self._behind = False
+        self._queue = RetryQueue(name, self._calls, lambda: self.mlflow)
         self._finished = self._finish_tried = False
-        self._reason = ""
+        self._upload = ModelUpload()
         self._staging: tempfile.TemporaryDirectory[str] | None = None
 
     @property
@@ -259,13 +203,13 @@ class TrainingRun:
             tags = dict(self.tags)
             if self.context is not None:
                 tags.update(self._context_tags(c, exp_id, self.context))
-            run = c.create_run(exp_id, run_name=self.run_name, tags=tags)
+            run = c.create_run(exp_id, run_name=self.display_name, tags=tags)
             self.run_id = run.info.run_id
             params = [Param(k, _param(v)) for k, v in self.params.items()]
             for start in range(0, len(params), _BATCH):
                 c.log_batch(self.run_id, params=params[start : start + _BATCH])
             if self.context is not None and self.context.dataset is not None:
-                c.log_inputs(self.run_id, datasets=[_dataset_input(self.context.dataset)])
+                c.log_inputs(self.run_id, datasets=[dataset_input(self.context.dataset)])
         else:
             self.run_id = self._resume_id
             c.update_run(self.run_id, status="RUNNING")
@@ -288,7 +232,7 @@ class TrainingRun:
             tags = run.data.tags
             pid = tags.get(PID_TAG, "")
             if (
-                run.info.run_name != self.run_name
+                run.info.run_name != self.display_name
                 or tags.get(HOST_TAG) != host
                 or run.info.run_id == self._resume_id
                 or not pid.isdigit()
@@ -315,9 +259,9 @@ class TrainingRun:
             elif exc_type is not None and not isinstance(exc, TrackingBehind):
                 self._stop_monitor()
                 status = "KILLED" if issubclass(exc_type, KeyboardInterrupt) else "FAILED"
-                end = _Record(f"the end ({status})", self._terminator(status))
+                end = Record(f"the end ({status})", self._terminator(status))
                 # Best effort: the stage is failing already, with its own message.
-                if not self._flush([end]):
+                if not self._queue.flush([end]):
                     log.warning(
                         "%s: MLflow run %s is not marked %s", self.name, self.run_id, status
                     )
@@ -329,58 +273,16 @@ class TrainingRun:
         """Record everything pending and end the run FINISHED, or raise `TrackingBehind`."""
         self._finish_tried = True
         self._stop_monitor()
-        if not self._flush([_Record("its end", self._terminator("FINISHED"))]):
-            raise TrackingBehind(self._calls.uri, self.run_id, self.pending(), self._reason)
+        if not self._queue.flush([Record("its end", self._terminator("FINISHED"))]):
+            raise TrackingBehind(self._calls.uri, self.run_id, self.pending(), self._queue.reason)
         self._finished = True
 
     def _terminator(self, status: str) -> Callable[[MlflowClient], object]:
         return lambda c: c.set_terminated(self.run_id, status=status)
 
-    # --- what is not recorded yet -------------------------------------------------------------
-
-    def _flush(self, more: Sequence[_Record] = ()) -> bool:
-        """Hand the store what is pending, in order; False (keeping the rest) if it fails."""
-        self._pending.extend(more)
-        try:
-            if self._pending:
-                self._calls.probe()
-        except Unreachable as exc:
-            return self._fell_behind(exc)
-        while self._pending:
-            record = self._pending[0]
-            if record.prepare is not None:  # on this thread, and only once the store answers
-                record.prepare()
-                record = self._pending[0] = dataclasses.replace(record, prepare=None)
-            try:
-                self._calls(functools.partial(record.call, self.mlflow), record.deadline_s)
-            except Exception as exc:
-                return self._fell_behind(exc)
-            self._pending.pop(0)
-        if self._behind:
-            self._behind = False
-            log.info("%s: MLflow tracking caught up", self.name)
-        return True
-
-    def _fell_behind(self, exc: Exception) -> bool:
-        self._reason = first_line(exc)
-        if not self._behind:
-            self._behind = True
-            log.warning(
-                "%s: MLflow tracking is behind: %s did not take %s (%s); nothing is lost (it "
-                "is on disk), and it is retried at each epoch and at the end",
-                self.name,
-                self._calls.uri,
-                self.pending(),
-                self._reason,
-            )
-        return False
-
     def pending(self) -> str:
         """What the store has not taken yet, in words: `epochs 2-5, the model, its end`."""
-        epochs = [r.epoch for r in self._pending if r.epoch is not None]
-        others = list(dict.fromkeys(r.what for r in self._pending if r.epoch is None))
-        parts = [_epoch_range(epochs)] if epochs else []
-        return ", ".join(parts + others) or "nothing"
+        return self._queue.describe()
 
     # --- listener -----------------------------------------------------------------------------
 
@@ -391,14 +293,14 @@ class TrainingRun:
             # The checkpoint is written before listeners hear of an epoch, so an interruption
             # can leave epochs on disk that never reached the run: log those now.
             self.log_history(event.history)
-        self._flush()
+        self._queue.flush()
 
     def log_history(self, rows: Sequence[HistoryRow]) -> None:
         """Log the epochs of `rows` that the run does not hold yet."""
         rows = tuple(rows)
         if rows:
-            what = _epoch_range([r.epoch for r in rows]) + " (those the run lacks)"
-            self._pending.append(_Record(what, lambda c: self._log_missing(c, rows), UPLOAD_S))
+            what = epoch_range([r.epoch for r in rows]) + " (those the run lacks)"
+            self._queue.add(Record(what, lambda c: self._log_missing(c, rows), UPLOAD_S))
 
     def _log_missing(self, c: MlflowClient, rows: Sequence[HistoryRow]) -> None:
         logged = {m.step for m in c.get_metric_history(self.run_id, "val_accuracy")}
@@ -408,16 +310,10 @@ class TrainingRun:
         for start in range(0, len(missing), _METRICS_BATCH):
             c.log_batch(self.run_id, metrics=missing[start : start + _METRICS_BATCH])
 
-    def on_epoch_start(self, epoch: int, epochs: int) -> None: ...
-
-    def on_step(self, event: StepProgress) -> None: ...
-
     def on_epoch_end(self, event: EpochEnd) -> None:
         row = event.row
         self._add(f"epoch {row.epoch}", _row_metrics(row), step=row.epoch, epoch=row.epoch)
-        self._flush()
-
-    def on_stop(self) -> None: ...
+        self._queue.flush()
 
     # --- records (kept until `finish()` or the next epoch hands them over) --------------------
 
@@ -425,20 +321,20 @@ class TrainingRun:
         # Timestamped now: a record sent twice (an abandoned call that got through after all)
         # is the same metric, not a second point.
         call = functools.partial(_log_batch, self.run_id, _metrics(metrics, step))
-        self._pending.append(_Record(what, call, epoch=epoch))
+        self._queue.add(Record(what, call, epoch=epoch))
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
         self._add(", ".join(metrics), metrics, step)
 
     def log_table(self, frame: pd.DataFrame, artifact_file: str) -> None:
         run_id = self.run_id
-        self._pending.append(
-            _Record(artifact_file, lambda c: c.log_table(run_id, frame, artifact_file), UPLOAD_S)
+        self._queue.add(
+            Record(artifact_file, lambda c: c.log_table(run_id, frame, artifact_file), UPLOAD_S)
         )
 
     def log_files(self, paths: Iterable[Path], artifact_path: str | None = None) -> None:
         for path in paths:
-            self._pending.append(_Record(Path(path).name, self._uploader(path, artifact_path)))
+            self._queue.add(Record(Path(path).name, self._uploader(path, artifact_path)))
 
     def _uploader(self, path: Path, artifact_path: str | None) -> Callable[[MlflowClient], object]:
         run_id = self.run_id
@@ -458,7 +354,7 @@ class TrainingRun:
         numbers."""
         self.log_model(classifier, example, record.classes)
         self.log_table(history.frame(), "history.json")
-        self.log_files([metrics_dir / n for n in ("train.json", "model.json", "history.csv")])
+        self.log_files([metrics_dir / n for n in (TRAIN_JSON, MODEL_JSON, HISTORY_CSV)])
         best = {"best_val_accuracy": record.best_val_accuracy, "best_epoch": record.best_epoch}
         self.log_metrics(best, step=summary.epochs)
 
@@ -474,50 +370,18 @@ class TrainingRun:
             self._staging = tempfile.TemporaryDirectory(prefix="resnetlab-model-")
         local = Path(self._staging.name) / "model"
         export = functools.partial(save_model_artifact, model, local, input_example, classes)
-        upload = functools.partial(self._upload_model, local)
-        self._pending.append(_Record("the model", upload, UPLOAD_S, prepare=export))
-
-    def _upload_model(self, local: Path, c: MlflowClient) -> None:
-        """Each step once, even when a retry follows a call abandoned half way."""
-        from mlflow.entities import LoggedModelOutput
-
-        if not self.model_id:
-            exp_id = c.get_run(self.run_id).info.experiment_id
-            params = {k: _param(v)[:_PARAM_MAX] for k, v in self.params.items()}
-            logged = c.create_logged_model(
-                exp_id, name=self.name, source_run_id=self.run_id, params=params,
-                model_type="resnetlab-classifier",
-            )  # fmt: skip
-            self.model_id = logged.model_id
-            c.log_model_artifacts(self.model_id, str(local))
-            c.finalize_logged_model(self.model_id, "READY")
-            c.log_outputs(self.run_id, [LoggedModelOutput(self.model_id, 0)])
-        if not self.model_version:
-            name = registered_name(self.name)
-            ensure_registered_model(c, name)
-            version = c.create_model_version(
-                name, f"models:/{self.model_id}", run_id=self.run_id, model_id=self.model_id,
-                await_creation_for=0, tags={"variant": self.name},
-            )  # fmt: skip
-            self.model_version = str(version.version)
+        upload = functools.partial(
+            self._upload,
+            local,
+            self.run_id,
+            self.name,
+            {k: _param(v) for k, v in self.params.items()},
+        )
+        self._queue.add(Record("the model", upload, UPLOAD_S, prepare=export))
 
 
 def _log_batch(run_id: str, metrics: Sequence[Any], c: MlflowClient) -> None:
     c.log_batch(run_id, metrics=metrics)
-
-
-def _dataset_input(dataset: DatasetInfo) -> Any:
-    from mlflow.entities import Dataset, DatasetInput, InputTag
-
-    kind = urlparse(dataset.source).scheme
-    entity = Dataset(
-        name=dataset.name,
-        digest=dataset.digest,
-        source_type="http" if kind in ("http", "https") else "local",
-        source=json.dumps({"url": dataset.source}),
-        profile=json.dumps({f"{k}_images": v for k, v in dataset.splits.items()}),
-    )
-    return DatasetInput(entity, tags=[InputTag("mlflow.data.context", "training")])
 
 
 def _row_metrics(row: HistoryRow) -> dict[str, float]:
@@ -529,14 +393,6 @@ def _metrics(metrics: Mapping[str, float], step: int) -> list[Any]:
 
     now = now_ms()
     return [Metric(k, float(v), now, step) for k, v in metrics.items()]
-
-
-def _epoch_range(epochs: Sequence[int]) -> str:
-    if len(epochs) == 1:
-        return f"epoch {epochs[0]}"
-    if list(epochs) == list(range(epochs[0], epochs[-1] + 1)):
-        return f"epochs {epochs[0]}-{epochs[-1]}"
-    return "epochs " + ", ".join(map(str, epochs))
 
 
 def _process_alive(pid: int) -> bool:

@@ -18,6 +18,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from resnetlab.core.errors import ResnetlabError
+from resnetlab.core.layout import (
+    MODEL_FILE,
+    PREDICTIONS_CSV,
+    RUN_FILE,
+    SEED_FOLDER,
+    Project,
+    first_seed_folder,
+    lowest_seed_file,
+)
 from resnetlab.core.records import read_csv
 
 if TYPE_CHECKING:
@@ -28,67 +37,9 @@ if TYPE_CHECKING:
     from resnetlab.data.prepared import Prepared
     from resnetlab.evaluate.images import Prediction
 
-MODEL_FILE = "model.pt"
-RUN_FILE = "mlflow_run.json"
-PREDICTIONS_FILE = "predictions.csv"
 # predictions.csv as the evaluate stage writes it: one row per test image.
 PREDICTION_COLUMNS = ("index", "actual", "predicted", "confidence")
 EXAMPLE_VARIANT = "resnet20"  # named in hints when params.yaml declares none
-
-
-@dataclass(frozen=True)
-class Project:
-    """A project folder laid out as `dvc.yaml`'s `vars` declare it."""
-
-    root: Path
-
-    @property
-    def models(self) -> Path:
-        return self.root / "models"
-
-    @property
-    def metrics(self) -> Path:
-        return self.root / "metrics"
-
-    @property
-    def prepared(self) -> Path:
-        return self.root / "data" / "prepared"
-
-    @property
-    def reports(self) -> Path:
-        return self.root / "reports"
-
-    @property
-    def figures(self) -> Path:
-        return self.reports / "figures"
-
-    @property
-    def leaderboard(self) -> Path:
-        return self.reports / "leaderboard.csv"
-
-    def show(self, path: Path) -> str:
-        """`path` as messages name it: relative to the project folder, where the user runs dvc."""
-        try:
-            return path.relative_to(self.root).as_posix()
-        except ValueError:
-            return str(path)
-
-    def model_file(self, variant: str) -> Path:
-        """The variant's model: its lowest training seed's (`models/<v>/seed<k>/model.pt`)."""
-        return _run_file(self.models / variant, MODEL_FILE)
-
-    def predictions_file(self, variant: str) -> Path:
-        """The lowest seed's test predictions (`metrics/<v>/seed<k>/predictions.csv`)."""
-        return _run_file(self.metrics / variant, PREDICTIONS_FILE)
-
-
-def _run_file(variant_folder: Path, filename: str) -> Path:
-    """`filename` in the lowest-seed run folder of a variant that has it; the seed-0 path (for
-    messages) when none has."""
-    from resnetlab.core.records import first_seed_folder
-
-    folder = first_seed_folder(variant_folder, filename) or variant_folder / "seed0"
-    return folder / filename
 
 
 # --- variants -------------------------------------------------------------------------------
@@ -96,8 +47,6 @@ def _run_file(variant_folder: Path, filename: str) -> Path:
 
 def _variants_with(folder: Path, filename: str) -> list[str]:
     """Variants with `filename` in one of their run folders (`<folder>/<v>/seed<k>/`)."""
-    from resnetlab.core.records import first_seed_folder
-
     if not folder.is_dir():
         return []
     return sorted(d.name for d in folder.iterdir() if first_seed_folder(d, filename) is not None)
@@ -110,7 +59,7 @@ def trained_variants(project: Project) -> list[str]:
 
 def evaluated_variants(project: Project) -> list[str]:
     """Variants with a `metrics/<v>/seed<k>/predictions.csv`, by name."""
-    return _variants_with(project.metrics, PREDICTIONS_FILE)
+    return _variants_with(project.metrics, PREDICTIONS_CSV)
 
 
 def declared_variants(project: Project) -> list[str]:
@@ -127,8 +76,6 @@ def declared_variants(project: Project) -> list[str]:
 
 def _run_of(path: Path, variant: str) -> str:
     """`<variant>-<seed>` (the DVC stage suffix) for a file in a `seed<k>` run folder."""
-    from resnetlab.core.records import SEED_FOLDER
-
     match = SEED_FOLDER.fullmatch(path.parent.name)
     return f"{variant}-{match.group(1) if match else 0}"
 
@@ -172,7 +119,9 @@ def logged_model_uris(project: Project) -> dict[str, str]:
     uris = {}
     for variant in _variants_with(project.models, RUN_FILE):
         try:
-            run_id = RunFile.read(_run_file(project.models / variant, RUN_FILE), variant).run_id
+            run_id = RunFile.read(
+                lowest_seed_file(project.models / variant, RUN_FILE), variant
+            ).run_id
         except RecordError:
             continue
         uris[variant] = f"runs:/{run_id}/{variant}"

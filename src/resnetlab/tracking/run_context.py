@@ -1,0 +1,99 @@
+"""What places and describes a training run in MLflow: its group (parent run), a one-line
+description of the model and recipe, and the data it trained on as an MLflow dataset input."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlparse
+
+from resnetlab.data.cifar10 import KEY as DATASET_KEY
+from resnetlab.tracking.lineage import Lineage
+
+if TYPE_CHECKING:
+    from resnetlab.core.config import DataConfig, TrainConfig
+    from resnetlab.data.prepared import Prepared
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """The prepared data a run trained on, as MLflow's dataset input: a digest of the arrays,
+    a name, where it came from, and the split sizes (its profile)."""
+
+    name: str
+    digest: str
+    source: str  # the archive's URL or path
+    splits: Mapping[str, int]
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """What places and describes a training run: its group (parent run), a one-line
+    description, and the data it trained on (None when unknown, as for `resnetlab relog`)."""
+
+    lineage: Lineage
+    description: str = ""
+    dataset: DatasetInfo | None = None
+
+
+def describe_run(
+    model: Mapping[str, Any], overrides: Sequence[str], variant: str, data: str
+) -> str:
+    """The run description: one line naming the model, the recipe's source and the data."""
+    args = ", ".join(f"{k}={v}" for k, v in model.items() if k != "name")
+    recipe = "params.yaml `train`"
+    if overrides:
+        recipe += f" + variants.{variant} ({', '.join(overrides)})"
+    return f"model {model.get('name')}({args}) · recipe: {recipe} · data: {data}"
+
+
+def dataset_input(dataset: DatasetInfo) -> Any:
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+
+    kind = urlparse(dataset.source).scheme
+    entity = Dataset(
+        name=dataset.name,
+        digest=dataset.digest,
+        source_type="http" if kind in ("http", "https") else "local",
+        source=json.dumps({"url": dataset.source}),
+        profile=json.dumps({f"{k}_images": v for k, v in dataset.splits.items()}),
+    )
+    return DatasetInput(entity, tags=[InputTag("mlflow.data.context", "training")])
+
+
+def dataset_of(data: Prepared, data_dir: Path, config: DataConfig | None) -> DatasetInfo:
+    """The training data as an MLflow dataset: SHA-256 over the train and val arrays (the test
+    split is not loaded for training; meta.json, also hashed, holds its counts and class
+    statistics)."""
+    meta = Path(data_dir) / "meta.json"
+    digest = hashlib.sha256(meta.read_bytes())
+    for split in ("train", "val"):
+        digest.update(data.images[split].tobytes())
+        digest.update(data.labels[split].tobytes())
+    counts = json.loads(meta.read_text()).get("counts", {})
+    splits = {s: int(counts.get(s, 0)) for s in ("train", "val", "test")}
+    source = config.url if config is not None else str(Path(data_dir).resolve())
+    name = (
+        DATASET_KEY if not config or not config.subset else f"{DATASET_KEY}-subset{config.subset}"
+    )
+    return DatasetInfo(name, digest.hexdigest()[:16], source, splits)
+
+
+def data_words(dataset: DatasetInfo, config: DataConfig | None) -> str:
+    """The data part of a run's description: `45000 train / 5000 val images (subset ...)`."""
+    words = f"{dataset.splits['train']} train / {dataset.splits['val']} val images"
+    if config is not None and config.subset:
+        words += f" (subset {config.subset}, seed {config.seed})"
+    return words
+
+
+def recipe_overrides(defaults: TrainConfig, own: TrainConfig) -> tuple[str, ...]:
+    """The `train` keys whose value a variant (`own`) changes from the defaults."""
+    base, mine = dataclasses.asdict(defaults), dataclasses.asdict(own)
+    # The seed is the run's own (from the stage name), not a recipe change.
+    return tuple(k for k in mine if k != "seed" and mine[k] != base.get(k))
