@@ -238,3 +238,22 @@ def test_an_added_record_is_refused(exported, tmp_path):
         archive.writestr(f"{top}/data/aotinductor/model/model.so", b"\x7fELF")
     with pytest.raises(logged_model.UnsafeModelError, match="is not part of the format we write"):
         logged_model.load(folder)
+
+
+def test_a_network_outside_the_operator_table_fails_when_it_is_logged(tmp_path: Path):
+    """save_model_artifact runs the loaders' checks on its own export: a layer whose operator
+    the table lacks (GELU here) is found when the model is trained and logged, in one line
+    naming the operator, not later when predict or serving refuse it."""
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3, bias=False),
+        torch.nn.GELU(),
+        torch.nn.Flatten(),
+        torch.nn.LazyLinear(10),
+    )
+    clf = Classifier(net, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)).eval()
+    example = np.random.default_rng(0).random((4, 3, 32, 32), dtype=np.float32)
+    clf(torch.from_numpy(example))  # materialise the lazy layer
+    with pytest.raises(logged_model.UnsafeModelError) as info:
+        model_io.save_model_artifact(clf, tmp_path / "model", example, CIFAR10_CLASSES)
+    message = str(info.value)
+    assert "torch.ops.aten.gelu.default" in message and "\n" not in message

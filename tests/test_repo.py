@@ -29,5 +29,5 @@ def test_ci_runs_the_readme_test_command():
 
 def test_outputs_are_ignored_by_git():
     ignored = (REPO / ".gitignore").read_text()
-    for entry in ("/mlflow.db", "/mlartifacts/", ".venv/"):
+    for entry in ("/mlflow.db", "/mlartifacts/", ".venv/", "/site/"):
         assert entry in ignored

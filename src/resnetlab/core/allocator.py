@@ -5,8 +5,9 @@ top of its heap back to the OS; both thresholds only adapt to the sizes a proces
 network's activations are allocated and freed on every forward pass (ResNet-20 at a batch of
 256 in bf16: 8 MiB per layer output), so with those defaults much of each pass's memory is
 mapped afresh and every page of it faulted in and zeroed by the kernel. On a 2-core CPU the
-evaluate stage's forward passes ran about 1.5x faster with freed memory kept (README,
-"Performance"); PyTorch's CPU performance guide gets the same by preloading jemalloc or tcmalloc.
+evaluate stage's forward passes ran about 1.5x faster with freed memory kept
+(docs/performance.md, "Freed memory is kept"); PyTorch's CPU performance guide gets the same by
+preloading jemalloc or tcmalloc.
 
 `keep_freed_memory` serves blocks below 32 MiB from the heap and keeps up to 1 GiB of freed heap
 for reuse. The price: a process's resident memory stays near its peak until it exits, which a

@@ -219,7 +219,8 @@ class TrainConfig:
             )
             # An epoch number at or past the last epoch never lowers the lr: a forgotten edit
             # after shortening `epochs`. Fractions scale with `epochs` by design and are left
-            # alone: the shipped [0.5, 0.75] of a 2-epoch quick run (README) reaches epoch 2.
+            # alone: the shipped [0.5, 0.75] of a 2-epoch quick run (docs/getting-started.md)
+            # reaches epoch 2.
             # Other schedules ignore milestones (a cosine variant inherits train's).
             require(
                 self.schedule != "multistep" or m < 1 or m < self.epochs,

@@ -34,8 +34,9 @@ LOCK_DIR = Path(tempfile.gettempdir()) / "resnetlab-devices"
 _POLL_S = 2.0  # how often a run waiting for a device tries again
 
 # `compile: auto` compiles a run of at least this many optimiser steps. Measured on a 2-core
-# CPU (ResNet-20, batch 256, bf16; README, "Performance"): compiling costs ~24 s with an empty
-# cache and every later step is ~5% faster (273 -> 260 ms), so it pays back after ~1,850 steps.
+# CPU (ResNet-20, batch 256, bf16; docs/performance.md, "Compiling"): compiling costs ~24 s
+# with an empty cache and every later step is ~5% faster (273 -> 260 ms), so it pays back after
+# ~1,850 steps.
 # On a GPU it pays back sooner. On a CPU training in fp32 it never paid: compiled steps ran at
 # -2% to +2% of eager ones in every run of the throughput bench, so `auto` does not compile them.
 COMPILE_MIN_STEPS = 2000
@@ -74,7 +75,7 @@ def native_bf16(device: torch.device) -> bool:
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype for `precision` (None = plain fp32). `auto` = bf16 where the device
-    computes it natively (parity with fp32 measured: README, "Performance"), fp32 elsewhere."""
+    computes it natively (parity with fp32 measured: docs/performance.md), fp32 elsewhere."""
     if precision == "auto":
         return torch.bfloat16 if native_bf16(device) else None
     return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]

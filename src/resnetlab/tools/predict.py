@@ -28,7 +28,6 @@ import torch
 
 from resnetlab.core.errors import ResnetlabError
 from resnetlab.core.layout import MODEL_FILE, MODELS, first_seed_folder, run_folder
-from resnetlab.data.cifar10 import CLASSES as CIFAR10_CLASSES
 from resnetlab.evaluate.images import format_prediction, load_image, predict
 
 MAX_TOP_K = 10
@@ -132,6 +131,4 @@ def _load(args: argparse.Namespace) -> tuple[torch.nn.Module, Sequence[str]]:
     from resnetlab.tracking import logged_model
 
     # Never mlflow.pytorch.load_model: it unpickles and imports what a model folder brings.
-    model, classes = logged_model.load_uri(args.model_uri)
-    # A model logged without class names in its metadata: assume CIFAR-10's label order.
-    return model, classes or CIFAR10_CLASSES
+    return logged_model.load_uri(args.model_uri)

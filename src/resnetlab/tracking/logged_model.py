@@ -398,9 +398,13 @@ def _allowed(node: ast.AST, guard: bool) -> bool:
     return isinstance(node, _EXPRESSION_NODES)
 
 
-def load_uri(model_uri: str) -> tuple[torch.nn.Module, list[str] | None]:
+def load_uri(model_uri: str) -> tuple[torch.nn.Module, list[str]]:
     """`load` of the MLflow model at `model_uri` (`runs:/<id>/<variant>`, `models:/<name>/<v>`, a
-    local folder, ...): the one way `resnetlab predict` and the web app load a logged model."""
+    local folder, ...) and its class names: the one way `resnetlab predict` and the web app load
+    a logged model. A model logged without class names in its metadata is taken to use CIFAR-10's
+    label order."""
+    from resnetlab.data.cifar10 import CLASSES
     from resnetlab.tracking import model_io
 
-    return load(model_io.model_folder(model_uri))
+    model, classes = load(model_io.model_folder(model_uri))
+    return model, list(classes or CLASSES)

@@ -140,14 +140,11 @@ def load_variant_model(project: Project, variant: str) -> tuple[torch.nn.Module,
 
 
 def load_uri_model(uri: str) -> tuple[torch.nn.Module, list[str]]:
-    """The model logged to MLflow at `uri` and its class names, as `resnetlab predict` loads it."""
-    from resnetlab.data.cifar10 import CLASSES as CIFAR10_CLASSES
+    """The model logged to MLflow at `uri` and its class names, as `resnetlab predict` loads it
+    (the safe loader: it never unpickles or imports a model's own code)."""
     from resnetlab.tracking import logged_model
 
-    # The safe loader `resnetlab predict` uses: never unpickles or imports a model's own code.
-    model, classes = logged_model.load_uri(uri)
-    # A model logged without class names in its metadata: CIFAR-10's label order.
-    return model, list(classes or CIFAR10_CLASSES)
+    return logged_model.load_uri(uri)
 
 
 @dataclass(frozen=True)
