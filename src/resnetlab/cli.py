@@ -31,6 +31,10 @@ COMMANDS = {
         "tools",
         "the web app (Streamlit): classify uploads, a model's mistakes, compare variants",
     ),
+    "serve": (
+        "tools",
+        "serve a logged model over HTTP (MLflow's scoring server), after checking its files",
+    ),
 }
 
 

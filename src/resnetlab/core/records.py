@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from resnetlab.core.atomic import write_atomic
 from resnetlab.core.config import Variant
-from resnetlab.core.errors import ConfigError, ResnetlabError
+from resnetlab.core.errors import ConfigError, ResnetlabError, first_line
 from resnetlab.core.params import variant_from_dict
 
 if TYPE_CHECKING:
@@ -335,7 +335,7 @@ class ModelRecord:
         try:
             blob = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            first = first_line(exc, 200)
             raise _fail(path, f"not a readable model file ({first})", stage) from None
         if not isinstance(blob, Mapping):
             raise _fail(path, "not a model record", stage)

@@ -21,6 +21,9 @@ when opened (plus one byte, to see a file that grows) and never more than a fixe
 record of the archive is stored as is (torch.export.save compresses nothing, so a small archive
 cannot unpack to gigabytes), the records together under the cap, each read back and checked
 (CRC) at its declared size.
+
+About 400 lines on purpose: every check a model folder passes before torch reads a byte of it is
+here, so that the whole defence can be audited in one file (the operator table is `pt2_ops`).
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from resnetlab.core.errors import ResnetlabError
+from resnetlab.core.errors import ResnetlabError, first_line
 from resnetlab.tracking import pt2_ops
 
 if TYPE_CHECKING:
@@ -114,7 +117,7 @@ def load(folder: Path) -> tuple[torch.nn.Module, list[str] | None]:
         # input checks the program's range constraints imply still run as a forward pre-hook.
         return program.module(check_guards=False), classes
     except Exception as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        first = first_line(exc, 200)
         raise ResnetlabError(
             f"{folder / MODEL_FILE}: not a loadable exported model ({first})"
         ) from None
@@ -218,7 +221,7 @@ def check_archive(blob: bytes, path: Path) -> None:
         with zipfile.ZipFile(io.BytesIO(blob)) as archive:
             _check_records(archive, _records(archive))
     except (zipfile.BadZipFile, OSError) as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        first = first_line(exc, 200)
         raise UnsafeModelError(f"{path}: not a pt2 archive ({first})") from None
     except _Refused as exc:
         raise UnsafeModelError(f"{path}: {exc}; the model is not loaded") from None

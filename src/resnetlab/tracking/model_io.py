@@ -5,6 +5,7 @@ registered, and found again from a model URI. Loading it safely is `tracking.log
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,29 +48,40 @@ class ModelUpload:
     abandoned half way (the ids it got are kept)."""
 
     model_id: str = ""  # the logged model, once created
+    uploaded: bool = False  # its files, once uploaded and the model finalized
     model_version: str = ""  # its registered version, once registered
+    digest: str = ""  # of the uploaded folder (`model_digest`), once computed
 
     def __call__(
         self, local: Path, run_id: str, name: str, params: Mapping[str, str], c: MlflowClient
     ) -> None:
         from mlflow.entities import LoggedModelOutput
 
+        from resnetlab.tracking.model_digest import DIGEST_TAG, folder_digest
+
         if not self.model_id:
+            # Of the files uploaded below, recorded as a tag of the logged model and of the
+            # registered version, in the store's database: `resnetlab serve` refuses a folder
+            # whose files differ.
+            self.digest = folder_digest(local)
             exp_id = c.get_run(run_id).info.experiment_id
             logged = c.create_logged_model(
                 exp_id, name=name, source_run_id=run_id, params=dict(params),
-                model_type="resnetlab-classifier",
+                tags={DIGEST_TAG: self.digest}, model_type="resnetlab-classifier",
             )  # fmt: skip
             self.model_id = logged.model_id
+        if not self.uploaded:
+            # Again after a call abandoned half way: uploading the same files twice is harmless.
             c.log_model_artifacts(self.model_id, str(local))
             c.finalize_logged_model(self.model_id, "READY")
             c.log_outputs(run_id, [LoggedModelOutput(self.model_id, 0)])
+            self.uploaded = True
         if not self.model_version:
             registered = registered_name(name)
             ensure_registered_model(c, registered)
             version = c.create_model_version(
                 registered, f"models:/{self.model_id}", run_id=run_id, model_id=self.model_id,
-                await_creation_for=0, tags={"variant": name},
+                await_creation_for=0, tags={"variant": name, DIGEST_TAG: self.digest},
             )  # fmt: skip
             self.model_version = str(version.version)
 
@@ -120,6 +132,15 @@ def save_model_artifact(
     # Named, not imported: the train stage never runs the loader (nor its imports).
     spec.flavors["python_function"]["loader_module"] = PYFUNC_LOADER
     spec.save(str(local / "MLmodel"))
+    # The checks predict, the app and serving run before they load a model: a network whose
+    # export calls an operator outside `pt2_ops.ALLOWED_OPS` fails here, when it is trained, not
+    # when someone loads it.
+    from resnetlab.tracking import logged_model
+
+    logged_model.check_mlmodel(local)
+    archive = logged_model.MODEL_FILE
+    blob = logged_model.read_regular(local, archive, logged_model.MAX_ARCHIVE_BYTES)
+    logged_model.check_archive(blob, local / archive)
 
 
 def model_folder(model_uri: str) -> Path:
@@ -156,7 +177,7 @@ def _local_model_dir(model_uri: str) -> Path:
     local = urlparse(source)
     if local.scheme in ("", "file"):
         folder = Path(local.path if local.scheme else source)
-        if not (folder / "MLmodel").is_file():
+        if not os.path.lexists(folder / "MLmodel"):  # a link or FIFO: logged_model refuses it
             raise ResnetlabError(f"{folder}: no MLmodel file there")
         return folder
     import mlflow.artifacts

@@ -3,6 +3,10 @@ listener (`train.events.TrainingListener`).
 
 During training a call that fails is kept and retried at the next epoch and at the end: the
 epochs are on disk already, and training never waits minutes for tracking.
+
+About 400 lines on purpose: the run's life (create or resume, record, end KILLED/FAILED/FINISHED,
+end the runs a dead process left) is one invariant, easier to check read in one piece; what
+could stand alone already does (`retry`, `run_context`, `model_io.ModelUpload`).
 """
 
 from __future__ import annotations
