@@ -36,16 +36,11 @@ def test_mkdocs_build_is_strictly_clean(tmp_path):
 
 def test_architecture_names_exactly_the_output_neutral_modules():
     # OUTPUT_NEUTRAL (tests/test_dvc_deps.py) is the one list; the page names the same modules.
-    from test_dvc_deps import OUTPUT_NEUTRAL
+    from test_dvc_deps import output_neutral_as_named
 
     page = (REPO / "docs" / "architecture.md").read_text()
     section = page.split("\n## Output-neutral modules\n", 1)[1].split("\n## ", 1)[0]
     named = set(re.findall(r"`([a-z_]+(?:/[a-z_]+)*(?:\.py|/))`", section))
     named -= {"tests/test_dvc_deps.py"}
-    expected = {
-        key.removeprefix("src/resnetlab/")
-        for key in OUTPUT_NEUTRAL
-        if not key.endswith("/__init__.py") or OUTPUT_NEUTRAL[key] != "docstring only"
-    } - {"__init__.py"}
-    assert named == expected
+    assert named == output_neutral_as_named()
     assert "`__init__` files, which hold docstrings only" in " ".join(section.split())

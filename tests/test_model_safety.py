@@ -8,7 +8,6 @@ records inside the pt2 archive that `torch.export.load` would unpickle, sympify 
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import pathlib
@@ -24,6 +23,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from model_files import ARCHIVE, program_edit, rewrite_archive
 from PIL import Image
 
 from resnetlab.cli import main
@@ -31,8 +31,6 @@ from resnetlab.data.cifar10 import CLASSES as CIFAR10_CLASSES
 from resnetlab.evaluate.classifier import Classifier
 from resnetlab.models import build_model
 from resnetlab.tracking import logged_model, model_io
-
-ARCHIVE = Path("data") / "model.pt2"
 
 
 @pytest.fixture(scope="module")
@@ -69,19 +67,6 @@ def _copy(exported: tuple[Path, Classifier], tmp_path: Path) -> Path:
     folder = tmp_path / "model"
     shutil.copytree(exported[0], folder)
     return folder
-
-
-def _rewrite_archive(folder: Path, edit: Callable[[str, bytes], bytes | None]) -> None:
-    """Rewrite the records of the folder's pt2 archive: `edit(name below the top folder,
-    content)` returns the new content, or None to keep it."""
-    src = zipfile.ZipFile(io.BytesIO((folder / ARCHIVE).read_bytes()))
-    out = io.BytesIO()
-    with src, zipfile.ZipFile(out, "w") as dst:
-        for info in src.infolist():
-            name = info.filename.split("/", 1)[1]
-            content = src.read(info)
-            dst.writestr(info, edit(name, content) or content)
-    (folder / ARCHIVE).write_bytes(out.getvalue())
 
 
 def _predict(capsys, folder: Path, image: Path) -> tuple[int, str]:
@@ -158,27 +143,16 @@ def _pickled_weight(sentinel: Path) -> Callable[[str, bytes], bytes | None]:
     return edit
 
 
-def _program_edit(change: Callable[[dict], None]) -> Callable[[str, bytes], bytes | None]:
-    def edit(name: str, content: bytes) -> bytes | None:
-        if name != "models/model.json":
-            return None
-        program = json.loads(content)
-        change(program)
-        return json.dumps(program).encode()
-
-    return edit
-
-
 def _guard(sentinel: Path) -> Callable[[str, bytes], bytes | None]:
     # exec'd by ExportedProgram.module() into the guard function run on every call.
     code = f"L['images'].size()[0] >= 0 and __import__('pathlib').Path({str(sentinel)!r}).touch()"
-    return _program_edit(lambda p: p.update(guards_code=[code]))
+    return program_edit(lambda p: p.update(guards_code=[code]))
 
 
 def _shape_expression(sentinel: Path) -> Callable[[str, bytes], bytes | None]:
     # sympify()'d, i.e. eval'd, while the program is deserialised.
     payload = f"__import__('pathlib').Path({str(sentinel)!r}).touch() or Symbol('s0')"
-    return _program_edit(lambda p: _first_with(p, "expr_str").update(expr_str=payload))
+    return program_edit(lambda p: _first_with(p, "expr_str").update(expr_str=payload))
 
 
 def _first_with(node: object, key: str) -> dict:
@@ -201,7 +175,7 @@ def _foreign_call(sentinel: Path) -> Callable[[str, bytes], bytes | None]:
     def change(program: dict) -> None:
         program["graph_module"]["graph"]["nodes"][0]["target"] = "torch.hub.load"
 
-    return _program_edit(change)
+    return program_edit(change)
 
 
 def _odd_text(sentinel: Path) -> Callable[[str, bytes], bytes | None]:
@@ -222,7 +196,7 @@ def _odd_text(sentinel: Path) -> Callable[[str, bytes], bytes | None]:
 def test_tampered_pt2_archive_is_refused(exported, image, tmp_path, capsys, tamper, message):
     folder = _copy(exported, tmp_path)
     sentinel = tmp_path / "ran"
-    _rewrite_archive(folder, tamper(sentinel))
+    rewrite_archive(folder, tamper(sentinel))
     rc, err = _predict(capsys, folder, image)
     assert rc == 1
     assert err.startswith(f"resnetlab predict: error: {folder / ARCHIVE}: ")

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from model_files import ARCHIVE, program_edit, rewrite_archive
 from PIL import Image
 
 from resnetlab.cli import main
@@ -35,8 +36,6 @@ from resnetlab.data.cifar10 import CLASSES as CIFAR10_CLASSES
 from resnetlab.evaluate.classifier import Classifier
 from resnetlab.models import build_model, list_models
 from resnetlab.tracking import logged_model, model_io, pt2_ops
-
-ARCHIVE = Path("data") / "model.pt2"
 
 # Per model, the cheapest arguments for each code path that changes the exported graph (option
 # A's zero-padding shortcut, bottleneck blocks, the up-sampling below input_size 32...).
@@ -206,34 +205,6 @@ def _copy(exports: dict[str, Path], tmp_path: Path) -> Path:
     return folder
 
 
-def _rewrite(folder: Path, change: Callable[[str, bytes], bytes | None], **kwargs) -> None:
-    """Rewrite the folder's pt2 archive: `change(record, content)` gives the new content or None
-    to keep it; `kwargs` (compress_type...) apply to the changed records."""
-    src = zipfile.ZipFile(io.BytesIO((folder / ARCHIVE).read_bytes()))
-    with src, zipfile.ZipFile(folder / ARCHIVE, "w") as dst:
-        for info in src.infolist():
-            content = src.read(info)
-            new = change(info.filename.split("/", 1)[1], content)
-            if new is not None:
-                info = zipfile.ZipInfo(info.filename, info.date_time)
-                for key, value in kwargs.items():
-                    setattr(info, key, value)
-            with dst.open(info, "w") as out:
-                for chunk in [new] if isinstance(new, bytes) else new or [content]:
-                    out.write(chunk)
-
-
-def _edit_program(change: Callable[[dict], None]) -> Callable[[str, bytes], bytes | None]:
-    def edit(name: str, content: bytes) -> bytes | None:
-        if name != "models/model.json":
-            return None
-        program = json.loads(content)
-        change(program)
-        return json.dumps(program).encode()
-
-    return edit
-
-
 @pytest.fixture(scope="module")
 def image(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("images") / "img.png"
@@ -281,7 +252,7 @@ def test_from_file_write_is_refused_and_the_file_untouched(exports, image, tmp_p
     victim = tmp_path / "victim.txt"
     victim.write_bytes(b"ORIGINAL CONTENT")
     before = victim.stat().st_mtime_ns
-    _rewrite(folder, _edit_program(_from_file(victim, write=True)))
+    rewrite_archive(folder, program_edit(_from_file(victim, write=True)))
 
     rc, err = _predict(capsys, folder, image)
     assert rc == 1
@@ -298,7 +269,7 @@ def test_from_file_read_is_refused_and_the_secret_never_opened(exports, image, t
     folder = _copy(exports, tmp_path)
     secret = _WatchedFifo(tmp_path / "secret")
     try:
-        _rewrite(folder, _edit_program(_from_file(secret.path, write=False)))
+        rewrite_archive(folder, program_edit(_from_file(secret.path, write=False)))
         rc, err = _predict(capsys, folder, image)
         assert not secret.opened.is_set()
     finally:
@@ -408,7 +379,7 @@ def test_an_archive_that_unpacks_to_a_gigabyte_is_refused_unread(exports, image,
     folder = _copy(exports, tmp_path)
     zeros = bytes(1 << 24)
     bomb = [zeros] * (10**9 // len(zeros)) + [bytes(10**9 % len(zeros))]
-    _rewrite(
+    rewrite_archive(
         folder,
         lambda name, content: bomb if name == "data/weights/weight_0" else None,
         compress_type=zipfile.ZIP_DEFLATED,
