@@ -523,3 +523,15 @@ def test_the_command_imports_nothing_heavy_until_it_runs() -> None:
 
     marks = loaded_after("import resnetlab.cli, resnetlab.tools.serve\nmark('imported')\n")
     assert marks["imported"] == []
+
+
+def test_models_logged_before_the_package_move_still_find_their_loader():
+    """Their MLmodel names `resnetlab.serving` as the pyfunc loader_module; MLflow imports that
+    name, which must give the loader new models name (`resnetlab.tracking.serving`)."""
+    import importlib
+
+    from resnetlab.tracking import model_io, serving
+
+    legacy = importlib.import_module("resnetlab.serving")
+    assert legacy._load_pyfunc is serving._load_pyfunc
+    assert model_io.PYFUNC_LOADER == "resnetlab.tracking.serving"
