@@ -4,7 +4,13 @@ their MLflow runs in a SQLite store inside the project, as `dvc repro` would lea
 
 from __future__ import annotations
 
+import os
 import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -91,3 +97,43 @@ def register(root: Path, variant: str) -> str:
     source = f"runs:/{run_id}/{variant}"
     version = client.create_model_version(REGISTERED, source, run_id=run_id)
     return f"models:/{REGISTERED}/{version.version}"
+
+
+# --- `resnetlab app` as a user starts it ---------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(condition, timeout: float, what: str, log: Path | None = None):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = condition()
+        if result:
+            return result
+        time.sleep(0.05)
+    tail = log.read_text()[-3000:] if log is not None and log.exists() else ""
+    pytest.fail(f"timed out after {timeout} s waiting for {what}\n{tail}")
+
+
+def healthy(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/_stcore/health", timeout=1) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+def start_app(project: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
+    """`resnetlab app` on 127.0.0.1:`port` for `project` (with its MLflow store), its output in
+    `log`, in a session of its own: the test can stop it, and only it, as a group."""
+    env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_uri(project)}
+    cmd = [sys.executable, "-m", "resnetlab", "app", "--port", str(port)]
+    cmd += ["--address", "127.0.0.1", "--project", str(project)]
+    with log.open("w") as out:
+        return subprocess.Popen(
+            cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )

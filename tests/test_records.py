@@ -102,6 +102,27 @@ def test_bad_json_record_names_file_and_field(tmp_path: Path, content, message) 
         TrainSummary.read(path, "tiny")
 
 
+def test_a_missing_record_names_the_stage_dvc_has(tmp_path: Path) -> None:
+    """The stage to re-run is train@<variant>-<seed>, the seed from the run folder, whether the
+    reader passes the variant's name (evaluate) or its run key (compare). Was: `train@plain20`,
+    a stage that does not exist."""
+    run = tmp_path / "models" / "plain20" / "seed3"
+    expected = (
+        f"{run / 'mlflow_run.json'}: not found; re-run `dvc repro train@plain20-3` to write it "
+        "again"
+    )
+    for name in ("plain20", "plain20-3"):
+        with pytest.raises(RecordError) as err:
+            RunFile.read(run / "mlflow_run.json", name)
+        assert str(err.value) == expected
+    with pytest.raises(RecordError) as err:
+        ModelRecord.read(run / "model.pt", "plain20")
+    assert (
+        str(err.value)
+        == f"{run / 'model.pt'}: no trained model (run `dvc repro train@plain20-3` first)"
+    )
+
+
 def test_wrongly_typed_field_is_named(tmp_path: Path) -> None:
     data = {"tiny": SUMMARY.to_dict() | {"epochs": "three"}}
     (tmp_path / "train.json").write_text(json.dumps(data))

@@ -260,7 +260,7 @@ def test_evaluate_tells_a_missing_run_from_an_unreachable_store(
     assert cli_error(capsys) == (
         "resnetlab evaluate: error: MLflow run 0123456789abcdef0123456789abcdef (from the train "
         f"stage) not found in sqlite:///{workdir / 'mlflow.db'}. Re-run its train stage "
-        "(dvc repro -f train@<variant>) to record a new one."
+        "(dvc repro -f train@tiny-0) to record a new one."  # was: train@<variant>, no seed
     )
 
 

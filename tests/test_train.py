@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -243,6 +244,35 @@ def test_non_finite_loss_stops_with_a_clear_error_and_keeps_the_checkpoint(
     assert not (workdir / "models/tiny/model.pt").exists()
     failed = [r for r in runs() if r.info.status == "FAILED"]
     assert len(failed) == 1
+
+
+@pytest.mark.parametrize(
+    ("channel_stats", "problem"),
+    [
+        ({"std": [0.25, 0.0, 0.25]}, "gives channel 1 a std of 0.0, which it divides by"),
+        ({"mean": [0.5, float("nan"), 0.5]}, "gives channel 1 mean nan and std 0.25"),
+    ],
+    ids=["zero-std", "nan-mean"],
+)
+def test_non_finite_loss_from_the_data_blames_the_data_not_the_learning_rate(
+    tiny_prepared, workdir, tmp_path, capsys, channel_stats, problem
+):
+    """Was: "Lower the learning rate (lr=0.05) or add a warm-up" for data no rate can train."""
+    data = tmp_path / "prepared"
+    shutil.copytree(tiny_prepared, data)
+    meta = json.loads((data / "meta.json").read_text())
+    meta.update({"mean": [0.5] * 3, "std": [0.25] * 3, **channel_stats})
+    (data / "meta.json").write_text(json.dumps(meta))  # NaN as JSON's NaN, which Python reads
+    params = workdir / "params.yaml"
+    params.write_text(yaml.safe_dump(make_params()))
+    argv = ["train", "--params", str(params), "--variant", "tiny", "--data", str(data)]
+    assert main([*argv, "--out", "models/tiny", "--metrics", "metrics/tiny"]) == 1
+    err = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+    assert err == [
+        "resnetlab train: error: tiny: the loss became nan at epoch 1, step 1; training "
+        "stopped. No checkpoint was written. The prepared data is at fault, not the learning "
+        f"rate: {data / 'meta.json'} {problem}; prepare it again (`dvc repro -f prepare`)."
+    ]
 
 
 @pytest.mark.parametrize(

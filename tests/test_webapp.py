@@ -4,15 +4,19 @@ Streamlit's AppTest on a project with two tiny variants trained and evaluated fo
 from __future__ import annotations
 
 import io
+import os
 import re
 import shutil
+import signal
+import socket
+import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
-from app_project import REGISTERED, mlflow_uri
+from app_project import REGISTERED, free_port, healthy, mlflow_uri, start_app, wait_for
 from PIL import Image
 from streamlit import dataframe_util
 from streamlit.testing.v1 import AppTest
@@ -427,3 +431,82 @@ def test_app_command_rejects_bad_options(argv, message, capsys):
 def test_app_command_needs_a_project_folder(tmp_path: Path, capsys):
     assert main(["app", "--project", str(tmp_path / "nowhere")]) == 1
     assert "nowhere: no such project folder" in capsys.readouterr().err
+
+
+START_TIMEOUT_S = 120  # Streamlit's start on a busy, shared 2-core machine
+STOP_S = 10  # the app's grace for Streamlit is 5 s (app.STOP_GRACE_S); docker stop allows 10
+
+
+def _processes(field: str, value: int) -> list[tuple[int, str]]:
+    """(pid, start time) of the processes whose parent (`field` "ppid") or process group
+    ("pgrp") is `value`, from /proc."""
+    index = {"ppid": 1, "pgrp": 2}[field]
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[index]) == value:
+                found.append((int(entry.name), fields[19]))
+    return found
+
+
+def _running(pid: int, started: str) -> bool:
+    """That process still runs (not gone, not a zombie, its pid not reused)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return False
+    return fields[19] == started and fields[0] != "Z"
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as Streamlit's server does
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        s.listen()
+        return True
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads processes from /proc")
+@pytest.mark.parametrize(
+    ("signum", "status"),
+    [(signal.SIGTERM, 0), (signal.SIGINT, 130), (signal.SIGKILL, -signal.SIGKILL)],
+    ids=["SIGTERM", "SIGINT", "SIGKILL"],
+)
+def test_a_signal_to_the_app_ends_streamlit_and_frees_the_port(tmp_path: Path, signum, status):
+    """kill, systemd, docker stop (SIGTERM) and Ctrl-C (SIGINT) end `resnetlab app` and the
+    Streamlit it runs within seconds; killed outright (SIGKILL), the app takes Streamlit with it.
+    Was: SIGTERM ended the app and left Streamlit serving on the port."""
+    port, log = free_port(), tmp_path / "app.log"
+    proc = start_app(tmp_path, port, log)
+    streamlit: list[tuple[int, str]] = []
+    try:
+        wait_for(lambda: healthy(f"http://127.0.0.1:{port}"), START_TIMEOUT_S, "the app", log)
+        streamlit = _processes("ppid", proc.pid)
+        assert len(streamlit) == 1, streamlit
+        ((child, child_started),) = streamlit
+        sent = time.monotonic()
+        proc.send_signal(signum)
+        assert proc.wait(timeout=STOP_S + 5) == status
+        # Streamlit ended with it (after SIGKILL: on the parent-death signal).
+        wait_for(lambda: not _running(child, child_started), STOP_S, "Streamlit to end", log)
+        took = time.monotonic() - sent
+        assert took < STOP_S, f"{took:.1f} s"
+        for group in (proc.pid, child):  # the app's process group and Streamlit's own
+            left = [pid for pid, started in _processes("pgrp", group) if _running(pid, started)]
+            assert not left, f"process group {group} still has {left}"
+        assert _port_free(port)
+        assert "Traceback" not in log.read_text()
+    finally:  # whatever failed above: nothing of the app outlives the test
+        for pid, started in streamlit:
+            if _running(pid, started):
+                os.kill(pid, signal.SIGKILL)
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)

@@ -9,16 +9,13 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
-import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from app_project import mlflow_uri
+from app_project import free_port, healthy, start_app, wait_for
 from conftest import SHARED_CIFAR
 from PIL import Image
 
@@ -66,12 +63,6 @@ def browser() -> Iterator[object]:
     driver.quit()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def cifar_test_image(folder: Path, tiny_archive: tuple[Path, str]) -> tuple[Path, str]:
     """The first image of the real CIFAR-10 test batch (from ../shared/data/cifar10 beside the
     checkout; the tiny generated archive's where that is absent) as a PNG, and its label."""
@@ -97,39 +88,13 @@ def cifar_image(tiny_archive, tmp_path: Path) -> tuple[Path, str]:
     return cifar_test_image(tmp_path, tiny_archive)
 
 
-def wait_for(condition, timeout: float, what: str, log: Path | None = None):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = condition()
-        if result:
-            return result
-        time.sleep(0.05)
-    tail = log.read_text()[-3000:] if log is not None and log.exists() else ""
-    pytest.fail(f"timed out after {timeout} s waiting for {what}\n{tail}")
-
-
-def healthy(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{url}/_stcore/health", timeout=1) as response:
-            return response.status == 200
-    except OSError:
-        return False
-
-
 @pytest.fixture
 def running_app(app_project: Path, tmp_path: Path) -> Iterator[tuple[str, float, Path]]:
     """`resnetlab app` on a free loopback port; yields its URL, start time and log file."""
     port = free_port()
     log = tmp_path / "app.log"
-    env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_uri(app_project)}
-    cmd = [sys.executable, "-m", "resnetlab", "app", "--port", str(port)]
-    cmd += ["--address", "127.0.0.1", "--project", str(app_project)]
     started = time.perf_counter()
-    with log.open("w") as out:
-        # A session of its own: the app and Streamlit are stopped together, and only they.
-        proc = subprocess.Popen(
-            cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
-        )
+    proc = start_app(app_project, port, log)
     try:
         url = wait_for(
             lambda: (m := re.search(r"resnetlab app: (http://\S+)", log.read_text())) and m[1],

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 from resnetlab.core.atomic import write_atomic
 from resnetlab.core.config import Variant
 from resnetlab.core.errors import ConfigError, ResnetlabError, first_line
+from resnetlab.core.layout import SEED_FOLDER
 from resnetlab.core.params import variant_from_dict
 
 if TYPE_CHECKING:
@@ -98,9 +99,21 @@ def _from_mapping(cls: type[R], data: Any, path: Path, stage: str) -> R:
     return cls(**values)
 
 
-def _stage(template: str, variant: str | None) -> str:
-    """`train@<variant>` with the variant's name filled in, when known."""
-    return template.replace("<variant>", variant) if variant else template
+def _stage(template: str, variant: str | None, path: Path | None = None) -> str:
+    """The stage that writes a record, `train@<variant>` filled in as far as known: with the
+    run key `<variant>-<seed>` (`run_key`, the name DVC gives the stage) when `variant` is one
+    already, or when the file lies in a run folder `<...>/seed<k>/` that gives the seed; else
+    with the variant's name alone."""
+    if not variant:
+        return template
+    folder = Path(path).parent if path is not None else None
+    match = SEED_FOLDER.fullmatch(folder.name) if folder is not None else None
+    if match:
+        seed = int(match[1])
+        # A variant's name is its folder's (models/<variant>/seed<k>); a run key ends in -<k>.
+        if folder.parent.name == variant or not variant.endswith(f"-{seed}"):
+            variant = run_key(variant, seed)
+    return template.replace("<variant>", variant)
 
 
 def _read_json(path: Path, stage: str) -> Any:
@@ -150,7 +163,7 @@ class _JsonRecord:
 
     @classmethod
     def read(cls: type[J], path: Path, variant: str | None = None) -> J:
-        stage = _stage(cls.STAGE, variant)
+        stage = _stage(cls.STAGE, variant, path)
         return _from_mapping(cls, _read_json(path, stage), Path(path), stage)
 
 
@@ -167,7 +180,7 @@ class _MetricsRecord(_JsonRecord):
 
     @classmethod
     def read(cls: type[J], path: Path, variant: str | None = None) -> J:
-        stage = _stage(cls.STAGE, variant)
+        stage = _stage(cls.STAGE, variant, path)
         data = _read_json(path, stage)
         path = Path(path)
         if not (isinstance(data, Mapping) and len(data) == 1):
@@ -256,7 +269,7 @@ class History:
 
     @classmethod
     def read(cls, path: Path, variant: str | None = None) -> History:
-        path, stage = Path(path), _stage(cls.STAGE, variant)
+        path, stage = Path(path), _stage(cls.STAGE, variant, path)
         frame = read_csv(path, stage)
         lacking = [c for c in HISTORY_COLUMNS if c not in frame.columns]
         if lacking:
@@ -329,7 +342,7 @@ class ModelRecord:
     def read(cls, path: Path, variant: str | None = None) -> ModelRecord:
         import torch
 
-        path, stage = Path(path), _stage(cls.STAGE, variant)
+        path, stage = Path(path), _stage(cls.STAGE, variant, path)
         if not path.exists():
             raise RecordError(f"{path}: no trained model (run `dvc repro {stage}` first)")
         try:

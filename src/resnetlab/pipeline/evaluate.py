@@ -75,7 +75,8 @@ def evaluate_variant(
     record = ModelRecord.read(Path(model_dir) / MODEL_FILE, variant)
     run_file = RunFile.read(Path(model_dir) / RUN_FILE, variant)
     # Before the work, in seconds: the store answers and holds the run to record into.
-    store.check_run(run_file.run_id, "from the train stage")
+    train_stage = f"train@{run_key(record.variant.name, record.variant.train.seed)}"
+    store.check_run(run_file.run_id, "from the train stage", train_stage)
     scorer = Scorer.of(record, Path(model_dir) / MODEL_FILE)
     device = scorer.device
     data = load_prepared(data_dir, splits=("test",))

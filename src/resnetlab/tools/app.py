@@ -7,20 +7,29 @@ images one variant gets right and another wrong).
 
 It reads the project folder's models/, metrics/, data/prepared/ and reports/ (the layout of
 dvc.yaml) and the MLflow store the stages use (MLFLOW_TRACKING_URI, else ./mlflow.db); it never
-trains or writes. Not a pipeline stage: nothing in dvc.yaml runs it. Ctrl-C stops it.
+trains or writes. Not a pipeline stage: nothing in dvc.yaml runs it.
+
+SIGTERM (kill, systemd, docker stop) and SIGINT (Ctrl-C) stop it: they are passed on to
+Streamlit, which gets STOP_GRACE_S seconds to end before it is killed, and the command ends once
+it has (status 0 after SIGTERM, 130 after SIGINT), the port free again. Killed outright, it takes
+Streamlit with it (Linux; `tools.child`).
 """
 
 from __future__ import annotations
 
 import argparse
-import subprocess
+import signal
 import sys
 from pathlib import Path
+from types import FrameType
 
 from resnetlab.core.errors import ResnetlabError
+from resnetlab.tools.child import STOP_SIGNALS, Child
 
 APP_SCRIPT = Path(__file__).resolve().parents[1] / "webapp" / "app.py"
 DEFAULT_PORT = 8501
+# Seconds Streamlit gets to end after SIGTERM/SIGINT: under docker stop's 10 before its SIGKILL.
+STOP_GRACE_S = 5.0
 
 
 def _port(text: str) -> int:
@@ -91,6 +100,25 @@ def run(args: argparse.Namespace) -> None:
     print(f"resnetlab app: {url(args.address, args.port)} (project {project})", flush=True)
     # Run in the project folder: the app reads its folders and ./mlflow.db from there, as the
     # stages do when DVC runs them.
-    code = subprocess.run(streamlit_command(args.address, args.port), cwd=project).returncode
-    if code not in (0, -2):  # -2: stopped by Ctrl-C (SIGINT), like this process
+    stop: list[int] = []
+    child: list[Child] = []
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.append(signum)
+        if not child:  # Streamlit not started yet (or starting: it dies with this process)
+            raise KeyboardInterrupt
+        child[0].forward(signum)
+
+    previous = {s: signal.signal(s, on_signal) for s in STOP_SIGNALS}
+    try:
+        child.append(
+            Child(streamlit_command(args.address, args.port), grace_s=STOP_GRACE_S, cwd=project)
+        )
+        code = child[0].wait()
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    if stop and stop[0] == signal.SIGINT:
+        raise KeyboardInterrupt
+    if not stop and code != 0:
         raise ResnetlabError(f"streamlit exited with status {code}")

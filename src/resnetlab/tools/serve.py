@@ -24,24 +24,21 @@ swap the files between the check and the serve, and MLflow's scoring server serv
 what `mlflow models serve -m <folder> --env-manager local` runs (uvicorn on
 `mlflow.pyfunc.scoring_server`), here as this process's child, from an empty working folder.
 It listens on 127.0.0.1 (this machine only) unless --host says otherwise. SIGTERM and SIGINT
-(Ctrl-C) are passed on to the server; the command ends once the server has: status 0 after
-SIGTERM, 130 after SIGINT, 1 if the server stopped by itself with an error. Killed outright,
-it takes the server with it (Linux). --check verifies the model, prints its digest and exits.
+(Ctrl-C) are passed on to the server, which gets 30 s to end before it is killed; the command
+ends once the server has: status 0 after SIGTERM, 130 after SIGINT, 1 if the server stopped by
+itself with an error. Killed outright, it takes the server with it (Linux; `tools.child`).
+--check verifies the model, prints its digest and exits.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
 import os
 import signal
 import socket
-import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 from urllib.parse import urlparse
@@ -49,6 +46,7 @@ from urllib.parse import urlparse
 import yaml
 
 from resnetlab.core.errors import ResnetlabError
+from resnetlab.tools.child import STOP_SIGNALS, Child
 
 log = logging.getLogger(__name__)
 
@@ -116,19 +114,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> None:
     stop: list[int] = []
-    server: list[subprocess.Popen[bytes]] = []
+    server: list[Child] = []
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         stop.append(signum)
         if not server:  # still checking: stop here (the temporary folder is removed)
             raise KeyboardInterrupt
-        _signal(server[0], signum)
+        server[0].forward(signum)
 
     # MLflow draws a progress bar on stderr for each download (a remote store's model folder,
     # the server's copy of ours); this command's stderr is its one line or the server's log.
     bar_set = _PROGRESS_BAR in os.environ  # the user's choice stands; ours is undone at the end
     os.environ.setdefault(_PROGRESS_BAR, "false")
-    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    previous = {s: signal.signal(s, on_signal) for s in STOP_SIGNALS}
     try:
         if not args.check:
             _check_port_free(args.host, args.port)
@@ -266,9 +264,7 @@ def server_command(
     return [sys.executable, "-m", "uvicorn", "--app-dir", str(workdir), *argv[1:]], env
 
 
-def _serve(
-    folder: Path, tmp: Path, args: argparse.Namespace, server: list[subprocess.Popen[bytes]]
-) -> int:
+def _serve(folder: Path, tmp: Path, args: argparse.Namespace, server: list[Child]) -> int:
     """Run the scoring server on `folder` until it ends; returns its exit status."""
     workdir = tmp / "cwd"  # empty: the server's working folder and the one it puts on sys.path
     workdir.mkdir(mode=0o700)
@@ -281,45 +277,5 @@ def _serve(
     )
     # Its own process group, so that the terminal's Ctrl-C reaches it only through us (once);
     # it ends with this process even when this one is killed (Linux).
-    process = subprocess.Popen(
-        cmd, cwd=workdir, env=env, start_new_session=True, preexec_fn=_parent_death_signal()
-    )
-    server.append(process)
-    code = process.wait()
-    _end_group(process)
-    return code
-
-
-def _parent_death_signal() -> Callable[[], None] | None:
-    """For the server's process, before it starts (Linux): SIGTERM when its parent, this
-    process, dies. libc is looked up here, not in the forked child."""
-    if not sys.platform.startswith("linux"):
-        return None
-    import ctypes
-
-    try:
-        prctl = ctypes.CDLL("libc.so.6").prctl
-    except (OSError, AttributeError):
-        return None
-    return lambda: prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
-def _signal(process: subprocess.Popen[bytes], signum: int) -> None:
-    """Pass `signum` to the server's main process: uvicorn stops its workers itself."""
-    if process.returncode is None:  # not reaped yet: the pid is still the server's
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(process.pid, signum)
-
-
-def _end_group(process: subprocess.Popen[bytes]) -> None:
-    """Wait for what is left of the server's process group (workers still stopping); kill it
-    after the grace period."""
-    deadline = time.monotonic() + _STOP_GRACE_S
-    while time.monotonic() < deadline:
-        try:
-            os.killpg(process.pid, 0)
-        except ProcessLookupError:
-            return
-        time.sleep(0.1)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGKILL)
+    server.append(Child(cmd, grace_s=_STOP_GRACE_S, cwd=workdir, env=env))
+    return server[0].wait()

@@ -13,7 +13,14 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
 from resnetlab.core.errors import ResnetlabError, first_line
-from resnetlab.tracking.store import UPLOAD_S, Caller, client, quote, tracking_uri
+from resnetlab.tracking.store import (
+    UPLOAD_S,
+    Caller,
+    client,
+    default_uri_as,
+    quote,
+    tracking_uri,
+)
 
 log = logging.getLogger(__name__)
 
@@ -79,10 +86,13 @@ class ModelUpload:
         if not self.model_version:
             registered = registered_name(name)
             ensure_registered_model(c, registered)
-            version = c.create_model_version(
-                registered, f"models:/{self.model_id}", run_id=run_id, model_id=self.model_id,
-                await_creation_for=0, tags={"variant": name, DIGEST_TAG: self.digest},
-            )  # fmt: skip
+            # A local registry looks `models:/<model id>` up on MLflow's global tracking URI,
+            # not on `c`'s (see `default_uri_as`).
+            with default_uri_as(c.tracking_uri):
+                version = c.create_model_version(
+                    registered, f"models:/{self.model_id}", run_id=run_id, model_id=self.model_id,
+                    await_creation_for=0, tags={"variant": name, DIGEST_TAG: self.digest},
+                )  # fmt: skip
             self.model_version = str(version.version)
 
 

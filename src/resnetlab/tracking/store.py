@@ -5,13 +5,16 @@ MLflow is reached through an explicit `MlflowClient` on `tracking_uri()`: `MLFLO
 when set, else the SQLite store `mlflow.db` (artifacts in `mlruns/`) at the project root (DVC's
 DVC_ROOT, also for queued experiments in temporary copies; else the current directory), which
 `mlflow ui` opens by default. Nothing here sets MLflow's global tracking URI or active
-experiment, and nothing writes to `os.environ`.
+experiment, and nothing writes to `os.environ`, with one exception: `default_uri_as`, around
+the one MLflow call that looks the store up on MLflow's global URI whatever its client's.
 
-Every call is bounded in time. MLflow's REST client retries an unreachable server for minutes
-(`MLFLOW_HTTP_REQUEST_TIMEOUT` x `MLFLOW_HTTP_REQUEST_MAX_RETRIES`, read from the environment,
-which is the user's to set; neither `MlflowClient` nor its REST store takes a timeout or retry
-count of its own), so a stage first probes the server's `/health` with a short timeout and runs
-each call on a worker thread that it waits for only so long (`Caller`).
+Every call to a network store is bounded in time. MLflow's REST client retries an unreachable
+server for minutes (`MLFLOW_HTTP_REQUEST_TIMEOUT` x `MLFLOW_HTTP_REQUEST_MAX_RETRIES`, read from
+the environment, which is the user's to set; neither `MlflowClient` nor its REST store takes a
+timeout or retry count of its own), so a stage first probes the server's `/health` with a short
+timeout and runs each call on a worker thread that it waits for only so long (`Caller`). A local
+store (SQLite, files) has nothing to hang on, only a busy machine to be slow on: its calls run
+without a deadline, and it is never declared unreachable.
 
 Output-neutral by design, as is the whole `tracking` package: what is recorded mirrors what the
 stages write to disk; no DVC output depends on this code.
@@ -19,12 +22,13 @@ stages write to disk; no DVC output depends on this code.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlparse
@@ -73,20 +77,71 @@ def client() -> MlflowClient:
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
+_DEFAULT_URI_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def default_uri_as(uri: str) -> Iterator[None]:
+    """MLflow's global tracking URI is `uri` within, where it resolves to another store.
+
+    MLflow's SQL and file model-registry stores look a version's `models:/<model id>` source up
+    with `MlflowClient()`, on MLflow's global tracking URI rather than on the URI of the client
+    that creates the version (`mlflow/store/model_registry/sqlalchemy_store.py`,
+    `create_model_version`: "TODO: Propagate tracking URI to file sqlalchemy directly, rather
+    than relying on global URI"). With MLFLOW_TRACKING_URI unset that global is `./mlflow.db` in
+    the current directory, not the project's store when DVC runs the stage in a temporary copy:
+    the lookup fails (`Logged model with ID ... not found`) and leaves a stray mlflow.db there.
+    MLflow takes the URI no other way, so around that call only, MLflow's own setter sets it
+    (which also exports MLFLOW_TRACKING_URI) and unsets both after. Only where the variable is
+    unset (the default store; a server's URI is the variable, which the global resolves to) and
+    the global resolves elsewhere; otherwise nothing is set.
+    """
+    import mlflow
+
+    with _DEFAULT_URI_LOCK:
+        if os.environ.get("MLFLOW_TRACKING_URI") or mlflow.get_tracking_uri() == uri:
+            yield
+            return
+        # Unset before (MLflow's setter sets the global and the variable together), unset after.
+        mlflow.set_tracking_uri(uri)
+        try:
+            yield
+        finally:
+            mlflow.set_tracking_uri(None)  # type: ignore[arg-type]  # None: unset, as MLflow does
+
+
+_LOCAL_SCHEMES = ("", "file", "sqlite")
+
+
+def is_local(uri: str) -> bool:
+    """Whether the store at `uri` is on this machine (SQLite, files, a plain path): nothing in a
+    call to it waits on a network, so it can be slow (a busy machine) but cannot hang."""
+    if uri in ("databricks", "databricks-uc"):  # MLflow's names of a Databricks workspace
+        return False
+    scheme = urlparse(uri).scheme
+    return scheme in _LOCAL_SCHEMES or len(scheme) == 1  # C:\... (a Windows drive)
+
+
 class Unreachable(Exception):
     """The tracking server did not answer: its /health probe failed, or a call overran."""
 
 
 class Caller:
-    """Runs MLflow calls one at a time on a daemon thread, waiting at most a deadline for each.
+    """Runs MLflow calls to a network store (HTTP, Databricks, a database server) one at a time
+    on a daemon thread, waiting at most a deadline for each.
 
     A call that overruns is abandoned, not stopped: its thread runs on until MLflow gives up (a
     daemon thread never holds up the process's exit). The next call first waits for it, within
     its own deadline, so that two calls never overlap.
+
+    Calls to a local store (`is_local`) run on the calling thread without a deadline: the first
+    one imports MLflow's store layer and checks the database schema, which on a busy machine
+    takes as long as the machine makes it, and a slow machine is not a dead store.
     """
 
     def __init__(self, uri: str):
         self.uri = uri
+        self.local = is_local(uri)
         self._thread: threading.Thread | None = None
 
     def probe(self) -> None:
@@ -103,6 +158,8 @@ class Caller:
             raise Unreachable(f"unreachable ({first_line(reason)})") from None
 
     def __call__(self, fn: Callable[[], T], deadline_s: float) -> T:
+        if self.local:
+            return fn()
         end = time.monotonic() + deadline_s
         if self._thread is not None and self._thread.is_alive():
             self._thread.join(max(0.0, end - time.monotonic()))
@@ -150,9 +207,10 @@ def ensure_reachable(experiment: str) -> str:
         raise not_usable(uri, exc) from None
 
 
-def check_run(run_id: str, what: str) -> None:
+def check_run(run_id: str, what: str, stage: str = "train@<variant>-<seed>") -> None:
     """Fail fast if run `run_id` cannot be recorded into: the store is unreachable, or it does
-    not hold that run (`what` says where the id came from)."""
+    not hold that run (`what` says where the id came from; `stage`, the DVC stage that records
+    a new one: `train@<variant>-<seed>` filled in by a caller that knows them)."""
     uri = tracking_uri()
     calls = Caller(uri)
     try:
@@ -162,7 +220,7 @@ def check_run(run_id: str, what: str) -> None:
         if is_missing(exc):
             raise ResnetlabError(
                 f"MLflow run {run_id} ({what}) not found in {uri}. Re-run its train stage "
-                "(dvc repro -f train@<variant>) to record a new one."
+                f"(dvc repro -f {stage}) to record a new one."
             ) from None
         raise not_usable(uri, exc) from None
 

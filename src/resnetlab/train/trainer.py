@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,6 +81,7 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         model = build_model(variant.model.name, **variant.model.args)  # validates the spec
         self.parameters = count_parameters(model)
+        self.data_dir = Path(data_dir)
         self.data: Prepared = load_prepared(data_dir, splits=("train", "val"))
         check_batch_fits(variant, len(self.data.labels["train"]))  # global batch vs the split
         self.fingerprint = f"{variant.fingerprint()}-{data_fingerprint(data_dir)}"
@@ -244,11 +246,40 @@ class Trainer:
                 if epoch > 1
                 else "No checkpoint was written."
             )
+            problem = self._data_problem(setup)
+            advice = (
+                f"The prepared data is at fault, not the learning rate: {problem}; prepare it "
+                "again (`dvc repro -f prepare`)."
+                if problem
+                else f"Lower the learning rate (lr={cfg.lr}) or add a warm-up (warmup_epochs) "
+                "for this variant."
+            )
             raise ResnetlabError(
                 f"{self.variant.name}: the loss became {exc.value} at epoch {epoch}, step "
-                f"{exc.step}; training stopped. {kept} Lower the learning rate "
-                f"(lr={cfg.lr}) or add a warm-up (warmup_epochs) for this variant."
+                f"{exc.step}; training stopped. {kept} {advice}"
             ) from None
+
+    def _data_problem(self, setup: _Loop) -> str | None:
+        """What in the prepared data makes every loss non-finite whatever the learning rate (a
+        channel's mean or std not finite, a std of 0 or too small to divide by, non-finite
+        images), or None. Run once the loss has become non-finite, never before."""
+        meta = self.data_dir / "meta.json"
+        for channel, (mean, std) in enumerate(zip(self.data.mean, self.data.std, strict=False)):
+            try:
+                mean, std = float(mean), float(std)
+            except (TypeError, ValueError):
+                return f"{meta} gives channel {channel} mean {mean!r} and std {std!r}"
+            if not (math.isfinite(mean) and math.isfinite(std)):
+                return f"{meta} gives channel {channel} mean {mean} and std {std}"
+            if std <= 0:
+                return f"{meta} gives channel {channel} a std of {std}, which it divides by"
+        normalize = setup.normalize
+        if not (torch.isfinite(normalize.scale).all() and torch.isfinite(normalize.shift).all()):
+            return f"{meta} gives a std of {min(self.data.std)}, too small to divide by"
+        images = setup.x_train
+        if images.is_floating_point() and not torch.isfinite(images).all():
+            return f"{self.data_dir / 'train_images.npy'} holds non-finite pixels"
+        return None
 
     def _validate(
         self, setup: _Loop, epoch: int, stats: loop.EpochStats
