@@ -179,7 +179,10 @@ class TrainingRun(TrainingListener):
         # Its thread may be stuck in MLflow's retries of a dead server, and `finish` joins it
         # unbounded: waited for a few seconds on a thread of its own (not `_calls`, whose next
         # call would wait for it too). Past that, the last sample is lost, nothing else.
-        stopper = threading.Thread(target=monitor.finish, name="resnetlab-sysmetrics", daemon=True)
+        stopper = threading.Thread(
+            target=_finish_monitor, args=(monitor, self.name), name="resnetlab-sysmetrics",
+            daemon=True,
+        )  # fmt: skip
         stopper.start()
         stopper.join(_MONITOR_STOP_S)
         if stopper.is_alive():
@@ -407,3 +410,17 @@ def _process_alive(pid: int) -> bool:
     except OSError:  # EPERM: alive, someone else's
         return True
     return True
+
+
+def _finish_monitor(monitor: Any, name: str) -> None:
+    """Stop MLflow's system metrics monitor, then record one last sample. The monitor publishes
+    a sample only once a sampling interval (MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL, 10 s by
+    default) has passed and drops the window `finish` cuts short, so a run shorter than one
+    interval would otherwise have no system metrics at all."""
+    monitor.finish()
+    try:
+        monitor.collect_metrics()
+        monitor.publish_metrics(monitor.aggregate_metrics())
+        monitor.mlflow_logger.flush()
+    except Exception as exc:  # a store that stopped answering: the last sample is lost
+        log.debug("%s: last system metrics sample not recorded (%s)", name, first_line(exc))
