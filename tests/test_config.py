@@ -211,7 +211,13 @@ def test_seeds_default_and_per_run_seed():
     [
         ([], r"seeds: \[\] is not allowed; expected a non-empty list of distinct integers"),
         ([0, 0], r"seeds: \[0, 0\] is not allowed; expected a non-empty list of distinct"),
-        ([0, -1], r"seeds\[1\]: -1 is not allowed; expected an integer >= 0"),
+        ([0, -1], r"seeds\[1\]: -1 is not allowed; expected an integer in 0\.\.4294967295"),
+        (
+            [2**70],
+            r"^seeds\[0\]: 1180591620717411303424 is not allowed; expected an integer in "
+            r"0\.\.4294967295 \(2\*\*32 - 1\)$",
+        ),
+        ([2**32], r"seeds\[0\]: 4294967296 is not allowed"),
         ([True], r"seeds\[0\]: True is not allowed"),
         (0, r"seeds: 0 is not allowed; expected a non-empty list"),
     ],

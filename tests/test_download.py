@@ -391,3 +391,32 @@ def test_signal_removes_the_temporary(sig, tmp_path):
     assert "Traceback" not in err
     assert ("terminated" if sig == signal.SIGTERM else "interrupted") in err
     assert only_archive(out) == []
+
+
+def ansi_status(h, stop):
+    # A reason phrase that would recolour the terminal, ring its bell and rewrite the line.
+    h.wfile.write(b"HTTP/1.1 503 \x1b[31mGone\x1b[0m\x07\rfine\r\nContent-Length: 0\r\n\r\n")
+    h.wfile.flush()
+
+
+def ansi_status_line(h, stop):
+    h.wfile.write(b"\x1b]0;pwned\x07 not HTTP\r\n\r\n")  # not a status line: BadStatusLine
+    h.wfile.flush()
+
+
+@pytest.mark.parametrize(
+    ("respond", "expected"),
+    [
+        (ansi_status, "HTTP error 503 (?[31mGone?[0m??fine) fetching {url}"),
+        (ansi_status_line, "cannot reach {url}: ?]0;pwned? not HTTP"),
+    ],
+    ids=["reason", "status-line"],
+)
+def test_control_characters_from_a_server_are_not_printed(
+    respond, expected, tmp_path, capsys, monkeypatch
+):
+    monkeypatch.setattr(download, "DEFAULT_LIMITS", FAST)
+    with serve(respond) as url:
+        line, _ = cli_download(url, tmp_path, capsys)
+    assert line == f"resnetlab download: error: {expected.format(url=url)}"
+    assert line.isprintable()

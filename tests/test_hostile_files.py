@@ -99,6 +99,39 @@ def test_checkpoint_of_the_wrong_shape_is_set_aside(tmp_path):
     assert not ckpt.exists()
 
 
+def test_checkpoint_whose_tensors_do_not_fit_is_set_aside_and_training_starts_over(
+    tiny_prepared, workdir, caplog, capfd
+):
+    """Our format and fingerprint, tensors of other shapes. Was: a 115-line `load_state_dict`
+    traceback, and the file stayed, so every re-run crashed the same way."""
+    from resnetlab.core.params import parse_params
+    from resnetlab.pipeline.train import CHECKPOINT_FILE
+    from resnetlab.train.trainer import Trainer
+
+    params = make_params(epochs=1)
+    ckpt = workdir / "models/tiny" / CHECKPOINT_FILE
+    ckpt.parent.mkdir(parents=True)
+    variant = parse_params(params).variant("tiny")
+    state = Trainer(variant, tiny_prepared, ckpt).state()  # unfinished, epoch 0: resumable
+    state.model = {k: torch.zeros(2, *v.shape) for k, v in state.model.items()}
+    state.save(ckpt)
+    blob = ckpt.read_bytes()
+
+    with caplog.at_level(logging.INFO):
+        summary = train(params, tiny_prepared, workdir)
+
+    assert summary["epochs"] == 1 and (workdir / "models/tiny/model.pt").is_file()
+    (aside,) = ckpt.parent.glob(f"{CHECKPOINT_FILE}.unreadable-*")
+    assert aside.read_bytes() == blob  # nothing lost
+    (said,) = [r.getMessage() for r in caplog.records if "not a readable checkpoint" in r.message]
+    assert "\n" not in said and len(said) < 400 and aside.name in said, said
+    assert "its tensors do not fit the model: size mismatch for" in said
+    assert "training from scratch" in said
+    out, err = capfd.readouterr()
+    assert "Traceback" not in caplog.text + out + err
+    assert checkpoint.load(ckpt)["finished"] is True  # the re-run wrote a proper one
+
+
 # ---------------------------------------------------------------------------------------------
 # Images for `resnetlab predict`
 

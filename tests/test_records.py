@@ -102,6 +102,26 @@ def test_bad_json_record_names_file_and_field(tmp_path: Path, content, message) 
         TrainSummary.read(path, "tiny")
 
 
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        ("[" * 200_000 + "]" * 200_000, "not readable JSON (nested too deeply)"),
+        ('{"a": "' + "x" * (16 << 20) + '"}', f"larger than {16 << 20} bytes, not a record"),
+    ],
+    ids=["nested-200k-deep", "oversized"],
+)
+def test_deep_or_oversized_model_json_is_refused_in_one_line(tmp_path: Path, content, problem):
+    """Was: `RecursionError` (a 200k-deep model.json), and any size read whole."""
+    path = tmp_path / "models" / "tiny" / "seed0" / "model.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(content)
+    with pytest.raises(RecordError) as err:
+        ModelCard.read(path, "tiny")
+    assert str(err.value) == (
+        f"{path}: {problem}; re-run `dvc repro train@tiny-0` to write it again"
+    )
+
+
 def test_a_missing_record_names_the_stage_dvc_has(tmp_path: Path) -> None:
     """The stage to re-run is train@<variant>-<seed>, the seed from the run folder, whether the
     reader passes the variant's name (evaluate) or its run key (compare). Was: `train@plain20`,

@@ -535,3 +535,112 @@ def test_models_logged_before_the_package_move_still_find_their_loader():
     legacy = importlib.import_module("resnetlab.serving")
     assert legacy._load_pyfunc is serving._load_pyfunc
     assert model_io.PYFUNC_LOADER == "resnetlab.tracking.serving"
+
+
+# --- bounded requests ---------------------------------------------------------------------------
+
+
+def _post(port: int, body: bytes, length: int | None = None) -> tuple[int, dict]:
+    """POST `body` to /invocations; `length` declares another Content-Length (the body is then
+    cut short: the server must answer from the header alone)."""
+    import http.client
+
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    try:
+        connection.putrequest("POST", "/invocations")
+        connection.putheader("Content-Type", "application/json")
+        connection.putheader("Content-Length", str(len(body) if length is None else length))
+        connection.endheaders()
+        connection.send(body)
+        response = connection.getresponse()
+        return response.status, json.loads(response.read())
+    finally:
+        connection.close()
+
+
+def _refusal(port: int, body: bytes, length: int | None = None) -> tuple[int, dict]:
+    """The status and MLflow's error fields (code and message) of a refused request."""
+    status, answer = _post(port, body, length)
+    return status, {k: answer.get(k) for k in ("error_code", "message")}
+
+
+def _images(count: int, value: float = 0.5) -> bytes:
+    return json.dumps({"inputs": np.full((count, 3, 32, 32), value).tolist()}).encode()
+
+
+@pytest.mark.slow
+def test_bad_and_oversized_requests_are_refused_in_one_line(store, tmp_path) -> None:
+    """NaN, infinite and out-of-range pixels, too many images, a body over the limit and deeply
+    nested JSON each get a 4xx with a one-line message; the server then still answers."""
+    from resnetlab.tracking.serving import MAX_IMAGES
+    from resnetlab.tracking.serving_app import MAX_BODY_BYTES, MAX_JSON_DEPTH
+
+    port = _free_port()
+    cmd = [sys.executable, "-m", "resnetlab", "serve", "--model-uri", "models:/resnetlab-tiny/1"]
+    log = (tmp_path / "serve.log").open("w")
+    server = subprocess.Popen(
+        [*cmd, "--port", str(port)], cwd=tmp_path, env=store.env, stdout=log, stderr=log
+    )
+    try:
+        deadline = time.monotonic() + WAIT_S
+        while True:
+            assert server.poll() is None and time.monotonic() < deadline, (
+                tmp_path / "serve.log"
+            ).read_text()[-3000:]
+            try:
+                status, answer = _post(port, _images(2))
+                break
+            except OSError:
+                time.sleep(0.3)
+        assert status == 200 and len(answer["predictions"]) == 2
+
+        refusal = "image {} (of 2) has a pixel that is NaN, infinite or outside [0, 1]; expected "
+        refusal += "N x 3 x 32 x 32 images in [0, 1]"
+        for value in ("NaN", "Infinity", "-Infinity", "1.5", "-0.1"):
+            body = _images(2).replace(b"0.5]", f"{value}]".encode(), 1)  # in image 0
+            assert _refusal(port, body) == (
+                400, {"error_code": "INVALID_PARAMETER_VALUE", "message": refusal.format(0)}
+            ), value  # fmt: skip
+        body = _images(2).replace(b"0.5]", b"NaN]")  # in every image: the first is named
+        assert _refusal(port, body)[1]["message"] == refusal.format(0)
+
+        count = MAX_IMAGES + 1
+        body = json.dumps({"inputs": np.zeros((count, 3, 32, 32), np.int8).tolist()}).encode()
+        assert _refusal(port, body) == (400, {
+            "error_code": "INVALID_PARAMETER_VALUE",
+            "message": f"{count} images in one request; at most {MAX_IMAGES}: send them as "
+            "several requests",
+        })  # fmt: skip
+
+        length = MAX_BODY_BYTES + 1
+        assert _refusal(port, b"{" * 65536, length=length) == (413, {
+            "error_code": "REQUEST_LIMIT_EXCEEDED",
+            "message": f"the request body is {length} bytes; at most {MAX_BODY_BYTES} (64 MiB): "
+            "send fewer images per request",
+        })  # fmt: skip
+
+        deep = b"[" * 100_000 + b"]" * 100_000
+        assert _refusal(port, b'{"inputs": ' + deep + b"}") == (400, {
+            "error_code": "INVALID_PARAMETER_VALUE",
+            "message": f"the request body nests 100001 levels deep; at most {MAX_JSON_DEPTH} "
+            "(images are N x 3 x 32 x 32 lists under 'inputs')",
+        })  # fmt: skip
+
+        status, answer = _post(port, _images(3))  # still serving
+        assert status == 200 and len(answer["predictions"]) == 3
+    finally:
+        server.send_signal(signal.SIGTERM)
+        try:
+            server.wait(30)
+        finally:
+            if server.poll() is None:
+                server.kill()
+                server.wait()
+
+
+def test_json_depth_counts_brackets_and_braces() -> None:
+    from resnetlab.tracking.serving_app import json_depth
+
+    assert json_depth(b"") == 0
+    assert json_depth(b'{"inputs": [[[[0.5]]]]}') == 5
+    assert json_depth(b"[[]][[[]]]") == 3

@@ -249,15 +249,16 @@ def test_non_finite_loss_stops_with_a_clear_error_and_keeps_the_checkpoint(
 @pytest.mark.parametrize(
     ("channel_stats", "problem"),
     [
-        ({"std": [0.25, 0.0, 0.25]}, "gives channel 1 a std of 0.0, which it divides by"),
-        ({"mean": [0.5, float("nan"), 0.5]}, "gives channel 1 mean nan and std 0.25"),
+        ({"std": [0.25, 0.0, 0.25]}, "'std' is [0.25, 0.0, 0.25], expected 3 numbers > 0"),
+        ({"mean": [0.5, float("nan"), 0.5]}, "'mean' is [0.5, nan, 0.5], expected 3 finite"),
     ],
     ids=["zero-std", "nan-mean"],
 )
-def test_non_finite_loss_from_the_data_blames_the_data_not_the_learning_rate(
+def test_non_finite_or_zero_channel_stats_are_refused_before_training(
     tiny_prepared, workdir, tmp_path, capsys, channel_stats, problem
 ):
-    """Was: "Lower the learning rate (lr=0.05) or add a warm-up" for data no rate can train."""
+    """Was: "Lower the learning rate (lr=0.05) or add a warm-up" for data no rate can train;
+    now `load_prepared` refuses such a meta.json before a model is built or an epoch run."""
     data = tmp_path / "prepared"
     shutil.copytree(tiny_prepared, data)
     meta = json.loads((data / "meta.json").read_text())
@@ -267,12 +268,10 @@ def test_non_finite_loss_from_the_data_blames_the_data_not_the_learning_rate(
     params.write_text(yaml.safe_dump(make_params()))
     argv = ["train", "--params", str(params), "--variant", "tiny", "--data", str(data)]
     assert main([*argv, "--out", "models/tiny", "--metrics", "metrics/tiny"]) == 1
-    err = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
-    assert err == [
-        "resnetlab train: error: tiny: the loss became nan at epoch 1, step 1; training "
-        "stopped. No checkpoint was written. The prepared data is at fault, not the learning "
-        f"rate: {data / 'meta.json'} {problem}; prepare it again (`dvc repro -f prepare`)."
-    ]
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"resnetlab train: error: {data / 'meta.json'}: ")
+    assert problem in err[0] and err[0].endswith("; re-run `dvc repro -f prepare`")
+    assert not list(workdir.glob("models/tiny/*.pt"))  # no checkpoint, no model
 
 
 @pytest.mark.parametrize(

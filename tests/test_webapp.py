@@ -510,3 +510,37 @@ def test_a_signal_to_the_app_ends_streamlit_and_frees_the_port(tmp_path: Path, s
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=10)
+
+
+HOSTILE_NAME = "[x](http://evil)![i](http://evil/i.png).png"
+
+
+def test_file_names_are_shown_as_text_not_markdown(in_project: Path):
+    """A file name that is Markdown for a link and an image shows literally: rendered (CommonMark,
+    as Streamlit's Markdown is) it makes no link and no image the browser would load."""
+    from markdown_it import MarkdownIt
+
+    at = open_page()
+    png = upload_set()[0][1]
+    hostile_text = "<img src=http://evil/t.png> www.evil.com `x` **b**.png"
+    at.file_uploader[0].set_value(
+        [
+            (HOSTILE_NAME, png, "image/png"),
+            (hostile_text, b"not an image", "image/png"),
+        ]
+    )
+    at.run()
+    assert not at.exception, at.exception
+    shown = [m for m in markdown(at) if "evil" in m] + [e.value for e in at.error]
+    assert len(shown) == 2, markdown(at)
+    md = MarkdownIt("commonmark")
+    for source in shown:
+        html = md.render(source)
+        assert "<a " not in html and "<img" not in html and "<code" not in html, html
+        assert "evil" in html
+    (line, error) = (md.render(s) for s in shown)
+    assert line.startswith(f"<p>{HOSTILE_NAME}: <strong>")
+    assert error == (
+        "<p>&lt;img src=http://evil/t.png&gt; www.evil.com `x` **b**.png: not an image "
+        "(unknown or unsupported format)</p>\n"
+    )

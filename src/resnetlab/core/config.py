@@ -30,13 +30,23 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from resnetlab.core.depths import BASIC_DEPTHS, basic_blocks
+from resnetlab.core.depths import BASIC_DEPTHS, MAX_DEPTH_RULE, basic_blocks, too_deep
 from resnetlab.core.errors import ConfigError, invalid
 from resnetlab.data.cifar10 import OFFICIAL_MD5, OFFICIAL_URL, TRAIN_SIZE
 
 # A variant names a DVC stage (train@<name>), a params key DVC looks up with dots as separators
 # (variants.<name>) and folders: DVC's own rule for stage names (no punctuation but '_' and '-').
 VARIANT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
+
+
+# Every seed: torch.manual_seed takes < 2**64, the per-epoch seed is seed * 1_000_003 + epoch,
+# and scikit-learn's random_state (the split's data.seed) takes < 2**32. One bound for all.
+MAX_SEED = 2**32 - 1
+SEED_RULE = f"an integer in 0..{MAX_SEED} (2**32 - 1)"
+
+
+def is_seed(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_SEED
 
 
 @dataclass(frozen=True)
@@ -61,7 +71,7 @@ class DataConfig:
             self.val_size,
             f"an integer in 1..{TRAIN_SIZE - 1}",
         )
-        require(self.seed >= 0, "data.seed", self.seed, "an integer >= 0")
+        require(is_seed(self.seed), "data.seed", self.seed, SEED_RULE)
         require(self.subset >= 0, "data.subset", self.subset, "0 (all) or a positive integer")
 
 
@@ -137,7 +147,8 @@ class DiagnoseConfig:
         for i, d in enumerate(self.gradient_depths):
             # Both nets compared (plain and resnet_v1) have basic blocks.
             require(basic_blocks(d) is not None, f"diagnose.gradient_depths[{i}]", d, BASIC_DEPTHS)
-        require(self.seed >= 0, "diagnose.seed", self.seed, "an integer >= 0")
+            require(not too_deep(d), f"diagnose.gradient_depths[{i}]", d, MAX_DEPTH_RULE)
+        require(is_seed(self.seed), "diagnose.seed", self.seed, SEED_RULE)
 
 
 Optimizer = Literal["sgd", "adamw"]
@@ -243,7 +254,7 @@ class TrainConfig:
             "a number in [0, 1)",
         )
         self.augment.validate(f"{prefix}.augment")
-        require(self.seed >= 0, f"{prefix}.seed", self.seed, "an integer >= 0")
+        require(is_seed(self.seed), f"{prefix}.seed", self.seed, SEED_RULE)
         require(
             re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", self.device) is not None,
             f"{prefix}.device",
@@ -277,12 +288,7 @@ class Variant:
 
     def with_seed(self, seed: int) -> Variant:
         """This variant trained with training seed `seed` (one of the params' `seeds`)."""
-        require(
-            isinstance(seed, int) and not isinstance(seed, bool) and seed >= 0,
-            "seeds",
-            seed,
-            "integers >= 0",
-        )
+        require(is_seed(seed), "seeds", seed, SEED_RULE)
         return dataclasses.replace(self, train=dataclasses.replace(self.train, seed=seed))
 
     def fingerprint(self) -> str:

@@ -15,8 +15,11 @@ __all__ = [
     "BASIC_RULE",
     "BOTTLENECK_DEPTHS",
     "BOTTLENECK_RULE",
+    "MAX_DEPTH",
+    "MAX_DEPTH_RULE",
     "basic_blocks",
     "bottleneck_blocks",
+    "too_deep",
 ]
 
 # What the validation messages say is allowed ("expected <this>"); tests/test_depths.py checks
@@ -25,6 +28,16 @@ BASIC_RULE = "6n+2 (8, 14, 20, 32, 44, 56, 110, 1202, ...)"
 BOTTLENECK_RULE = "9n+2 (11, 20, 29, 56, 110, 164, 1001, ...)"
 BASIC_DEPTHS = f"a depth of the form {BASIC_RULE}"
 BOTTLENECK_DEPTHS = f"a depth of the form {BOTTLENECK_RULE}"
+
+# The deepest published CIFAR nets: ResNet-1202 (v1) and pre-act ResNet-1001 (v2). A deeper one
+# would take minutes to build (a depth of 6e9 ran 96 s into a SystemError); refused up front.
+MAX_DEPTH = 1202
+MAX_DEPTH_RULE = f"a depth of at most {MAX_DEPTH} (ResNet-1202, the deepest published CIFAR net)"
+
+
+def too_deep(depth: object) -> bool:
+    """Whether ``depth`` is an integer beyond MAX_DEPTH (the rules above say nothing of size)."""
+    return isinstance(depth, int) and not isinstance(depth, bool) and depth > MAX_DEPTH
 
 
 def _blocks(depth: object, layers_per_block: int) -> int | None:

@@ -21,6 +21,8 @@ from typing import Any, Literal, get_args, get_origin
 import yaml
 
 from resnetlab.core.config import (
+    MAX_SEED,
+    SEED_RULE,
     VARIANT_NAME,
     DataConfig,
     DiagnoseConfig,
@@ -31,6 +33,7 @@ from resnetlab.core.config import (
     TrainConfig,
     Tta,
     Variant,
+    is_seed,
     plain,
     require,
 )
@@ -151,17 +154,12 @@ def _parse_evaluate(raw: Any, variants: Mapping[str, Variant]) -> EvaluateConfig
 
 
 def parse_seeds(value: Any) -> tuple[int, ...]:
-    """The top-level `seeds` list: distinct integers >= 0, at least one."""
-    expected = "a non-empty list of distinct integers >= 0, e.g. [0, 1, 2]"
+    """The top-level `seeds` list: distinct integers in 0..MAX_SEED, at least one."""
+    expected = f"a non-empty list of distinct integers in 0..{MAX_SEED}, e.g. [0, 1, 2]"
     if not isinstance(value, list | tuple) or not value:
         raise invalid("seeds", value, expected)
     for i, seed in enumerate(value):
-        require(
-            isinstance(seed, int) and not isinstance(seed, bool) and seed >= 0,
-            f"seeds[{i}]",
-            seed,
-            "an integer >= 0",
-        )
+        require(is_seed(seed), f"seeds[{i}]", seed, SEED_RULE)
     require(len(set(value)) == len(value), "seeds", list(value), expected)
     return tuple(value)
 

@@ -116,12 +116,21 @@ def _stage(template: str, variant: str | None, path: Path | None = None) -> str:
     return template.replace("<variant>", variant)
 
 
+MAX_RECORD_BYTES = 16 << 20  # a record of ours is a few KB; history.csv is not JSON
+
+
 def _read_json(path: Path, stage: str) -> Any:
     path = Path(path)
     try:
-        return json.loads(path.read_text())
+        with path.open("rb") as fh:
+            blob = fh.read(MAX_RECORD_BYTES + 1)
+        if len(blob) > MAX_RECORD_BYTES:
+            raise _fail(path, f"larger than {MAX_RECORD_BYTES} bytes, not a record", stage)
+        return json.loads(blob.decode())
     except FileNotFoundError:
         raise _fail(path, "not found", stage) from None
+    except RecursionError:  # e.g. [[[[...]]]] nested 200k deep
+        raise _fail(path, "not readable JSON (nested too deeply)", stage) from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise _fail(path, f"not readable JSON ({exc})", stage) from None
 

@@ -149,9 +149,11 @@ def _open_source(url: str, timeout: float) -> Iterator[tuple[BinaryIO, int | Non
         try:
             resp = urllib.request.urlopen(url, timeout=timeout)
         except urllib.error.HTTPError as exc:
-            raise ResnetlabError(f"HTTP error {exc.code} ({exc.reason}) fetching {url}") from None
+            raise ResnetlabError(
+                f"HTTP error {exc.code} ({_printable(exc.reason)}) fetching {url}"
+            ) from None
         except urllib.error.URLError as exc:
-            reason = exc.reason
+            reason = _printable(exc.reason)
             if scheme == "file":
                 raise ResnetlabError(f"cannot read {url}: {reason}") from None
             raise ResnetlabError(
@@ -272,9 +274,16 @@ def _copy_with_md5(
 def _reason(exc: BaseException) -> str:
     """A one-line reason for a transfer error (an OSError's strerror, else the exception)."""
     if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror
+        return _printable(exc.strerror)
     text = str(exc).strip() or type(exc).__name__
-    return " ".join(text.split())
+    return _printable(" ".join(text.split()))
+
+
+def _printable(text: object) -> str:
+    """`text`, which a server may have sent (a reason phrase, a status line), with every
+    character a terminal would act on (ANSI escapes, bell, carriage return, newline, bidi
+    controls) shown as '?': an error line prints what the server said, never runs it."""
+    return "".join(c if c.isprintable() else "?" for c in str(text))
 
 
 def _duration(seconds: float) -> str:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +20,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from resnetlab.core.errors import ResnetlabError
+from resnetlab.core.errors import ResnetlabError, first_line
 from resnetlab.data.cifar10 import IMAGE_SHAPE, NUM_CLASSES
 
 if TYPE_CHECKING:  # training loads prepared arrays and never reads the archive
@@ -155,18 +156,141 @@ def save_prepared(prepared: Prepared, out_dir: Path) -> None:
 
 
 def load_prepared(data_dir: Path, splits: Iterable[str] = SPLITS) -> Prepared:
-    """Load the prepared arrays of `splits` (others are absent from the result)."""
+    """Load the prepared arrays of `splits` (others are absent from the result).
+
+    Everything is checked before an array is read: `meta.json` (a mapping whose `classes` are
+    names and whose `mean`/`std` are three finite numbers, std > 0) and every `.npy` header
+    (plain dtype, shape, and a file size that matches it: no pickles, truncated or oversized
+    files); then the labels are checked to name a class. A bad file raises ResnetlabError in one
+    line that names the file, what is wrong and `dvc repro -f prepare`."""
     data_dir = Path(data_dir)
     meta_path = data_dir / "meta.json"
     if not meta_path.exists():
         raise ResnetlabError(f"{data_dir}: no prepared data (run `resnetlab prepare` first)")
-    meta = json.loads(meta_path.read_text())
-    images, labels = {}, {}
+    splits = tuple(splits)
     for split in splits:
         if split not in SPLITS:
             raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
-        images[split] = np.load(data_dir / f"{split}_images.npy", allow_pickle=False)
-        labels[split] = np.load(data_dir / f"{split}_labels.npy", allow_pickle=False)
-        if images[split].shape[1:] != IMAGE_SHAPE or len(images[split]) != len(labels[split]):
-            raise ResnetlabError(f"{data_dir}: {split} arrays are inconsistent; re-run prepare")
-    return Prepared(images, labels, tuple(meta["classes"]), tuple(meta["mean"]), tuple(meta["std"]))
+    classes, mean, std = _read_meta(meta_path)
+    headers = {}
+    for split in splits:  # every header first: nothing is allocated for a bad folder
+        image_path, label_path = data_dir / f"{split}_images.npy", data_dir / f"{split}_labels.npy"
+        (n_images, *inner), _ = _npy_header(image_path, IMAGE_DTYPE, 4)
+        if tuple(inner) != IMAGE_SHAPE:
+            raise _bad(image_path, f"images of shape {tuple(inner)}, expected {IMAGE_SHAPE}")
+        (n_labels,), _ = _npy_header(label_path, LABEL_DTYPE, 1)
+        if n_images != n_labels:
+            raise _bad(label_path, f"{n_labels} labels for the {n_images} images of {split}")
+        headers[split] = image_path, label_path
+    images, labels = {}, {}
+    for split, (image_path, label_path) in headers.items():
+        labels[split] = _read_npy(label_path)
+        y = labels[split]
+        if y.size and (int(y.min()) < 0 or int(y.max()) >= len(classes)):
+            raise _bad(
+                label_path,
+                f"labels range over {int(y.min())}..{int(y.max())}, expected 0..{len(classes) - 1} "
+                f"(one per class in meta.json)",
+            )
+        images[split] = _read_npy(image_path)
+    return Prepared(images, labels, classes, mean, std)  # type: ignore[arg-type]
+
+
+IMAGE_DTYPE = np.dtype(np.uint8)
+LABEL_DTYPE = np.dtype(np.int64)
+MAX_META_BYTES = 1 << 20  # a meta.json of ours is well under 2 KB
+MAX_NPY_HEADER = 10_000  # numpy's own default bound on a .npy header
+
+
+def _bad(path: Path, problem: str) -> ResnetlabError:
+    return ResnetlabError(f"{path}: {problem}; re-run `dvc repro -f prepare`")
+
+
+def _is_number(x: object) -> bool:
+    return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _read_meta(path: Path) -> tuple[tuple[str, ...], tuple[float, ...], tuple[float, ...]]:
+    """`meta.json`'s classes, mean and std, checked (see `load_prepared`)."""
+    try:
+        if path.stat().st_size > MAX_META_BYTES:
+            raise _bad(path, f"larger than {MAX_META_BYTES} bytes")
+        meta = json.loads(path.read_bytes())
+    except (OSError, ValueError, RecursionError) as exc:  # ValueError: JSON and UTF-8 errors
+        problem = exc.strerror if isinstance(exc, OSError) and exc.strerror else first_line(exc)
+        raise _bad(path, f"not readable JSON ({problem[:120]})") from None
+    if not isinstance(meta, dict):
+        raise _bad(path, f"expected a JSON object, got {type(meta).__name__}")
+    for key in ("classes", "mean", "std"):
+        if key not in meta:
+            raise _bad(path, f"missing key {key!r}")
+    classes = meta["classes"]
+    if (
+        not isinstance(classes, list)
+        or not classes
+        or not all(isinstance(c, str) and c for c in classes)
+        or len(set(classes)) != len(classes)
+    ):
+        raise _bad(path, f"'classes' is {_short(classes)}, expected a list of distinct names")
+    for key in ("mean", "std"):
+        value = meta[key]
+        if not isinstance(value, list) or len(value) != 3 or not all(map(_is_number, value)):
+            raise _bad(path, f"{key!r} is {_short(value)}, expected 3 finite numbers")
+    if not all(s > 0 for s in meta["std"]):
+        raise _bad(path, f"'std' is {_short(meta['std'])}, expected 3 numbers > 0")
+    return tuple(classes), tuple(map(float, meta["mean"])), tuple(map(float, meta["std"]))
+
+
+def _short(value: object, limit: int = 60) -> str:
+    text = repr(value) if not isinstance(value, list | dict) or len(value) < 100 else "..."
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _npy_header(path: Path, dtype: np.dtype, ndim: int) -> tuple[tuple[int, ...], int]:
+    """The shape declared in the `.npy` header at `path` and the file's size, after checking
+    that the header is one numpy writes for a plain `dtype` array of `ndim` dimensions and that
+    the file holds exactly the bytes that header declares."""
+    import stat
+
+    from numpy.lib import format as npy
+
+    try:
+        fh = path.open("rb")
+    except FileNotFoundError:
+        raise _bad(path, "missing") from None
+    except OSError as exc:
+        raise _bad(path, f"cannot be read ({exc.strerror or exc})") from None
+    with fh:
+        info = os.fstat(fh.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise _bad(path, "not a regular file")
+        try:
+            version = npy.read_magic(fh)
+            if version == (1, 0):
+                shape, _, found = npy.read_array_header_1_0(fh, max_header_size=MAX_NPY_HEADER)
+            elif version == (2, 0):
+                shape, _, found = npy.read_array_header_2_0(fh, max_header_size=MAX_NPY_HEADER)
+            else:
+                raise ValueError(f".npy format version {version}")
+        except (ValueError, OSError, SyntaxError, EOFError) as exc:
+            raise _bad(path, f"not a .npy array file ({first_line(exc)[:120]})") from None
+        offset = fh.tell()
+    if found != dtype:
+        raise _bad(path, f"dtype {found}, expected {dtype}")
+    if len(shape) != ndim:
+        raise _bad(path, f"shape {shape}, expected {ndim} dimension(s)")
+    size = offset + math.prod(shape) * dtype.itemsize
+    if info.st_size != size:
+        raise _bad(
+            path,
+            f"{info.st_size} bytes where its header declares {size}"
+            + (" (truncated)" if info.st_size < size else ""),
+        )
+    return shape, info.st_size
+
+
+def _read_npy(path: Path) -> np.ndarray:
+    try:
+        return np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:  # changed since its header was checked
+        raise _bad(path, f"cannot be read ({first_line(exc)[:120]})") from None

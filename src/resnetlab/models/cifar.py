@@ -17,8 +17,10 @@ from resnetlab.core.depths import (
     BASIC_DEPTHS,
     BASIC_RULE,
     BOTTLENECK_DEPTHS,
+    MAX_DEPTH_RULE,
     basic_blocks,
     bottleneck_blocks,
+    too_deep,
 )
 from resnetlab.core.errors import invalid
 from resnetlab.models.registry import (
@@ -267,6 +269,8 @@ def _basic_blocks(model: str, depth: object) -> int:
     n = basic_blocks(depth)
     if n is None:
         raise invalid(f"{model}.depth", depth, BASIC_DEPTHS)
+    if too_deep(depth):
+        raise invalid(f"{model}.depth", depth, MAX_DEPTH_RULE)
     return n
 
 
@@ -362,6 +366,8 @@ def resnet_v2(
     if n is None:
         allowed = BOTTLENECK_DEPTHS if block == "bottleneck" else BASIC_DEPTHS
         raise invalid("resnet_v2.depth", depth, f"{allowed} with block={block!r}")
+    if too_deep(depth):
+        raise invalid("resnet_v2.depth", depth, MAX_DEPTH_RULE)
     width = check_positive_int("resnet_v2", "width", width)
     num_classes = check_positive_int("resnet_v2", "num_classes", num_classes)
     zero_init_residual = check_bool("resnet_v2", "zero_init_residual", zero_init_residual)

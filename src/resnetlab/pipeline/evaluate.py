@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from resnetlab.core.atomic import cleanup_on_sigterm, write_atomic
 from resnetlab.core.layout import (
     CONFUSION_CSV,
     EVAL_JSON,
@@ -138,24 +139,36 @@ def evaluate_variant(
 def _write(
     out_dir: Path, key: str, report: EvalReport, full: dict, classes, y_true, y_pred, confidence
 ) -> list[Path]:
+    """Every output atomically (a stopped run leaves each file old or complete, never a 0-byte
+    or cut one, and removes its temporary on SIGTERM as on Ctrl-C), eval.json last: a new
+    eval.json means the CSVs beside it are new too."""
     import pandas as pd
 
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [out_dir / n for n in (EVAL_JSON, PER_CLASS_CSV, CONFUSION_CSV, PREDICTIONS_CSV)]
-    report.write(paths[0], key)
-    metrics.per_class_frame(full).to_csv(paths[1], index=False, float_format="%.6g")
     cm = metrics.confusion_matrix(y_true, y_pred, len(classes))
-    pd.DataFrame(cm, index=pd.Index(classes, name="actual"), columns=classes).to_csv(paths[2])
     names = np.asarray(classes)
-    # One row per test image: `index` is its row in the prepared test arrays (so the image can
-    # be shown), `actual`/`predicted` feed DVC's confusion plot, `confidence` is the softmax
-    # probability of the predicted class.
-    pd.DataFrame(
-        {
-            "index": np.arange(len(y_true)),
-            "actual": names[y_true],
-            "predicted": names[y_pred],
-            "confidence": confidence,
-        }
-    ).to_csv(paths[3], index=False, float_format="%.6g")
+    frames = [
+        (paths[1], metrics.per_class_frame(full), {"index": False, "float_format": "%.6g"}),
+        (paths[2], pd.DataFrame(cm, index=pd.Index(classes, name="actual"), columns=classes), {}),
+        # One row per test image: `index` is its row in the prepared test arrays (so the image
+        # can be shown), `actual`/`predicted` feed DVC's confusion plot, `confidence` is the
+        # softmax probability of the predicted class.
+        (
+            paths[3],
+            pd.DataFrame(
+                {
+                    "index": np.arange(len(y_true)),
+                    "actual": names[y_true],
+                    "predicted": names[y_pred],
+                    "confidence": confidence,
+                }
+            ),
+            {"index": False, "float_format": "%.6g"},
+        ),
+    ]
+    with cleanup_on_sigterm():
+        for path, frame, options in frames:
+            write_atomic(path, lambda fh, f=frame, o=options: f.to_csv(fh, **o))
+        report.write(paths[0], key)
     return paths

@@ -40,6 +40,7 @@ from resnetlab.core.layout import (
     RUN_FILE,
     TRAIN_JSON,
 )
+from resnetlab.core.lock import folder_lock
 from resnetlab.core.params import flatten, load_params
 from resnetlab.core.records import RunFile, TrainSummary, run_key
 from resnetlab.evaluate.classifier import classifier_of
@@ -100,7 +101,36 @@ def train_variant(
         trainer.fit(sync_every=console.sync_every)
         trainer.finish()
         return trainer.summary()
+    # One train into one folder at a time: a second one stops here, once the params and data are
+    # checked (before that nothing is written) and before any training or recording.
+    with folder_lock(out_dir, "resnetlab train"):
+        return _train_and_record(
+            trainer,
+            console,
+            variant,
+            experiment,
+            data_dir,
+            out_dir,
+            metrics_dir,
+            data_config,
+            params_file,
+            overrides,
+        )
 
+
+def _train_and_record(
+    trainer: Trainer,
+    console: ConsoleProgress,
+    variant: Variant,
+    experiment: str,
+    data_dir: Path,
+    out_dir: Path,
+    metrics_dir: Path,
+    data_config: DataConfig | None,
+    params_file: Path | None,
+    overrides: tuple[str, ...],
+) -> TrainSummary:
+    """`train_variant`'s work in the main process, with the output folder locked."""
     store.ensure_reachable(experiment)  # fail now, not after hours of training
     seed = variant.train.seed
     run_params = {**flatten(variant.to_dict()), "parameters": trainer.parameters, "seed": seed}

@@ -28,6 +28,11 @@ It listens on 127.0.0.1 (this machine only) unless --host says otherwise. SIGTER
 ends once the server has: status 0 after SIGTERM, 130 after SIGINT, 1 if the server stopped by
 itself with an error. Killed outright, it takes the server with it (Linux; `tools.child`).
 --check verifies the model, prints its digest and exits.
+
+Requests are bounded: a body over 64 MiB is refused with 413, JSON nested over 32 levels with 400
+(`tracking.serving_app`, in front of MLflow's app), more than 1024 images or a pixel that is NaN,
+infinite or outside [0, 1] with 400 (`tracking.serving.ClassProbabilities.predict`); each with
+a one-line message.
 """
 
 from __future__ import annotations
@@ -60,6 +65,8 @@ PYFUNC_KEYS = frozenset(
     {"loader_module", "data", "env", "python_version", "config", "pickle_module_name", "code"}
 )
 _PROGRESS_BAR = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
+_MLFLOW_APP = "mlflow.pyfunc.scoring_server.app:app"
+_GUARDED_APP = "resnetlab.tracking.serving_app:app"
 _STOP_GRACE_S = 30.0  # how long the server's processes get to end after the signal
 
 
@@ -260,7 +267,11 @@ def server_command(
     argv = shlex.split(command)
     if argv[:1] != ["uvicorn"]:
         raise ResnetlabError(f"unexpected scoring server command from MLflow: {command[:200]}")
+    if argv[-1:] != [_MLFLOW_APP]:
+        raise ResnetlabError(f"unexpected scoring server app from MLflow: {command[:200]}")
     env.pop(scoring_server.SERVING_MODEL_CONFIG, None)  # our loader takes no settings
+    # MLflow's app behind our bound on the request body (`tracking.serving_app`).
+    argv[-1] = _GUARDED_APP
     return [sys.executable, "-m", "uvicorn", "--app-dir", str(workdir), *argv[1:]], env
 
 

@@ -275,6 +275,8 @@ def _check_records(archive: zipfile.ZipFile, records: dict[str, zipfile.ZipInfo]
             return json.loads(read(name))
         except (UnicodeDecodeError, ValueError):
             raise _Refused(name, "is not JSON") from None
+        except RecursionError:  # [[[[...]]]] nested 200k deep
+            raise _Refused(name, "is nested too deeply") from None
 
     raw = _raw_records(read_json(_WEIGHTS_CONFIG), "weights")
     raw |= _raw_records(read_json(_CONSTANTS_CONFIG), "constants")
@@ -288,7 +290,10 @@ def _check_records(archive: zipfile.ZipFile, records: dict[str, zipfile.ZipInfo]
                 raise _Refused(name, "is not a raw tensor of the weights or constants config")
             read(name)  # its bytes are there, as declared (torch reads them by the directory)
         elif name == _PROGRAM:
-            _check_program(read_json(name))
+            try:
+                _check_program(read_json(name))
+            except RecursionError:  # nested just within what json.loads parses
+                raise _Refused(name, "is nested too deeply") from None
         elif name == _SAMPLE_INPUTS:
             _check_tensors_only(read(name))
         elif name not in (_WEIGHTS_CONFIG, _CONSTANTS_CONFIG):

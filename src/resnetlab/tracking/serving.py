@@ -18,6 +18,11 @@ if TYPE_CHECKING:
     import pandas as pd
     import torch
 
+# The most images one `predict` call (one request to the scoring server) takes: 1024 is ~12 MB of
+# float32 and a few seconds on one CPU core, well inside the server's 60 s request timeout; 10,000
+# timed out there and left the server holding ~0.9 GB. Send more as several requests.
+MAX_IMAGES = 1024
+
 
 class ClassProbabilities:
     """N x 3 x 32 x 32 float images in [0, 1] -> one row per image: `class` (the predicted
@@ -32,9 +37,21 @@ class ClassProbabilities:
         import pandas as pd
         import torch
 
+        if len(model_input) > MAX_IMAGES:
+            raise refused(
+                f"{len(model_input)} images in one request; at most {MAX_IMAGES}: send them as "
+                "several requests"
+            )
         images = np.asarray(model_input, dtype=np.float32)
         if images.ndim != 4 or images.shape[1:] != (CHANNELS, IMAGE_SIZE, IMAGE_SIZE):
-            raise ValueError(f"expected N x 3 x 32 x 32 images in [0, 1], got {images.shape}")
+            raise refused(f"expected N x 3 x 32 x 32 images in [0, 1], got {images.shape}")
+        bad = ~np.isfinite(images) | (images < 0) | (images > 1)
+        if bad.any():
+            first = int(np.flatnonzero(bad.reshape(len(images), -1).any(1))[0])
+            raise refused(
+                f"image {first} (of {len(images)}) has a pixel that is NaN, infinite or outside "
+                "[0, 1]; expected N x 3 x 32 x 32 images in [0, 1]"
+            )
         with torch.no_grad():
             logits = self.network(torch.from_numpy(images))
         probabilities = torch.softmax(logits.float(), dim=1).numpy().astype(np.float64)
@@ -43,6 +60,26 @@ class ClassProbabilities:
         frame.insert(0, "probability", probabilities[np.arange(len(best)), best])
         frame.insert(0, "class", np.asarray(self.classes)[best])
         return frame
+
+
+def refused(message: str) -> Exception:
+    """An input error whose message reaches the client as is: MLflow's scoring server answers an
+    MlflowException with INVALID_PARAMETER_VALUE with status 400 and its message, but first
+    rewrites the message to start with the repr of the whole input (numpy's summary of the
+    array, dozens of lines); this one keeps its one line."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+
+    class InputRefused(MlflowException, ValueError):
+        @property
+        def message(self) -> str:
+            return self.__dict__["_line"]
+
+        @message.setter
+        def message(self, value: str) -> None:
+            self.__dict__.setdefault("_line", value)  # the first, MlflowException.__init__'s
+
+    return InputRefused(message, error_code=INVALID_PARAMETER_VALUE)
 
 
 def _load_pyfunc(data_path: str, model_config: Any = None) -> ClassProbabilities:

@@ -96,7 +96,7 @@ def resumable(path: Path, fingerprint: str) -> TrainingState | None:
             # Our format and fingerprint, not our layout: damaged or forged.
             raise UnreadableCheckpoint(path, "fields of a training state are missing") from None
     except UnreadableCheckpoint as exc:
-        _set_aside(path, exc.reason)
+        set_aside(path, exc.reason)
         return None
 
 
@@ -106,7 +106,7 @@ class UnreadableCheckpoint(ResnetlabError):
         self.reason = reason
 
 
-def _set_aside(path: Path, reason: str) -> None:
+def set_aside(path: Path, reason: str) -> None:
     """Rename the unreadable checkpoint at `path` out of the way, keeping its bytes."""
     stamp = time.strftime("%Y%m%dT%H%M%S")
     aside = path.with_name(f"{path.name}.unreadable-{stamp}")

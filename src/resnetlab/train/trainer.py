@@ -11,6 +11,7 @@ The test set is never loaded here: model selection uses the validation split onl
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import logging
@@ -63,6 +64,14 @@ def data_fingerprint(data_dir: Path) -> str:
     return hashlib.sha256((Path(data_dir) / "meta.json").read_bytes()).hexdigest()[:16]
 
 
+def _mismatch(exc: BaseException) -> str:
+    """The first specific line of a `load_state_dict` error (torch's runs to a hundred lines:
+    a header, then one line per tensor)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    specific = [line for line in lines if not line.startswith("Error(s) in loading")]
+    return ((specific or lines or [type(exc).__name__])[0])[:160]
+
+
 class Trainer:
     """One variant's training on the data in `data_dir`, checkpointed to `checkpoint_path`.
 
@@ -109,8 +118,7 @@ class Trainer:
         )
 
         self.progress = checkpoint.Progress()
-        if saved is not None:
-            self._restore(saved)
+        if saved is not None and self._restore_or_set_aside(saved):
             log.info(
                 "%s: resuming after epoch %d of %d", variant.name, self.progress.epoch, cfg.epochs
             )
@@ -126,6 +134,23 @@ class Trainer:
     def is_main(self) -> bool:
         """Only the main process writes checkpoints and outputs and notifies listeners."""
         return self.dist.is_main
+
+    def _restore_or_set_aside(self, saved: checkpoint.TrainingState) -> bool:
+        """Restore `saved`; if its tensors do not fit this model and optimizer (a damaged or
+        forged file with our format and fingerprint), put back the fresh state, set the file
+        aside and return False: the run trains from the start."""
+        fresh = copy.deepcopy(self.state())  # load_state_dict copies into these tensors
+        try:
+            self._restore(saved)
+        except (RuntimeError, ValueError, KeyError, TypeError, AttributeError, IndexError) as exc:
+            self._restore(fresh)
+            self.progress = checkpoint.Progress()
+            if self.is_main:
+                checkpoint.set_aside(
+                    self.checkpoint_path, f"its tensors do not fit the model: {_mismatch(exc)}"
+                )
+            return False
+        return True
 
     def _restore(self, saved: checkpoint.TrainingState) -> None:
         self.model.load_state_dict(saved.model)

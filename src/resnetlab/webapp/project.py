@@ -292,7 +292,9 @@ def right_wrong(right: pd.DataFrame, wrong: pd.DataFrame) -> pd.DataFrame:
 
 
 def read_test_split(project: Project) -> Prepared | None:
-    """The prepared test images and labels; None if there is no prepared data."""
+    """The prepared test images and labels; None if there is no prepared data. A bad file
+    (labels that name no class, a meta.json that is not one of ours, ...) raises load_prepared's
+    one-line ResnetlabError, which the pages show as they show other unreadable files."""
     from resnetlab.data.prepared import load_prepared
 
     if not (project.prepared / "meta.json").is_file():

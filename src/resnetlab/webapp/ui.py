@@ -7,6 +7,7 @@ while the app runs shows the new files on the next interaction, and each model i
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from pathlib import Path
@@ -27,12 +28,28 @@ if TYPE_CHECKING:
     from resnetlab.data.prepared import Prepared
 
 GRID_SCALE = 4  # CIFAR images are 32 x 32: shown at 128 px, pixels kept sharp
+# What Markdown and its extensions in Streamlit act on to load or link anything: links and images
+# (`[`, `]`, `!`), HTML and autolinks (`<`, `>`, `&`, `@`), code, emphasis, headings, tables,
+# strikethrough, `$math$` and `:red[...]`-style directives. `_`, `.`, `-`, `:` and parentheses,
+# common in file names and messages, stay as they are; `literal` escapes them where they act.
+_MARKDOWN_ACTIVE = re.compile(r"([\\`*\[\]<>!#|~${}@&^])")
 
 
 def current_project() -> Project:
     """The project the app serves: the folder `resnetlab app` started it in (as DVC runs the
     stages from the project root, and as `store.tracking_uri()` finds ./mlflow.db)."""
     return Project(Path.cwd())
+
+
+def literal(text: object) -> str:
+    """`text` (a file name, a class or variant name, a model URI, a message quoting them) as
+    Markdown that shows it as is, on one line: st.markdown, st.error, st.caption and the like
+    render their text as Markdown, where a name such as `![i](http://host/i.png)` would make the
+    browser load an image. Every active character is backslash-escaped, a leading `-` or `1.`
+    (a list), `www.` and `://` (autolinks) too."""
+    line = _MARKDOWN_ACTIVE.sub(r"\\\1", " ".join(str(text).split()))
+    line = re.sub(r"(?i)(www)\.", r"\1\\.", line).replace("://", "\\://")
+    return re.sub(r"^(\d*)([-+.)])", r"\1\\\2", line)
 
 
 def _mtime(path: Path) -> int:

@@ -81,7 +81,7 @@ def show(upload: data.Upload) -> None:
     if preview is not None:
         picture.image(preview, width=128)
     top_class, top_p = prediction.top[0]
-    result.markdown(f"{upload.name}: **{top_class}** {100 * top_p:.1f}%")
+    result.markdown(f"{ui.literal(upload.name)}: **{ui.literal(top_class)}** {100 * top_p:.1f}%")
     frame = pd.DataFrame(prediction.top, columns=["class", "probability"])
     result.vega_lite_chart(frame, TOP_K_CHART, height=CHART_HEIGHT)
 
@@ -91,7 +91,7 @@ def classify(proj: data.Project, choice: tuple[str, ModelLoader], files: list) -
     try:
         model, classes = load()
     except (ResnetlabError, OSError) as exc:  # OSError: the model file vanished meanwhile
-        st.error(f"cannot load {name}: {exc}")
+        st.error(ui.literal(f"cannot load {name}: {exc}"))
         return
     start = time.perf_counter()
     try:
@@ -99,16 +99,18 @@ def classify(proj: data.Project, choice: tuple[str, ModelLoader], files: list) -
             model, classes, [(f.name, f.getvalue()) for f in files], TOP_K
         )
     except ResnetlabError as exc:  # e.g. an MLflow model whose outputs are not the classes
-        st.error(f"{name}: {exc}")
+        st.error(ui.literal(f"{name}: {exc}"))
         return
     seconds = time.perf_counter() - start
     for upload in results:
         if upload.error is not None:
-            st.error(upload.error)
+            st.error(ui.literal(upload.error))
         else:
             show(upload)
     good = sum(u.prediction is not None for u in results)
-    st.caption(f"{good} of {len(results)} images classified by {name} in {seconds:.2f} s")
+    st.caption(
+        f"{good} of {len(results)} images classified by {ui.literal(name)} in {seconds:.2f} s"
+    )
 
 
 def main() -> None:

@@ -88,15 +88,17 @@ def right_and_wrong(proj: data.Project) -> None:
         return
     images = test.images["test"]
     for tab, (good, bad, good_name, bad_name) in zip(
-        st.tabs([f"{a} right, {b} wrong", f"{b} right, {a} wrong"]),
+        st.tabs([ui.literal(f"{a} right, {b} wrong"), ui.literal(f"{b} right, {a} wrong")]),
         ((pa, pb, a, b), (pb, pa, b, a)),
         strict=True,
     ):
         with tab:
             rows = data.right_wrong(good, bad)
             st.caption(
-                f"{len(rows)} test images {good_name} classifies correctly and {bad_name} does "
-                f"not; captions show {bad_name}'s answer, most confident first"
+                ui.literal(
+                    f"{len(rows)} test images {good_name} classifies correctly and {bad_name} "
+                    f"does not; captions show {bad_name}'s answer, most confident first"
+                )
             )
             ui.image_grid(images, rows, who=bad_name)
 

@@ -74,7 +74,7 @@ def main() -> None:
     classes = list(test.classes)
     wrong_total = len(data.mistakes(predictions))
     st.write(
-        f"**{variant}** gets **{wrong_total}** of {len(predictions)} test images wrong "
+        f"**{ui.literal(variant)}** gets **{wrong_total}** of {len(predictions)} test images wrong "
         f"({100 * wrong_total / max(len(predictions), 1):.1f}% error)."
     )
     confusion_matrix(predictions, classes)
