@@ -109,7 +109,7 @@ def test_a_second_train_into_the_same_folder_stops_in_one_line(
     free again."""
     import yaml
 
-    from resnetlab.core.lock import LOCK_FILE, folder_lock
+    from resnetlab.core.lock import folder_lock, lock_path
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
@@ -121,7 +121,7 @@ def test_a_second_train_into_the_same_folder_stops_in_one_line(
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     cmd = [sys.executable, "-m", "resnetlab", "train", "--variant", "tiny"]
     cmd += ["--data", str(tiny_prepared), "--out", "models/tiny", "--metrics", "metrics/tiny"]
-    lock = tmp_path / "models/tiny" / LOCK_FILE
+    lock = lock_path(tmp_path / "models/tiny")
     first = subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + WAIT_S
@@ -139,5 +139,9 @@ def test_a_second_train_into_the_same_folder_stops_in_one_line(
         "writing to this folder; wait for it to end, or give this one another output folder\n"
     )
     assert not (tmp_path / "models/tiny/model.pt").exists()
+    # The lock lives outside the output folder, which holds what DVC caches and nothing else.
+    assert lock.parent != tmp_path / "models/tiny" and not list(
+        (tmp_path / "models/tiny").glob("*lock*")
+    )
     with folder_lock(tmp_path / "models/tiny", "resnetlab train"):  # kill -9 released it
         assert lock.read_text() == f"{os.getpid()}\n"

@@ -25,7 +25,6 @@ training.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -41,10 +40,10 @@ from resnetlab.core.layout import (
     TRAIN_JSON,
 )
 from resnetlab.core.lock import folder_lock
-from resnetlab.core.params import flatten, load_params
+from resnetlab.core.params import load_params
 from resnetlab.core.records import RunFile, TrainSummary, run_key
 from resnetlab.evaluate.classifier import classifier_of
-from resnetlab.tracking import lineage, run_context, store, training_run
+from resnetlab.tracking import run_context, store, training_run
 from resnetlab.train.console import ConsoleProgress
 from resnetlab.train.trainer import Trainer
 
@@ -104,18 +103,12 @@ def train_variant(
     # One train into one folder at a time: a second one stops here, once the params and data are
     # checked (before that nothing is written) and before any training or recording.
     with folder_lock(out_dir, "resnetlab train"):
-        return _train_and_record(
-            trainer,
-            console,
-            variant,
-            experiment,
-            data_dir,
-            out_dir,
-            metrics_dir,
-            data_config,
-            params_file,
-            overrides,
+        store.ensure_reachable(experiment)  # fail now, not after hours of training
+        about = run_context.describe_training(
+            trainer, variant, data_dir, data_config, params_file, overrides
         )
+        log.info("%s: %s on %s", variant.name, about.resolved, about.where)
+        return _train_and_record(trainer, console, variant, experiment, out_dir, metrics_dir, about)
 
 
 def _train_and_record(
@@ -123,41 +116,16 @@ def _train_and_record(
     console: ConsoleProgress,
     variant: Variant,
     experiment: str,
-    data_dir: Path,
     out_dir: Path,
     metrics_dir: Path,
-    data_config: DataConfig | None,
-    params_file: Path | None,
-    overrides: tuple[str, ...],
+    about: run_context.TrainingDescription,
 ) -> TrainSummary:
     """`train_variant`'s work in the main process, with the output folder locked."""
-    store.ensure_reachable(experiment)  # fail now, not after hours of training
     seed = variant.train.seed
-    run_params = {**flatten(variant.to_dict()), "parameters": trainer.parameters, "seed": seed}
-    # precision/compile "auto" as resolved on this machine
-    run_params.update({f"resolved.{k}": v for k, v in trainer.resolved.items()})
-    # The device tag says which GPU, or which CPU cores, a leased run got (core.device).
-    where = trainer.device if trainer.dist.enabled else trainer.placement.describe()
-    log.info(
-        "%s: %s on %s",
-        variant.name,
-        ", ".join(f"{k} {v}" for k, v in trainer.resolved.items()),
-        where,
-    )
-    if data_config is not None:
-        run_params.update(flatten({"data": dataclasses.asdict(data_config)}))
-    tags = lineage.training_tags(variant.name, where, trainer.dist.world, seed)
-    dataset = run_context.dataset_of(trainer.data, data_dir, data_config)
-    words = run_context.data_words(dataset, data_config)
-    context = run_context.RunContext(
-        lineage.lineage(params_file),
-        run_context.describe_run(variant.model.to_dict(), overrides, variant.name, words),
-        dataset,
-    )
     resume_id = trainer.progress.run_id
     behind: training_run.TrackingBehind | None = None
     with training_run.TrainingRun(
-        experiment, variant.name, run_params, tags, resume_id, context, seed=seed
+        experiment, variant.name, about.params, about.tags, resume_id, about.context, seed=seed
     ) as run:
         trainer.progress.run_id = run.run_id
         trainer.fit([console, run], sync_every=console.sync_every)

@@ -16,8 +16,9 @@ from resnetlab.data.cifar10 import KEY as DATASET_KEY
 from resnetlab.tracking.lineage import Lineage
 
 if TYPE_CHECKING:
-    from resnetlab.core.config import DataConfig, TrainConfig
+    from resnetlab.core.config import DataConfig, TrainConfig, Variant
     from resnetlab.data.prepared import Prepared
+    from resnetlab.train.trainer import Trainer
 
 
 @dataclass(frozen=True)
@@ -97,3 +98,43 @@ def recipe_overrides(defaults: TrainConfig, own: TrainConfig) -> tuple[str, ...]
     base, mine = dataclasses.asdict(defaults), dataclasses.asdict(own)
     # The seed is the run's own (from the stage name), not a recipe change.
     return tuple(k for k in mine if k != "seed" and mine[k] != base.get(k))
+
+
+@dataclass(frozen=True)
+class TrainingDescription:
+    """What the train stage records about a run before it starts: MLflow params and tags, its
+    context, and for the console where it runs and what `auto` resolved to."""
+
+    params: dict[str, Any]
+    tags: dict[str, str]
+    context: RunContext
+    where: str  # the device, or for a leased run which GPU or CPU cores
+    resolved: str  # e.g. `precision bf16, compile True`
+
+
+def describe_training(
+    trainer: Trainer,
+    variant: Variant,
+    data_dir: Path,
+    data_config: DataConfig | None,
+    params_file: Path | None,
+    overrides: Sequence[str],
+) -> TrainingDescription:
+    """The params (the resolved config, parameter count, seed, what precision/compile `auto`
+    resolved to on this machine, the `data` params), tags and context of `trainer`'s run."""
+    from resnetlab.core.params import flatten
+    from resnetlab.tracking.lineage import lineage, training_tags
+
+    seed = variant.train.seed
+    params = {**flatten(variant.to_dict()), "parameters": trainer.parameters, "seed": seed}
+    params.update({f"resolved.{k}": v for k, v in trainer.resolved.items()})
+    if data_config is not None:
+        params.update(flatten({"data": dataclasses.asdict(data_config)}))
+    where = str(trainer.device if trainer.dist.enabled else trainer.placement.describe())
+    tags = training_tags(variant.name, where, trainer.dist.world, seed)
+    dataset = dataset_of(trainer.data, data_dir, data_config)
+    words = data_words(dataset, data_config)
+    description = describe_run(variant.model.to_dict(), overrides, variant.name, words)
+    context = RunContext(lineage(params_file), description, dataset)
+    resolved = ", ".join(f"{k} {v}" for k, v in trainer.resolved.items())
+    return TrainingDescription(params, tags, context, where, resolved)
