@@ -8,6 +8,11 @@ import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
+from PIL import Image
+
+from resnetlab.cli import main
+
 ARCHIVE = Path("data") / "model.pt2"
 Edit = Callable[[str, bytes], "bytes | list[bytes] | None"]
 
@@ -41,3 +46,20 @@ def program_edit(change: Callable[[dict], None]) -> Edit:
         return json.dumps(program).encode()
 
     return edit
+
+
+def random_image(folder: Path) -> Path:
+    """`folder/img.png`: a 32 x 32 RGB image of seeded noise, the input the refused models get."""
+    path = Path(folder) / "img.png"
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8), "RGB").save(path)
+    return path
+
+
+def predict_uri(capsys, folder: Path, image: Path) -> tuple[int, str]:
+    """`resnetlab predict --model-uri <folder> <image>`: its exit status and stderr; a refused
+    model prints nothing on stdout."""
+    rc = main(["predict", "--model-uri", str(folder), str(image)])
+    out, err = capsys.readouterr()
+    assert out == ""
+    return rc, err

@@ -23,8 +23,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from model_files import ARCHIVE, program_edit, rewrite_archive
-from PIL import Image
+from model_files import ARCHIVE, predict_uri, program_edit, random_image, rewrite_archive
 
 from resnetlab.cli import main
 from resnetlab.data.cifar10 import CLASSES as CIFAR10_CLASSES
@@ -47,10 +46,7 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Classifier
 
 @pytest.fixture(scope="module")
 def image(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("images") / "img.png"
-    rng = np.random.default_rng(0)
-    Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8), "RGB").save(path)
-    return path
+    return random_image(tmp_path_factory.mktemp("images"))
 
 
 class _Touch:
@@ -67,13 +63,6 @@ def _copy(exported: tuple[Path, Classifier], tmp_path: Path) -> Path:
     folder = tmp_path / "model"
     shutil.copytree(exported[0], folder)
     return folder
-
-
-def _predict(capsys, folder: Path, image: Path) -> tuple[int, str]:
-    rc = main(["predict", "--model-uri", str(folder), str(image)])
-    out, err = capsys.readouterr()
-    assert out == ""
-    return rc, err
 
 
 def test_the_logged_format_loads_and_predicts_like_the_eager_model(exported, image, capsys):
@@ -95,7 +84,7 @@ def test_pickle_format_is_refused_without_unpickling(exported, image, tmp_path, 
     (folder / "data" / "model.pth").write_bytes(pickle.dumps(_Touch(sentinel)))
     (folder / "data" / "pickle_module_info.txt").write_text("mlflow.pytorch.pickle_module")
 
-    rc, err = _predict(capsys, folder, image)
+    rc, err = predict_uri(capsys, folder, image)
     assert rc == 1
     assert err == (
         f"resnetlab predict: error: {folder / 'data' / 'model.pth'}: the model is saved in the "
@@ -197,7 +186,7 @@ def test_tampered_pt2_archive_is_refused(exported, image, tmp_path, capsys, tamp
     folder = _copy(exported, tmp_path)
     sentinel = tmp_path / "ran"
     rewrite_archive(folder, tamper(sentinel))
-    rc, err = _predict(capsys, folder, image)
+    rc, err = predict_uri(capsys, folder, image)
     assert rc == 1
     assert err.startswith(f"resnetlab predict: error: {folder / ARCHIVE}: ")
     assert message in err and err.endswith("; the model is not loaded\n")

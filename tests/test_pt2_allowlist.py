@@ -28,10 +28,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from model_files import ARCHIVE, program_edit, rewrite_archive
-from PIL import Image
+from model_files import ARCHIVE, predict_uri, program_edit, random_image, rewrite_archive
 
-from resnetlab.cli import main
 from resnetlab.data.cifar10 import CLASSES as CIFAR10_CLASSES
 from resnetlab.evaluate.classifier import Classifier
 from resnetlab.models import build_model, list_models
@@ -207,17 +205,7 @@ def _copy(exports: dict[str, Path], tmp_path: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def image(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("images") / "img.png"
-    rng = np.random.default_rng(0)
-    Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8), "RGB").save(path)
-    return path
-
-
-def _predict(capsys, folder: Path, image: Path) -> tuple[int, str]:
-    rc = main(["predict", "--model-uri", str(folder), str(image)])
-    out, err = capsys.readouterr()
-    assert out == ""
-    return rc, err
+    return random_image(tmp_path_factory.mktemp("images"))
 
 
 class _WatchedFifo:
@@ -254,7 +242,7 @@ def test_from_file_write_is_refused_and_the_file_untouched(exports, image, tmp_p
     before = victim.stat().st_mtime_ns
     rewrite_archive(folder, program_edit(_from_file(victim, write=True)))
 
-    rc, err = _predict(capsys, folder, image)
+    rc, err = predict_uri(capsys, folder, image)
     assert rc == 1
     assert err == (
         f"resnetlab predict: error: {folder / ARCHIVE}: record 'models/model.json' calls "
@@ -270,7 +258,7 @@ def test_from_file_read_is_refused_and_the_secret_never_opened(exports, image, t
     secret = _WatchedFifo(tmp_path / "secret")
     try:
         rewrite_archive(folder, program_edit(_from_file(secret.path, write=False)))
-        rc, err = _predict(capsys, folder, image)
+        rc, err = predict_uri(capsys, folder, image)
         assert not secret.opened.is_set()
     finally:
         secret.close()
@@ -386,7 +374,7 @@ def test_an_archive_that_unpacks_to_a_gigabyte_is_refused_unread(exports, image,
     )
     assert (folder / ARCHIVE).stat().st_size < 2 << 20
     start = time.monotonic()
-    rc, err = _predict(capsys, folder, image)
+    rc, err = predict_uri(capsys, folder, image)
     assert time.monotonic() - start < 10
     assert rc == 1
     top = zipfile.ZipFile(folder / ARCHIVE).namelist()[0].split("/")[0]
