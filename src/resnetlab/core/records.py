@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 from resnetlab.core.atomic import write_atomic
 from resnetlab.core.config import Variant
 from resnetlab.core.errors import ConfigError, ResnetlabError, first_line
+from resnetlab.core.jsonio import UnreadableJson, read_json
 from resnetlab.core.layout import SEED_FOLDER
 from resnetlab.core.params import variant_from_dict
 
@@ -120,19 +121,13 @@ MAX_RECORD_BYTES = 16 << 20  # a record of ours is a few KB; history.csv is not 
 
 
 def _read_json(path: Path, stage: str) -> Any:
-    path = Path(path)
     try:
-        with path.open("rb") as fh:
-            blob = fh.read(MAX_RECORD_BYTES + 1)
-        if len(blob) > MAX_RECORD_BYTES:
-            raise _fail(path, f"larger than {MAX_RECORD_BYTES} bytes, not a record", stage)
-        return json.loads(blob.decode())
+        return read_json(path, MAX_RECORD_BYTES)
     except FileNotFoundError:
         raise _fail(path, "not found", stage) from None
-    except RecursionError:  # e.g. [[[[...]]]] nested 200k deep
-        raise _fail(path, "not readable JSON (nested too deeply)", stage) from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise _fail(path, f"not readable JSON ({exc})", stage) from None
+    except UnreadableJson as exc:
+        problem = str(exc).replace(" bytes", " bytes, not a record", 1)
+        raise _fail(path, problem, stage) from None
 
 
 def _write_json(path: Path, data: Mapping[str, Any]) -> None:

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from resnetlab.core.errors import ResnetlabError, first_line
+from resnetlab.core.jsonio import UnreadableJson, read_json
 from resnetlab.data.cifar10 import IMAGE_SHAPE, NUM_CLASSES
 
 if TYPE_CHECKING:  # training loads prepared arrays and never reads the archive
@@ -175,10 +176,10 @@ def load_prepared(data_dir: Path, splits: Iterable[str] = SPLITS) -> Prepared:
     headers = {}
     for split in splits:  # every header first: nothing is allocated for a bad folder
         image_path, label_path = data_dir / f"{split}_images.npy", data_dir / f"{split}_labels.npy"
-        (n_images, *inner), _ = _npy_header(image_path, IMAGE_DTYPE, 4)
+        n_images, *inner = _npy_header(image_path, IMAGE_DTYPE, 4)
         if tuple(inner) != IMAGE_SHAPE:
             raise _bad(image_path, f"images of shape {tuple(inner)}, expected {IMAGE_SHAPE}")
-        (n_labels,), _ = _npy_header(label_path, LABEL_DTYPE, 1)
+        (n_labels,) = _npy_header(label_path, LABEL_DTYPE, 1)
         if n_images != n_labels:
             raise _bad(label_path, f"{n_labels} labels for the {n_images} images of {split}")
         headers[split] = image_path, label_path
@@ -213,12 +214,11 @@ def _is_number(x: object) -> bool:
 def _read_meta(path: Path) -> tuple[tuple[str, ...], tuple[float, ...], tuple[float, ...]]:
     """`meta.json`'s classes, mean and std, checked (see `load_prepared`)."""
     try:
-        if path.stat().st_size > MAX_META_BYTES:
-            raise _bad(path, f"larger than {MAX_META_BYTES} bytes")
-        meta = json.loads(path.read_bytes())
-    except (OSError, ValueError, RecursionError) as exc:  # ValueError: JSON and UTF-8 errors
-        problem = exc.strerror if isinstance(exc, OSError) and exc.strerror else first_line(exc)
-        raise _bad(path, f"not readable JSON ({problem[:120]})") from None
+        meta = read_json(path, MAX_META_BYTES)
+    except FileNotFoundError:
+        raise _bad(path, "missing") from None
+    except UnreadableJson as exc:
+        raise _bad(path, str(exc)) from None
     if not isinstance(meta, dict):
         raise _bad(path, f"expected a JSON object, got {type(meta).__name__}")
     for key in ("classes", "mean", "std"):
@@ -246,8 +246,8 @@ def _short(value: object, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _npy_header(path: Path, dtype: np.dtype, ndim: int) -> tuple[tuple[int, ...], int]:
-    """The shape declared in the `.npy` header at `path` and the file's size, after checking
+def _npy_header(path: Path, dtype: np.dtype, ndim: int) -> tuple[int, ...]:
+    """The shape declared in the `.npy` header at `path`, after checking
     that the header is one numpy writes for a plain `dtype` array of `ndim` dimensions and that
     the file holds exactly the bytes that header declares."""
     import stat
@@ -286,7 +286,7 @@ def _npy_header(path: Path, dtype: np.dtype, ndim: int) -> tuple[tuple[int, ...]
             f"{info.st_size} bytes where its header declares {size}"
             + (" (truncated)" if info.st_size < size else ""),
         )
-    return shape, info.st_size
+    return shape
 
 
 def _read_npy(path: Path) -> np.ndarray:
