@@ -169,7 +169,7 @@ def test_disk_full_is_reported(tiny_archive, tmp_path, monkeypatch):
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(os, "fsync", full)
-    with pytest.raises(ResnetlabError, match="disk full"):
+    with pytest.raises(ResnetlabError, match=r"disk full while writing it .* archive needs 1 MiB"):
         fetch_archive(str(archive), md5, tmp_path / "raw")
     monkeypatch.setattr(os, "fsync", real_fsync)
     assert only_archive(tmp_path / "raw") == []

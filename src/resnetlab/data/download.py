@@ -13,11 +13,9 @@ SIGTERM included, removes the temporary file.
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import http.client
 import logging
-import shutil
 import stat
 import sys
 import time
@@ -107,15 +105,8 @@ def fetch_archive(
             if total is not None and total > cap:
                 raise ResnetlabError(_too_large(url, f"has {total:,} bytes", cap, md5))
             log.info("fetching %s", url)
-            write_atomic(dest, fetch_verified)
-    except OSError as exc:
-        if exc.errno == errno.ENOSPC:
-            free = shutil.disk_usage(dest_dir).free
-            raise ResnetlabError(
-                f"disk full while writing {dest_dir} ({free / 2**20:.0f} MiB free); "
-                "the archive needs about 163 MiB"
-            ) from None
-        raise
+            need = f"{total / 2**20:,.0f} MiB" if total is not None else "about 163 MiB"
+            write_atomic(dest, fetch_verified, then=f"run again (the archive needs {need})")
     except SystemExit:
         log.error("download of %s terminated; the partial file was removed", url)
         raise

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from resnetlab.core.atomic import replace_folder
 from resnetlab.core.errors import ResnetlabError, first_line
 from resnetlab.core.jsonio import UnreadableJson, read_json
 from resnetlab.data.cifar10 import IMAGE_SHAPE, NUM_CLASSES
@@ -30,6 +31,10 @@ if TYPE_CHECKING:  # training loads prepared arrays and never reads the archive
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
+PREPARED_FILES = (
+    "meta.json",
+    *(f"{s}_{kind}.npy" for s in SPLITS for kind in ("images", "labels")),
+)
 
 
 @dataclass(frozen=True)
@@ -139,11 +144,8 @@ def prepare(raw: Cifar10, val_size: int, subset: int, seed: int) -> Prepared:
 
 
 def save_prepared(prepared: Prepared, out_dir: Path) -> None:
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for split in SPLITS:
-        np.save(out_dir / f"{split}_images.npy", prepared.images[split], allow_pickle=False)
-        np.save(out_dir / f"{split}_labels.npy", prepared.labels[split], allow_pickle=False)
+    """Write the arrays and `meta.json` to `out_dir` as one set: a stop part-way (SIGTERM, a full
+    disk) leaves the previous set whole, never new arrays beside an old `meta.json`."""
     meta = {
         "classes": list(prepared.classes),
         "mean": list(prepared.mean),
@@ -153,7 +155,14 @@ def save_prepared(prepared: Prepared, out_dir: Path) -> None:
             s: np.bincount(prepared.labels[s], minlength=NUM_CLASSES).tolist() for s in SPLITS
         },
     }
-    (out_dir / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+
+    def write(folder: Path) -> None:
+        for split in SPLITS:
+            np.save(folder / f"{split}_images.npy", prepared.images[split], allow_pickle=False)
+            np.save(folder / f"{split}_labels.npy", prepared.labels[split], allow_pickle=False)
+        (folder / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+
+    replace_folder(out_dir, PREPARED_FILES, write, then="run `dvc repro prepare` again")
 
 
 def load_prepared(data_dir: Path, splits: Iterable[str] = SPLITS) -> Prepared:

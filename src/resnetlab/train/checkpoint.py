@@ -130,7 +130,11 @@ def set_aside(path: Path, reason: str) -> None:
 
 def save_atomic(obj: dict[str, Any], path: Path) -> None:
     """`torch.save(obj)` to `path`, atomically (see `core.atomic`)."""
-    write_atomic(path, lambda fh: torch.save(obj, fh))
+    write_atomic(
+        path,
+        lambda fh: torch.save(obj, fh),
+        then="run again to resume after the last epoch saved",
+    )
 
 
 def load(path: Path) -> dict[str, Any]:
