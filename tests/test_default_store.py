@@ -138,9 +138,14 @@ def test_a_silent_server_is_still_refused_under_load(busy_cpus, monkeypatch):
 
 
 @pytest.mark.slow
-def test_queued_experiment_records_into_the_default_store(tiny_archive, tmp_path):
-    """`dvc exp run --queue` + `dvc queue start` with MLFLOW_TRACKING_URI unset: the stages run
-    in a temporary copy (.dvc/tmp/exps/...) and record into the project's mlflow.db."""
+def test_two_queue_workers_beside_a_busy_process_record_into_the_default_store(
+    tiny_archive, tmp_path
+):
+    """Issue 30's acceptance: two queued experiments, `RESNETLAB_CPU_WORKERS=2 dvc queue start
+    -j 2` on this 2-core machine, MLFLOW_TRACKING_URI unset, while a third process keeps a core
+    busy. The stages run in DVC's temporary copies (.dvc/tmp/exps/...) and every one records
+    into the project's mlflow.db: both experiments succeed, each train and evaluate run is
+    FINISHED and tagged with its experiment, and each trained model is a registered version."""
     from mlflow.tracking import MlflowClient
 
     params = tiny_params(*tiny_archive)
@@ -149,22 +154,40 @@ def test_queued_experiment_records_into_the_default_store(tiny_archive, tmp_path
     params["run_variants"] = ["resnet8"]
     project = DvcProject(tmp_path / "project", params)
     del project.env["MLFLOW_TRACKING_URI"]
-    project.dvc("exp", "run", "--queue", "-n", "queued")
-    project.dvc("queue", "start")
-    deadline = time.monotonic() + 900
-    while True:
-        status = project.dvc("queue", "status").stdout
-        if "Queued" not in status and "Running" not in status:
-            break
-        assert time.monotonic() < deadline, status
-        time.sleep(2)
-    logs = project.dvc("queue", "logs", "queued", check=False)
-    assert "Success" in status, f"{status}\n{logs.stdout[-4000:]}\n{logs.stderr[-2000:]}"
+    project.env["RESNETLAB_CPU_WORKERS"] = "2"
+    names = ("queued-a", "queued-b")
+    for name, lr in zip(names, ("0.05", "0.1"), strict=True):
+        project.dvc("exp", "run", "--queue", "-n", name, "-S", f"train.lr={lr}")
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        project.dvc("queue", "start", "-j", "2")
+        deadline = time.monotonic() + 900
+        while True:
+            status = project.dvc("queue", "status").stdout
+            if "Queued" not in status and "Running" not in status:
+                break
+            assert time.monotonic() < deadline, status
+            time.sleep(2)
+        assert busy.poll() is None  # the third process ran throughout
+    finally:
+        busy.kill()
+        busy.wait()
+    if status.count("Success") != 2:
+        logs = [project.dvc("queue", "logs", name, check=False) for name in names]
+        pytest.fail("\n".join([status, *(f"{r.stdout[-3000:]}\n{r.stderr[-1500:]}" for r in logs)]))
 
     c = MlflowClient(f"sqlite:///{project.root / 'mlflow.db'}")
     exp = c.get_experiment_by_name("e2e")
-    (run,) = c.search_runs([exp.experiment_id], "tags.stage = 'train'")
-    assert run.info.status == "FINISHED" and run.data.tags.get("dvc_exp_name") == "queued"
-    (output,) = run.outputs.model_outputs
-    (version,) = c.search_model_versions("name = 'resnetlab-resnet8'")
-    assert version.source == f"models:/{output.model_id}" and version.run_id == run.info.run_id
+    for stage in ("train", "compare"):
+        found = c.search_runs([exp.experiment_id], f"tags.stage = '{stage}'")
+        assert sorted(r.data.tags.get("dvc_exp_name") for r in found) == list(names), stage
+        assert {r.info.status for r in found} == {"FINISHED"}, stage
+    trained = c.search_runs([exp.experiment_id], "tags.stage = 'train'")
+    assert all("test_accuracy" in r.data.metrics for r in trained)  # evaluate recorded into it
+    versions = c.search_model_versions("name = 'resnetlab-resnet8'")
+    assert sorted(v.run_id for v in versions) == sorted(r.info.run_id for r in trained)
+    for run in trained:
+        (output,) = run.outputs.model_outputs
+        (version,) = [v for v in versions if v.run_id == run.info.run_id]
+        assert version.source == f"models:/{output.model_id}"
+    assert not list(project.root.glob(".dvc/tmp/exps/**/mlflow.db"))  # no stray stores

@@ -74,7 +74,40 @@ def client() -> MlflowClient:
     from mlflow.tracking import MlflowClient
 
     uri = tracking_uri()
-    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+    if urlparse(uri).scheme != "sqlite" or uri in _SCHEMA_READY:
+        return MlflowClient(tracking_uri=uri, registry_uri=uri)
+    with _SCHEMA_LOCK, _machine_lock(f"schema {uri}"):
+        # Opening the stores (the client does, and the registry's on first use) creates or
+        # upgrades the schema: one process at a time.
+        mlflow_client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+        mlflow_client.search_registered_models(max_results=1)
+        _SCHEMA_READY.add(uri)
+    return mlflow_client
+
+
+# Each SQLite store a process has opened. MLflow creates and migrates a new database's schema
+# when a process first opens it, and two processes doing so at once (two stages of a queue run
+# with `-j 2` on a fresh project) fail: `Online migration expected to match one row ...`.
+_SCHEMA_READY: set[str] = set()
+_SCHEMA_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _machine_lock(key: str) -> Iterator[None]:
+    """An exclusive `flock`, across processes, named by `key`; waits for it."""
+    import fcntl
+    import hashlib
+
+    from resnetlab.core.lock import LOCK_DIR
+
+    LOCK_DIR.mkdir(mode=0o777, exist_ok=True)
+    path = LOCK_DIR / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 _DEFAULT_URI_LOCK = threading.Lock()
