@@ -300,6 +300,43 @@ def test_predict_bad_model_uri(images, logged, monkeypatch, capsys) -> None:
     assert "Traceback" not in err
 
 
+SERVER = (
+    " (a model on a tracking server is reached with MLFLOW_TRACKING_URI set to the server and "
+    "its runs:/ or models:/ URI)"
+)
+
+
+@pytest.mark.parametrize(
+    ("uri", "problem"),
+    [
+        (
+            "http://127.0.0.1:9/model",
+            "http://127.0.0.1:9/model: a web address, not a model URI" + SERVER,
+        ),
+        (
+            "https://example.invalid/m",
+            "https://example.invalid/m: a web address, not a model URI" + SERVER,
+        ),
+        (
+            "runs:/0123456789abcdef",
+            "runs:/0123456789abcdef: a runs:/ URI names the run and the model",
+        ),
+        ("models:/", "models:/: a models:/ URI names the model"),
+        (" ", "no model URI given"),
+    ],
+)
+def test_what_cannot_be_a_model_uri_is_one_line(images, logged, monkeypatch, capsys, uri, problem):
+    """Was: `not enough values to unpack (expected 2, got 1)` for a web address, MLflow's own
+    words for the rest; nothing is contacted for any of them."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", logged[0])
+    rc, out, err = predict_cli(capsys, "--model-uri", uri, str(images["png"]))
+    assert (rc, out) == (1, "")
+    assert err == (
+        f"resnetlab predict: error: {problem}; expected runs:/<run id>/<variant>, "
+        "models:/<name>/<version> or a local folder\n"
+    )
+
+
 def test_pyfunc_predicts_batches(models_dir, logged, monkeypatch) -> None:
     """What `mlflow models predict` and `mlflow models serve` call."""
     import mlflow.artifacts

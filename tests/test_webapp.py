@@ -4,6 +4,7 @@ Streamlit's AppTest on a project with two tiny variants trained and evaluated fo
 from __future__ import annotations
 
 import io
+import json
 import os
 import re
 import shutil
@@ -82,16 +83,21 @@ def upload_set() -> list[tuple[str, bytes, str]]:
     return files
 
 
+def as_shown(source: str) -> str:
+    """Markdown `source` as the page shows it: backslash escapes (`webapp.ui.literal`) undone."""
+    return re.sub(r"\\(.)", r"\1", source)
+
+
 def markdown(at: AppTest) -> list[str]:
-    return [m.value for m in at.markdown]
+    return [as_shown(m.value) for m in at.markdown]
 
 
 def captions(at: AppTest) -> list[str]:
-    return [c.value for c in at.caption]
+    return [as_shown(c.value) for c in at.caption]
 
 
-def grid_captions(at: AppTest) -> list[str]:
-    return [c for image in at.image for c in image.captions]
+def grid_captions(at: AppTest, source: bool = False) -> list[str]:
+    return [c if source else as_shown(c) for image in at.image for c in image.captions]
 
 
 # --- data functions -------------------------------------------------------------------------
@@ -273,6 +279,15 @@ def test_classify_page_with_a_logged_or_registered_mlflow_model(in_project: Path
     at.text_input[0].set_value("runs:/0123456789abcdef/model").run()
     assert not at.exception, at.exception
     assert "cannot load runs:/0123456789abcdef/model" in at.error[0].value
+    # A web address is not a model URI (was: `not enough values to unpack`).
+    at.text_input[0].set_value("http://127.0.0.1:5000/x").run()
+    assert not at.exception, at.exception
+    assert [as_shown(e.value) for e in at.error] == [
+        "cannot load http://127.0.0.1:5000/x: a web address, not a model URI (a model on a "
+        "tracking server is reached with MLFLOW_TRACKING_URI set to the server and its runs:/ or "
+        "models:/ URI); expected runs:/<run id>/<variant>, models:/<name>/<version> or a local "
+        "folder"
+    ]
 
 
 def test_mistakes_page_filters_by_select_and_by_confusion_cell(in_project: Path):
@@ -325,7 +340,7 @@ def test_compare_page_shows_leaderboard_figures_and_right_wrong_images(in_projec
     at = open_page("compare")
     board = at.dataframe[0].value
     assert board["variant"].tolist() == data.leaderboard_order(Project(in_project))
-    figure_captions = at.image[0].captions + at.image[1].captions
+    figure_captions = [as_shown(c) for c in at.image[0].captions + at.image[1].captions]
     assert "test accuracy" in figure_captions and "degradation" in figure_captions
     a, b = at.selectbox(key="compare_a").value, at.selectbox(key="compare_b").value
     assert {a, b} == {"tiny", "tiny_plain"}
@@ -341,7 +356,7 @@ def test_compare_page_shows_leaderboard_figures_and_right_wrong_images(in_projec
     assert f"{b_only.sum()} test images {b} classifies correctly and {a} does not" in " ".join(
         texts
     )
-    grid = [c for image in at.image[2:] for c in image.captions]
+    grid = [as_shown(c) for image in at.image[2:] for c in image.captions]
     assert len(grid) == min(24, a_only.sum()) + min(24, b_only.sum())
     assert all(re.fullmatch(rf"true (\w+) · ({a}|{b}) \w+ \d+%", c) for c in grid)
 
@@ -522,7 +537,7 @@ def test_file_names_are_shown_as_text_not_markdown(in_project: Path):
 
     at = open_page()
     png = upload_set()[0][1]
-    hostile_text = "<img src=http://evil/t.png> www.evil.com `x` **b**.png"
+    hostile_text = "<img src=http://evil/t.png> www.evil.com `x` **b** _c_ __d__.png"
     at.file_uploader[0].set_value(
         [
             (HOSTILE_NAME, png, "image/png"),
@@ -531,16 +546,50 @@ def test_file_names_are_shown_as_text_not_markdown(in_project: Path):
     )
     at.run()
     assert not at.exception, at.exception
-    shown = [m for m in markdown(at) if "evil" in m] + [e.value for e in at.error]
+    shown = [m.value for m in at.markdown if "evil" in m.value] + [e.value for e in at.error]
     assert len(shown) == 2, markdown(at)
     md = MarkdownIt("commonmark")
     for source in shown:
         html = md.render(source)
         assert "<a " not in html and "<img" not in html and "<code" not in html, html
+        assert "<em>" not in html and "<strong>" not in html.split(": ", 1)[0], html
         assert "evil" in html
     (line, error) = (md.render(s) for s in shown)
     assert line.startswith(f"<p>{HOSTILE_NAME}: <strong>")
     assert error == (
-        "<p>&lt;img src=http://evil/t.png&gt; www.evil.com `x` **b**.png: not an image "
+        "<p>&lt;img src=http://evil/t.png&gt; www.evil.com `x` **b** _c_ __d__.png: not an image "
         "(unknown or unsupported format)</p>\n"
     )
+
+
+def test_class_names_in_captions_and_options_are_text(
+    app_project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """Class names come from `meta.json`: in the image grid's
+    captions (Markdown in Streamlit) they show literally; select box options are plain text."""
+    from markdown_it import MarkdownIt
+
+    root = tmp_path / "project"
+    shutil.copytree(app_project, root, ignore=shutil.ignore_patterns("mlruns", "*.pt"))
+    monkeypatch.chdir(root)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_uri(root))
+    meta_path = root / "data/prepared/meta.json"
+    meta = json.loads(meta_path.read_text())
+    hostile = [f"![c{i}](http://evil/{i}.png)_{i}_" for i in range(len(meta["classes"]))]
+    meta_path.write_text(json.dumps({**meta, "classes": hostile}))
+    renamed = dict(zip(meta["classes"], hostile, strict=True))
+    for path in (root / "metrics").glob("*/seed*/predictions.csv"):  # as evaluate writes them
+        frame = pd.read_csv(path)
+        frame[["actual", "predicted"]] = frame[["actual", "predicted"]].replace(renamed)
+        frame.to_csv(path, index=False)
+    at = open_page("mistakes")
+    assert not at.exception, at.exception
+    assert not at.error, [e.value for e in at.error]
+    assert at.selectbox[1].options[1:] == hostile  # shown as given: options are not Markdown
+    shown = grid_captions(at, source=True)
+    assert shown
+    md = MarkdownIt("commonmark")
+    for caption in shown:
+        html = md.render(caption)
+        assert "<img" not in html and "<a " not in html and "<em>" not in html, html
+        assert "![c" in html

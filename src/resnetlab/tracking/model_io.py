@@ -157,6 +157,7 @@ def model_folder(model_uri: str) -> Path:
     """A local folder holding the MLflow model at `model_uri` (`runs:/<id>/model`,
     `models:/<name>/<version>`, a local path, ...); downloads only from remote stores. Nothing
     in it is loaded here: see `tracking.logged_model`."""
+    check_model_uri(model_uri)
     uri = tracking_uri()
     calls = Caller(uri)
     try:
@@ -169,6 +170,30 @@ def model_folder(model_uri: str) -> Path:
         raise ResnetlabError(
             f"cannot load the MLflow model {model_uri} (tracking store {uri}): {first_line(exc)}"
         ) from None
+
+
+MODEL_URI_FORMS = "runs:/<run id>/<variant>, models:/<name>/<version> or a local folder"
+
+
+def check_model_uri(model_uri: str) -> None:
+    """Refuse, in one line, what cannot be a model URI: nothing, a web address (MLflow would
+    take it for an artifact server and fail on its reply), a `runs:/` or `models:/` URI without
+    its parts."""
+    parsed = urlparse(model_uri)
+    problem = None
+    if not model_uri.strip():
+        problem = "no model URI given"
+    elif parsed.scheme in ("http", "https", "ftp"):
+        problem = (
+            f"{model_uri}: a web address, not a model URI (a model on a tracking server is "
+            "reached with MLFLOW_TRACKING_URI set to the server and its runs:/ or models:/ URI)"
+        )
+    elif parsed.scheme == "runs" and not all(model_uri[len("runs:/") :].partition("/")[::2]):
+        problem = f"{model_uri}: a runs:/ URI names the run and the model"
+    elif parsed.scheme == "models" and not model_uri[len("models:/") :].strip("/"):
+        problem = f"{model_uri}: a models:/ URI names the model"
+    if problem:
+        raise ResnetlabError(f"{problem}; expected {MODEL_URI_FORMS}")
 
 
 def _local_model_dir(model_uri: str) -> Path:

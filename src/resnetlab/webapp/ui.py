@@ -29,10 +29,12 @@ if TYPE_CHECKING:
 
 GRID_SCALE = 4  # CIFAR images are 32 x 32: shown at 128 px, pixels kept sharp
 # What Markdown and its extensions in Streamlit act on to load or link anything: links and images
-# (`[`, `]`, `!`), HTML and autolinks (`<`, `>`, `&`, `@`), code, emphasis, headings, tables,
-# strikethrough, `$math$` and `:red[...]`-style directives. `_`, `.`, `-`, `:` and parentheses,
-# common in file names and messages, stay as they are; `literal` escapes them where they act.
-_MARKDOWN_ACTIVE = re.compile(r"([\\`*\[\]<>!#|~${}@&^])")
+# (`[`, `]`, `!`), HTML and autolinks (`<`, `>`, `&`, `@`), code, emphasis (`*`, `_`), headings,
+# tables, strikethrough, `$math$` and `:red[...]`-style directives. `.`, `-`, `:` and
+# parentheses, common in file names and messages, stay as they are; `literal` escapes them where
+# they act. (Select box options are shown as plain text by Streamlit; labels, captions, st.markdown,
+# st.error and st.caption are Markdown.)
+_MARKDOWN_ACTIVE = re.compile(r"([\\`*_\[\]<>!#|~${}@&^])")
 
 
 def current_project() -> Project:
@@ -143,7 +145,7 @@ def image_grid(
         return
     st.image(
         [enlarge(images[int(r["index"])]) for r in shown],
-        caption=[data.caption(r, who) for r in shown],
+        caption=[literal(data.caption(r, who)) for r in shown],  # class names: Markdown here
         width=32 * GRID_SCALE,
     )
     if len(rows) > limit:

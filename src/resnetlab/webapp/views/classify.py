@@ -91,7 +91,8 @@ def classify(proj: data.Project, choice: tuple[str, ModelLoader], files: list) -
     try:
         model, classes = load()
     except (ResnetlabError, OSError) as exc:  # OSError: the model file vanished meanwhile
-        st.error(ui.literal(f"cannot load {name}: {exc}"))
+        about = str(exc) if str(exc).startswith(name) else f"{name}: {exc}"
+        st.error(ui.literal(f"cannot load {about}"))
         return
     start = time.perf_counter()
     try:

@@ -22,7 +22,7 @@ def leaderboard(proj: data.Project) -> None:
     try:
         board = data.read_leaderboard(proj)
     except ResnetlabError as exc:
-        st.error(str(exc))
+        st.error(ui.literal(exc))
         return
     if board is None:
         where = proj.show(proj.leaderboard)
@@ -44,13 +44,13 @@ def figures(proj: data.Project) -> None:
         st.info(f"No figures yet in `{where}/`: `dvc repro compare` draws them.")
         return
     for column, path in zip(st.columns(len(paths)), paths, strict=True):
-        column.image(str(path), caption=path.stem.replace("_", " "))
+        column.image(str(path), caption=ui.literal(path.stem.replace("_", " ")))
     with_figures = [v for v in data.trained_variants(proj) if data.variant_figures(proj, v)]
     if with_figures:
         variant = ui.select_variant("Figures of one variant", with_figures, key="figures_variant")
         paths = data.variant_figures(proj, variant)
         for column, path in zip(st.columns(len(paths)), paths, strict=True):
-            column.image(str(path), caption=path.stem.replace("_", " "))
+            column.image(str(path), caption=ui.literal(path.stem.replace("_", " ")))
 
 
 def right_and_wrong(proj: data.Project) -> None:
@@ -84,7 +84,7 @@ def right_and_wrong(proj: data.Project) -> None:
         data.check_matches_test_split(pa, test, a)
         data.check_matches_test_split(pb, test, b)
     except (ResnetlabError, OSError) as exc:
-        st.error(str(exc))
+        st.error(ui.literal(exc))
         return
     images = test.images["test"]
     for tab, (good, bad, good_name, bad_name) in zip(

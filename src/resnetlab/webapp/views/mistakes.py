@@ -62,7 +62,7 @@ def main() -> None:
         if predictions is not None and test is not None:
             data.check_matches_test_split(predictions, test, variant)
     except (ResnetlabError, OSError) as exc:
-        st.error(str(exc))
+        st.error(ui.literal(exc))
         return
     if predictions is None:  # removed since the variant list was read
         st.info(ui.no_predictions_message(proj))
