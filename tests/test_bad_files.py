@@ -4,6 +4,7 @@ key, what is wrong and what to re-run, before any work; nothing is lost."""
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import re
 import shutil
@@ -92,6 +93,8 @@ BAD_PREPARED = {
         "images of shape (16, 32, 3), expected (32, 32, 3)",
     ),
     "meta-invalid": ("meta.json", lambda p: p.write_text("{not json"), "not readable JSON"),
+    "meta-fifo": ("meta.json", lambda p: (p.unlink(), os.mkfifo(p)), "is a FIFO, not a file"),
+    "meta-folder": ("meta.json", lambda p: (p.unlink(), p.mkdir()), "is a folder, not a file"),
     "meta-list": (
         "meta.json",
         lambda p: p.write_text("[1, 2]"),
@@ -244,6 +247,50 @@ def test_a_seed_torch_cannot_take_is_refused_before_training(tmp_path, monkeypat
 # ---------------------------------------------------------------------------------------------
 # model.json nested 200k deep: a record of the train stage (tests/test_records.py) and the
 # program inside a logged model's pt2 archive
+
+
+def _fifo(path: Path) -> Path:
+    os.mkfifo(path)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("make", "problem"),
+    [
+        (lambda tmp: Path("/dev/zero"), "is a device, not a file"),
+        (lambda tmp: _fifo(tmp / "params.yaml"), "is a FIFO, not a file"),
+        (lambda tmp: tmp, "is a folder, not a file"),
+        (lambda tmp: _write(tmp / "params.yaml", b"a" * (1 << 21)), "larger than 1048576 bytes"),
+        (lambda tmp: _write(tmp / "params.yaml", b"seeds: [\xff]\n"), "not UTF-8 text"),
+    ],
+    ids=["dev-zero", "fifo", "folder", "2-MiB", "not-utf8"],
+)
+def test_a_params_file_that_is_not_one_is_refused_in_one_line(tmp_path, capsys, make, problem):
+    """Was: MemoryError after reading /dev/zero without end, a FIFO waited on forever, an
+    `IsADirectoryError` traceback. Only a regular file of at most 1 MiB is read."""
+    import subprocess
+    import sys
+
+    params = make(tmp_path)
+    argv = ["train", "--params", str(params), "--variant", "tiny", "--data", "prepared"]
+    argv += ["--out", "models/tiny", "--metrics", "metrics/tiny"]
+    done = subprocess.run(
+        [sys.executable, "-m", "resnetlab", *argv],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,  # a FIFO would hang here before
+    )
+    assert (done.returncode, done.stdout) == (1, "")
+    assert done.stderr == (f"resnetlab train: error: {params}: {problem}; expected a params.yaml\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["params.yaml"] if params.parent == tmp_path else []
+    )
+
+
+def _write(path: Path, blob: bytes) -> Path:
+    path.write_bytes(blob)
+    return path
 
 
 def test_a_logged_model_whose_program_is_nested_200k_deep_is_refused(tmp_path, capsys):

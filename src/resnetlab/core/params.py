@@ -38,15 +38,24 @@ from resnetlab.core.config import (
     require,
 )
 from resnetlab.core.errors import ConfigError, invalid
+from resnetlab.core.jsonio import UnreadableFile, read_bounded
+
+# The shipped params.yaml is ~10 KB; a file beyond this is not one (or is /dev/zero).
+MAX_PARAMS_BYTES = 1 << 20
 
 
 def load_params(path: str | Path) -> Params:
     """Read and validate `params.yaml`. Raises ConfigError with the offending key."""
     path = Path(path)
     try:
-        raw = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)  # a SafeLoader
+        text = read_bounded(path, MAX_PARAMS_BYTES).decode()
+        raw = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader
     except FileNotFoundError:
         raise ConfigError(f"params file not found: {path}") from None
+    except UnreadableFile as exc:
+        raise ConfigError(f"{path}: {exc}; expected a params.yaml") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text; expected a params.yaml") from None
     except _DuplicateKey as exc:
         raise ConfigError(
             f"{path}, line {exc.line}: duplicate key {exc.key!r} (first on line {exc.first}); "

@@ -15,7 +15,7 @@ import io
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from resnetlab.core.errors import ResnetlabError
 from resnetlab.core.layout import (
@@ -65,13 +65,24 @@ def evaluated_variants(project: Project) -> list[str]:
 def declared_variants(project: Project) -> list[str]:
     """The variants `params.yaml` declares, in its order; none if it is missing or unreadable
     (only used to name a variant in hints)."""
+    try:
+        return [str(v) for v in _raw_params(project)["variants"]]
+    except (KeyError, TypeError):
+        return []
+
+
+def _raw_params(project: Project) -> Any:
+    """`params.yaml` as parsed YAML, unvalidated; None if missing or unreadable (a FIFO or an
+    endless file is not read: the page would hang)."""
     import yaml
 
+    from resnetlab.core.jsonio import UnreadableFile, read_bounded
+    from resnetlab.core.params import MAX_PARAMS_BYTES
+
     try:
-        params = yaml.safe_load((project.root / "params.yaml").read_text())
-        return [str(v) for v in params["variants"]]
-    except (OSError, yaml.YAMLError, KeyError, TypeError):
-        return []
+        return yaml.safe_load(read_bounded(project.root / "params.yaml", MAX_PARAMS_BYTES))
+    except (OSError, UnreadableFile, yaml.YAMLError):
+        return None
 
 
 def _run_of(path: Path, variant: str) -> str:
@@ -83,12 +94,10 @@ def _run_of(path: Path, variant: str) -> str:
 def repro_command(project: Project, stage: str) -> str:
     """`dvc repro <stage>@<variant>-<seed>` for the first declared variant and seed, to quote in
     empty states."""
-    import yaml
-
     variant = next(iter(declared_variants(project)), EXAMPLE_VARIANT)
     try:
-        seed = int(yaml.safe_load((project.root / "params.yaml").read_text())["seeds"][0])
-    except (OSError, yaml.YAMLError, KeyError, TypeError, IndexError, ValueError):
+        seed = int(_raw_params(project)["seeds"][0])
+    except (KeyError, TypeError, IndexError, ValueError):
         seed = 0  # the default of `seeds`
     return f"dvc repro {stage}@{variant}-{seed}"
 
