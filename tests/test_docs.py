@@ -44,3 +44,22 @@ def test_architecture_names_exactly_the_output_neutral_modules():
     named -= {"tests/test_dvc_deps.py"}
     assert named == output_neutral_as_named()
     assert "`__init__` files, which hold docstrings only" in " ".join(section.split())
+
+
+def test_every_test_the_docs_name_exists():
+    """The reliability page points each guarantee at its test: a renamed or deleted test would
+    leave a guarantee that nothing holds the project to."""
+    named = set()
+    for page in sorted((REPO / "docs").rglob("*.md")):
+        named |= {
+            (page.name, *m) for m in re.findall(r"tests/(\w+\.py)(?:::(\w+))?", page.read_text())
+        }
+    assert len(named) > 30
+    missing = []
+    for page, module, function in sorted(named):
+        path = REPO / "tests" / module
+        if not path.is_file():
+            missing.append(f"{page}: tests/{module}")
+        elif function and not re.search(rf"^def {function}\(", path.read_text(), re.M):
+            missing.append(f"{page}: tests/{module}::{function}")
+    assert not missing, missing
