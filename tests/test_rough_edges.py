@@ -12,6 +12,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -53,6 +54,28 @@ def _env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": str(REPO / "src")}
 
 
+def _sigterm_once(proc: subprocess.Popen, ready: Callable[[], object], pause: bool = False) -> str:
+    """Send `proc` SIGTERM as soon as `ready()` holds; its stderr once it has ended. With
+    `pause`, `proc` is stopped first and `ready()` checked again, so the signal lands while
+    what `ready` saw still holds."""
+    try:
+        deadline = time.monotonic() + WAIT_S
+        while not ready():
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.002)
+        if pause:
+            proc.send_signal(signal.SIGSTOP)
+            assert ready()
+        proc.send_signal(signal.SIGTERM)
+        if pause:
+            proc.send_signal(signal.SIGCONT)
+        return proc.communicate(timeout=WAIT_S)[1]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
 @pytest.mark.slow
 def test_sigterm_during_evaluate_leaves_the_old_outputs_whole(tmp_path) -> None:
     """Before: SIGTERM mid-write left a 0-byte predictions.csv beside a new eval.json. Now every
@@ -71,17 +94,9 @@ def test_sigterm_during_evaluate_leaves_the_old_outputs_whole(tmp_path) -> None:
         stderr=subprocess.PIPE,
         text=True,
     )
-    try:
-        deadline = time.monotonic() + WAIT_S
-        while not [p for p in out.glob(".predictions.csv.*.tmp") if p.stat().st_size]:
-            assert writer.poll() is None and time.monotonic() < deadline, writer.communicate()
-            time.sleep(0.05)
-        writer.send_signal(signal.SIGTERM)
-        _, stderr = writer.communicate(timeout=WAIT_S)
-    finally:
-        if writer.poll() is None:
-            writer.kill()
-            writer.wait()
+    stderr = _sigterm_once(
+        writer, lambda: [p for p in out.glob(".predictions.csv.*.tmp") if p.stat().st_size]
+    )
     assert writer.returncode == 128 + signal.SIGTERM, stderr
     assert "Traceback" not in stderr
     assert sorted(p.name for p in out.iterdir()) == sorted(OUTPUTS)  # no temporary left
@@ -279,21 +294,8 @@ def test_sigterm_during_prepare_leaves_the_previous_arrays_whole(tiny_prepared, 
     old = _prepared_files(prepared)
     cmd = [sys.executable, "-m", "resnetlab", "prepare", "--raw", str(raw), "--out", "prepared"]
     stage = subprocess.Popen(cmd, cwd=tmp_path, env=_env(), stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + WAIT_S
-        while not list(tmp_path.glob(".prepared.*.tmp")):  # the new set is being written
-            assert stage.poll() is None and time.monotonic() < deadline, stage.communicate()
-            time.sleep(0.002)
-        # Stopped, it cannot swap while we look: the hidden folder is there, so it has not.
-        stage.send_signal(signal.SIGSTOP)
-        assert list(tmp_path.glob(".prepared.*.tmp"))
-        stage.send_signal(signal.SIGTERM)
-        stage.send_signal(signal.SIGCONT)
-        _, stderr = stage.communicate(timeout=WAIT_S)
-    finally:
-        if stage.poll() is None:
-            stage.kill()
-            stage.wait()
+    # The hidden folder exists while the new set is written, and is gone once swapped in.
+    stderr = _sigterm_once(stage, lambda: list(tmp_path.glob(".prepared.*.tmp")), pause=True)
     assert stage.returncode == 128 + signal.SIGTERM, stderr
     assert "Traceback" not in stderr
     assert _prepared_files(prepared) == old
