@@ -98,7 +98,7 @@ def test_a_busy_machine_is_slow_not_an_unreachable_local_store(busy_cpus, tmp_pa
         print("experiment", store.ensure_reachable("busy"))
         c = store.client()
         run = c.create_run(store.ensure_reachable("busy"))
-        store.check_run(run.info.run_id, "a test")
+        store.check_run(run.info.run_id, "a test", "train@tiny-0")
         print("ok")
         """
     )
@@ -191,3 +191,31 @@ def test_two_queue_workers_beside_a_busy_process_record_into_the_default_store(
         (version,) = [v for v in versions if v.run_id == run.info.run_id]
         assert version.source == f"models:/{output.model_id}"
     assert not list(project.root.glob(".dvc/tmp/exps/**/mlflow.db"))  # no stray stores
+
+
+def test_the_experiment_opens_on_its_training_runs(tmp_path, monkeypatch):
+    """MLflow's UI opens an experiment on the page its `mlflow.experimentKind` tag names; without
+    it, MLflow 3 opened ours on the GenAI "Overview: Traces 0" page. Every experiment the stages
+    record into is marked as training runs: new ones, and old ones on their next use; a kind
+    someone set by hand stays."""
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    c = MlflowClient(uri)
+    old = c.create_experiment("old", artifact_location=(tmp_path / "mlruns").as_uri())
+    mine = c.create_experiment(
+        "mine",
+        artifact_location=(tmp_path / "mlruns").as_uri(),
+        tags={"mlflow.experimentKind": "genai_development"},
+    )
+    kinds = {}
+    for name in ("new", "old", "mine"):
+        exp_id = store.ensure_reachable(name)
+        kinds[name] = c.get_experiment(exp_id).tags.get("mlflow.experimentKind")
+    assert kinds == {
+        "new": "custom_model_development",
+        "old": "custom_model_development",
+        "mine": "genai_development",
+    }
+    assert {c.get_experiment_by_name(n).experiment_id for n in ("old", "mine")} == {old, mine}

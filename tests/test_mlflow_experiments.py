@@ -126,6 +126,41 @@ def test_models_are_registered_per_training_and_ranked_by_test_accuracy(store) -
     assert len(ranked) == 3
 
 
+def test_each_version_says_where_it_came_from_and_best_names_the_best_on_validation(
+    experiments, store
+) -> None:
+    """Was: versions differing only by a timestamp. Each version's description and tags name
+    the variant, seed, recipe source, data, DVC experiment, commit, best validation accuracy
+    and (added by evaluate) test accuracy; `@best` is the version with the best validation
+    accuracy, never chosen on the test set."""
+    client, _, children = store
+    by_run = {c.info.run_id: c for c in children}
+    commit = experiments.project.git("rev-parse", "HEAD").strip()
+    for variant in VARIANTS:
+        name = f"resnetlab-{variant}"
+        versions = client.search_model_versions(f"name = '{name}'")
+        for version in versions:
+            run = by_run[version.run_id]
+            tags, exp = version.tags, run.data.tags["dvc_exp_name"]
+            assert float(tags["best_val_accuracy"]) == pytest.approx(
+                run.data.metrics["best_val_accuracy"], abs=1e-4
+            )
+            assert float(tags["test_accuracy"]) == pytest.approx(
+                run.data.metrics["test_accuracy"], abs=1e-4
+            )
+            assert (tags["seed"], tags["dvc_exp_name"], tags["git_commit"]) == ("0", exp, commit)
+            lines = version.description.split("  \n")
+            assert lines[0].startswith(f"{variant}, seed 0: best val accuracy ")
+            assert lines[1] == run.data.tags["mlflow.note.content"]  # model, recipe, data
+            assert "recipe: params.yaml `train`" in lines[1] and "train / " in lines[1]
+            assert lines[2] == f"DVC experiment {exp}, commit {commit[:12]}"
+            assert lines[3].startswith("test accuracy ") and lines[3].endswith("(evaluate stage)")
+        best = max(versions, key=lambda v: (float(v.tags["best_val_accuracy"]), int(v.version)))
+        assert client.get_model_version_by_alias(name, "best").version == best.version
+    tiny2 = [r for r in children if r.data.tags["dvc_exp_name"] == "tiny2"]
+    assert "variants.resnet8 (lr)" in tiny2[0].data.tags["mlflow.note.content"]
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

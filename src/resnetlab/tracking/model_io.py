@@ -29,6 +29,8 @@ if TYPE_CHECKING:
     import torch
     from mlflow.tracking import MlflowClient
 
+    from resnetlab.tracking.registry import VersionFacts
+
 
 # The module MLflow's pyfunc flavor imports to load the logged models (serving.py).
 PYFUNC_LOADER = "resnetlab.tracking.serving"
@@ -60,11 +62,18 @@ class ModelUpload:
     digest: str = ""  # of the uploaded folder (`model_digest`), once computed
 
     def __call__(
-        self, local: Path, run_id: str, name: str, params: Mapping[str, str], c: MlflowClient
+        self,
+        local: Path,
+        run_id: str,
+        name: str,
+        params: Mapping[str, str],
+        facts: VersionFacts,
+        c: MlflowClient,
     ) -> None:
         from mlflow.entities import LoggedModelOutput
 
         from resnetlab.tracking.model_digest import DIGEST_TAG, folder_digest
+        from resnetlab.tracking.registry import point_best_alias
 
         if not self.model_id:
             # Of the files uploaded below, recorded as a tag of the logged model and of the
@@ -88,12 +97,14 @@ class ModelUpload:
             ensure_registered_model(c, registered)
             # A local registry looks `models:/<model id>` up on MLflow's global tracking URI,
             # not on `c`'s (see `default_uri_as`).
+            tags = {**facts.tags, "variant": name, DIGEST_TAG: self.digest}
             with default_uri_as(c.tracking_uri):
                 version = c.create_model_version(
                     registered, f"models:/{self.model_id}", run_id=run_id, model_id=self.model_id,
-                    await_creation_for=0, tags={"variant": name, DIGEST_TAG: self.digest},
+                    await_creation_for=0, tags=tags, description=facts.description or None,
                 )  # fmt: skip
             self.model_version = str(version.version)
+            point_best_alias(c, registered)
 
 
 def save_model_artifact(

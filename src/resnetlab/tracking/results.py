@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from resnetlab.core.errors import ResnetlabError, first_line
+from resnetlab.tracking import registry
 from resnetlab.tracking.lineage import Lineage, common_tags, parent_run
 from resnetlab.tracking.store import (
     UPLOAD_S,
@@ -48,6 +49,8 @@ def log_evaluation(run_id: str, metrics: Mapping[str, float], files: Sequence[Pa
         c.log_batch(run_id, metrics=batch)
         for path in files:
             c.log_artifact(run_id, str(path), artifact_path="evaluation")
+        if "test_accuracy" in metrics:  # on the registered version too (Models page)
+            registry.add_test_accuracy(c, run_id, float(metrics["test_accuracy"]))
 
     try:
         calls.probe()

@@ -240,10 +240,10 @@ def ensure_reachable(experiment: str) -> str:
         raise not_usable(uri, exc) from None
 
 
-def check_run(run_id: str, what: str, stage: str = "train@<variant>-<seed>") -> None:
+def check_run(run_id: str, what: str, stage: str) -> None:
     """Fail fast if run `run_id` cannot be recorded into: the store is unreachable, or it does
     not hold that run (`what` says where the id came from; `stage`, the DVC stage that records
-    a new one: `train@<variant>-<seed>` filled in by a caller that knows them)."""
+    a new one, e.g. `train@resnet20-0`)."""
     uri = tracking_uri()
     calls = Caller(uri)
     try:
@@ -258,14 +258,26 @@ def check_run(run_id: str, what: str, stage: str = "train@<variant>-<seed>") -> 
         raise not_usable(uri, exc) from None
 
 
+# MLflow's UI opens an experiment on the page its kind names; left unset, it guesses from what
+# the runs hold and can open on the GenAI "Overview: Traces" page. These are training runs.
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+
+
 def experiment_id(mlflow_client: MlflowClient, name: str) -> str:
+    """The id of experiment `name`, created if missing; either way it is marked as training runs
+    (`EXPERIMENT_KIND`) unless someone chose another kind."""
     found = mlflow_client.get_experiment_by_name(name)
     if found is not None:
+        ((key, kind),) = EXPERIMENT_KIND.items()
+        if key not in found.tags:  # made by an older version, or by hand
+            mlflow_client.set_experiment_tag(found.experiment_id, key, kind)
         return found.experiment_id
     from mlflow.exceptions import MlflowException
 
     try:
-        return mlflow_client.create_experiment(name, artifact_location=_artifact_location())
+        return mlflow_client.create_experiment(
+            name, artifact_location=_artifact_location(), tags=EXPERIMENT_KIND
+        )
     except MlflowException:  # created meanwhile by a concurrent stage
         found = mlflow_client.get_experiment_by_name(name)
         if found is None:

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from resnetlab.core.errors import ResnetlabError, first_line
 from resnetlab.core.layout import HISTORY_CSV, METRICS, MODEL_FILE, MODEL_JSON, MODELS, TRAIN_JSON
+from resnetlab.tracking import registry
 from resnetlab.tracking.lineage import PARENT_KEY_TAG, mlflow_run_label, parent_run
 from resnetlab.tracking.model_io import (
     ModelUpload,
@@ -359,14 +360,25 @@ class TrainingRun(TrainingListener):
         """What a finished training adds to its run (also what `resnetlab relog` records): the
         model, the history table, train.json, model.json and history.csv, and the best epoch's
         numbers."""
-        self.log_model(classifier, example, record.classes)
+        about = registry.facts(
+            self.name,
+            self.tags,
+            self.context.description if self.context else "",
+            record.best_val_accuracy,
+            record.best_epoch,
+        )
+        self.log_model(classifier, example, record.classes, about)
         self.log_table(history.frame(), "history.json")
         self.log_files([metrics_dir / n for n in (TRAIN_JSON, MODEL_JSON, HISTORY_CSV)])
         best = {"best_val_accuracy": record.best_val_accuracy, "best_epoch": record.best_epoch}
         self.log_metrics(best, step=summary.epochs)
 
     def log_model(
-        self, model: torch.nn.Module, input_example: np.ndarray, classes: Sequence[str]
+        self,
+        model: torch.nn.Module,
+        input_example: np.ndarray,
+        classes: Sequence[str],
+        about: registry.VersionFacts | None = None,
     ) -> None:
         """Log `model` as an MLflow logged model named after the variant (`runs:/<run>/<variant>`,
         `models:/<model id>`), a run output, registered as version n+1 of `resnetlab-<variant>`.
@@ -383,6 +395,7 @@ class TrainingRun(TrainingListener):
             self.run_id,
             self.name,
             {k: _param(v) for k, v in self.params.items()},
+            about or registry.VersionFacts(),
         )
         self._queue.add(Record("the model", upload, UPLOAD_S, prepare=export))
 
