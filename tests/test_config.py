@@ -115,6 +115,31 @@ def test_max_epochs_caps_variants_that_set_their_own_epochs():
     assert parse_params(params(max_epochs=0)).variant("tiny").train.epochs == 10  # 0 = no cap
 
 
+def test_the_recipe_source_names_the_key_each_value_came_from():
+    """Was: a run description said `variants.tiny (epochs, step_size)` for values that
+    `train.max_epochs` set; now the variant's own keys and the cap's are told apart."""
+    raw = params({"lr": 0.05}, max_epochs=2, epochs=200, milestones=[60, 120], warmup_epochs=2)
+    raw["variants"]["short"] = {
+        "model": "plain",
+        "epochs": 1,
+        "milestones": [0.5],
+        "warmup_epochs": 0,
+    }
+    loaded = parse_params(raw)
+    tiny, short = loaded.recipe_sources["tiny"], loaded.recipe_sources["short"]
+    capped = ("epochs", "milestones", "step_size", "warmup_epochs")
+    assert tiny.own == ("lr",) and tiny.capped == capped
+    assert tiny.describe("tiny", 2) == (
+        "params.yaml `train` + variants.tiny (lr) + train.max_epochs=2 (epochs, milestones, "
+        "step_size, warmup_epochs)"
+    )
+    assert short.describe("short", 2) == (
+        "params.yaml `train` + variants.short (epochs, milestones, warmup_epochs)"
+    )
+    plain = parse_params(params()).recipe_sources["tiny"]
+    assert plain.describe("tiny", 0) == "params.yaml `train`"
+
+
 def test_max_epochs_is_validated_and_only_under_train():
     with pytest.raises(ConfigError, match=r"^train\.max_epochs: -1 is not allowed; expected 0"):
         parse_params(params(max_epochs=-1))

@@ -298,6 +298,25 @@ class Variant:
 
 
 @dataclass(frozen=True)
+class RecipeSource:
+    """Where a variant's resolved recipe departs from `train`: the keys its own entry in
+    `variants` sets, and the keys `train.max_epochs` shortened (epochs and what scales with
+    them); what a run's description names, so each value can be traced to the key that set it."""
+
+    own: tuple[str, ...] = ()
+    capped: tuple[str, ...] = ()
+
+    def describe(self, variant: str, max_epochs: int) -> str:
+        """E.g. ``params.yaml `train` + variants.resnet20 (lr) + train.max_epochs=2 (epochs)``."""
+        words = "params.yaml `train`"
+        if self.own:
+            words += f" + variants.{variant} ({', '.join(self.own)})"
+        if self.capped:
+            words += f" + train.max_epochs={max_epochs} ({', '.join(self.capped)})"
+        return words
+
+
+@dataclass(frozen=True)
 class Params:
     data: DataConfig
     mlflow: MlflowConfig
@@ -310,6 +329,8 @@ class Params:
     # The variants the pipeline trains, evaluates and compares (DVC's matrix runs over this
     # list); empty = all of `variants` (params.yaml lists them: DVC needs the list itself).
     run_variants: tuple[str, ...] = ()
+    # Per variant, which keys of its recipe come from where (for run descriptions).
+    recipe_sources: Mapping[str, RecipeSource] = field(default_factory=dict)
 
     @property
     def selected(self) -> tuple[str, ...]:

@@ -30,6 +30,7 @@ from resnetlab.core.config import (
     MlflowConfig,
     ModelSpec,
     Params,
+    RecipeSource,
     TrainConfig,
     Tta,
     Variant,
@@ -112,9 +113,10 @@ def parse_params(raw: Mapping[str, Any]) -> Params:
     train.validate("train")
     variants_raw = raw.get("variants", {}) or {}
     _require_mapping(variants_raw, "variants")
-    variants = {
-        name: _parse_variant(str(name), spec, train_raw) for name, spec in variants_raw.items()
+    parsed = {
+        str(name): _parse_variant(str(name), spec, train_raw) for name, spec in variants_raw.items()
     }
+    variants = {name: variant for name, (variant, _) in parsed.items()}
     if data.subset:
         # The training split is exactly `data.subset` images: known before any data is read.
         for variant in variants.values():
@@ -123,8 +125,17 @@ def parse_params(raw: Mapping[str, Any]) -> Params:
     diagnose.validate()
     evaluate = _parse_evaluate(raw.get("evaluate", {}) or {}, variants)
     selected = _parse_run_variants(raw.get("run_variants", []), variants)
+    sources = types.MappingProxyType({name: source for name, (_, source) in parsed.items()})
     return Params(
-        data, mlflow, train, types.MappingProxyType(variants), diagnose, evaluate, seeds, selected
+        data,
+        mlflow,
+        train,
+        types.MappingProxyType(variants),
+        diagnose,
+        evaluate,
+        seeds,
+        selected,
+        sources,
     )
 
 
@@ -193,7 +204,9 @@ def check_batch_fits(variant: Variant, n_train: int) -> None:
     )
 
 
-def _parse_variant(name: str, spec: Any, train_raw: Mapping[str, Any]) -> Variant:
+def _parse_variant(
+    name: str, spec: Any, train_raw: Mapping[str, Any]
+) -> tuple[Variant, RecipeSource]:
     key = f"variants.{name}"
     require(
         VARIANT_NAME.fullmatch(name) is not None,
@@ -224,7 +237,12 @@ def _parse_variant(name: str, spec: Any, train_raw: Mapping[str, Any]) -> Varian
     capped = cap_epochs(train)
     if capped is not train:
         capped.validate(key)
-    return Variant(name, model, capped)
+    shortened = tuple(
+        f.name
+        for f in dataclasses.fields(TrainConfig)
+        if getattr(capped, f.name) != getattr(train, f.name)
+    )
+    return Variant(name, model, capped), RecipeSource(tuple(overrides), shortened)
 
 
 def cap_epochs(train: TrainConfig) -> TrainConfig:

@@ -75,7 +75,7 @@ def run(args: argparse.Namespace) -> None:
         args.metrics,
         data_config=params.data,
         params_file=args.params,
-        overrides=run_context.recipe_overrides(params.train, variant.train),
+        recipe=params.recipe_sources[variant.name].describe(variant.name, params.train.max_epochs),
     )
 
 
@@ -87,12 +87,13 @@ def train_variant(
     metrics_dir: Path,
     data_config: DataConfig | None = None,
     params_file: Path | None = None,
-    overrides: tuple[str, ...] = (),
+    recipe: str = "params.yaml `train`",
 ) -> TrainSummary:
     """Train `variant` to completion (resuming a matching unfinished checkpoint), write its
     outputs and record it in MLflow; returns the summary written to train.json. `data_config`
     (the `data` params), `params_file` (keys the run's parent, see `lineage.Lineage`) and
-    `overrides` (the `train` keys the variant sets) only describe the run."""
+    `recipe` (where the recipe's values come from, `RecipeSource.describe`) only describe the
+    run."""
     out_dir, metrics_dir = Path(out_dir), Path(metrics_dir)
     trainer = Trainer(variant, data_dir, out_dir / CHECKPOINT_FILE)
     console = ConsoleProgress(variant.name, variant.train.batch_size)
@@ -105,7 +106,7 @@ def train_variant(
     with folder_lock(out_dir, "resnetlab train"):
         store.ensure_reachable(experiment)  # fail now, not after hours of training
         about = run_context.describe_training(
-            trainer, variant, data_dir, data_config, params_file, overrides
+            trainer, variant, data_dir, data_config, params_file, recipe
         )
         log.info("%s: %s on %s", variant.name, about.resolved, about.where)
         return _train_and_record(trainer, console, variant, experiment, out_dir, metrics_dir, about)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -16,7 +16,7 @@ from resnetlab.data.cifar10 import KEY as DATASET_KEY
 from resnetlab.tracking.lineage import Lineage
 
 if TYPE_CHECKING:
-    from resnetlab.core.config import DataConfig, TrainConfig, Variant
+    from resnetlab.core.config import DataConfig, Variant
     from resnetlab.data.prepared import Prepared
     from resnetlab.train.trainer import Trainer
 
@@ -42,14 +42,10 @@ class RunContext:
     dataset: DatasetInfo | None = None
 
 
-def describe_run(
-    model: Mapping[str, Any], overrides: Sequence[str], variant: str, data: str
-) -> str:
-    """The run description: one line naming the model, the recipe's source and the data."""
+def describe_run(model: Mapping[str, Any], recipe: str, data: str) -> str:
+    """The run description: one line naming the model, the recipe's source (`RecipeSource`)
+    and the data."""
     args = ", ".join(f"{k}={v}" for k, v in model.items() if k != "name")
-    recipe = "params.yaml `train`"
-    if overrides:
-        recipe += f" + variants.{variant} ({', '.join(overrides)})"
     return f"model {model.get('name')}({args}) · recipe: {recipe} · data: {data}"
 
 
@@ -93,13 +89,6 @@ def data_words(dataset: DatasetInfo, config: DataConfig | None) -> str:
     return words
 
 
-def recipe_overrides(defaults: TrainConfig, own: TrainConfig) -> tuple[str, ...]:
-    """The `train` keys whose value a variant (`own`) changes from the defaults."""
-    base, mine = dataclasses.asdict(defaults), dataclasses.asdict(own)
-    # The seed is the run's own (from the stage name), not a recipe change.
-    return tuple(k for k in mine if k != "seed" and mine[k] != base.get(k))
-
-
 @dataclass(frozen=True)
 class TrainingDescription:
     """What the train stage records about a run before it starts: MLflow params and tags, its
@@ -118,7 +107,7 @@ def describe_training(
     data_dir: Path,
     data_config: DataConfig | None,
     params_file: Path | None,
-    overrides: Sequence[str],
+    recipe: str,
 ) -> TrainingDescription:
     """The params (the resolved config, parameter count, seed, what precision/compile `auto`
     resolved to on this machine, the `data` params), tags and context of `trainer`'s run."""
@@ -134,7 +123,7 @@ def describe_training(
     tags = training_tags(variant.name, where, trainer.dist.world, seed)
     dataset = dataset_of(trainer.data, data_dir, data_config)
     words = data_words(dataset, data_config)
-    description = describe_run(variant.model.to_dict(), overrides, variant.name, words)
+    description = describe_run(variant.model.to_dict(), recipe, words)
     context = RunContext(lineage(params_file), description, dataset)
     resolved = ", ".join(f"{k} {v}" for k, v in trainer.resolved.items())
     return TrainingDescription(params, tags, context, where, resolved)
