@@ -340,6 +340,11 @@ def test_compare_page_shows_leaderboard_figures_and_right_wrong_images(in_projec
     at = open_page("compare")
     board = at.dataframe[0].value
     assert board["variant"].tolist() == data.leaderboard_order(Project(in_project))
+    # One seed: no std, shown as a dash (Streamlit printed the empty number as "None").
+    csv = pd.read_csv(in_project / "reports/leaderboard.csv")
+    assert csv["test_accuracy_std"].isna().all()
+    assert board["test_accuracy_std"].tolist() == ["–"] * len(board)
+    assert board["test_accuracy"].tolist() == pytest.approx((csv["test_accuracy"] * 100).tolist())
     figure_captions = [as_shown(c) for c in at.image[0].captions + at.image[1].captions]
     assert "test accuracy" in figure_captions and "degradation" in figure_captions
     a, b = at.selectbox(key="compare_a").value, at.selectbox(key="compare_b").value
@@ -593,3 +598,15 @@ def test_class_names_in_captions_and_options_are_text(
         html = md.render(caption)
         assert "<img" not in html and "<a " not in html and "<em>" not in html, html
         assert "![c" in html
+
+
+def test_the_leaderboard_shows_a_std_over_seeds_and_a_dash_for_one_seed():
+    from resnetlab.webapp.views.compare import leaderboard_table
+
+    board = pd.DataFrame(
+        {"variant": ["a", "b"], "test_accuracy": [0.9, 0.8], "test_accuracy_std": [0.0123, np.nan]}
+    )
+    shown, config = leaderboard_table(board)
+    assert shown["test_accuracy"].tolist() == pytest.approx([90.0, 80.0])
+    assert shown["test_accuracy_std"].tolist() == ["1.23%", "–"]
+    assert set(config) == {"test_accuracy", "test_accuracy_std"}

@@ -104,11 +104,14 @@ def _stage(template: str, variant: str | None, path: Path | None = None) -> str:
     """The stage that writes a record, `train@<variant>` filled in as far as known: with the
     run key `<variant>-<seed>` (`run_key`, the name DVC gives the stage) when `variant` is one
     already, or when the file lies in a run folder `<...>/seed<k>/` that gives the seed; else
-    with the variant's name alone."""
-    if not variant:
-        return template
+    with the variant's name alone. Nothing known, the stage group (`train`: every train@ stage),
+    never a placeholder the user would have to fill in."""
     folder = Path(path).parent if path is not None else None
     match = SEED_FOLDER.fullmatch(folder.name) if folder is not None else None
+    if not variant and match:
+        variant = folder.parent.name  # type: ignore[union-attr]  # <...>/<variant>/seed<k>/
+    if not variant:
+        return template.partition("@")[0]
     if match:
         seed = int(match[1])
         # A variant's name is its folder's (models/<variant>/seed<k>); a run key ends in -<k>.

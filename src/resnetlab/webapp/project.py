@@ -221,7 +221,7 @@ def read_predictions(project: Project, variant: str) -> pd.DataFrame | None:
     evaluate stage, before it recorded the image index and confidence).
     """
     path = project.predictions_file(variant)
-    stage = f"evaluate@{_run_of(path, variant)}"
+    stage = evaluate_stage(project, variant)
     again = f"re-run `dvc repro {stage}` to write it again"
     if not path.exists():
         return None
@@ -237,9 +237,16 @@ def read_predictions(project: Project, variant: str) -> pd.DataFrame | None:
     return frame
 
 
-def check_matches_test_split(predictions: pd.DataFrame, prepared: Prepared, variant: str) -> None:
+def evaluate_stage(project: Project, variant: str) -> str:
+    """The DVC stage that writes the predictions the app shows for `variant` (its lowest
+    seed's), e.g. `evaluate@resnet20-0`."""
+    return f"evaluate@{_run_of(project.predictions_file(variant), variant)}"
+
+
+def check_matches_test_split(predictions: pd.DataFrame, prepared: Prepared, stage: str) -> None:
     """Raise ResnetlabError unless every prediction names an image of the prepared test split
-    with the label it records (a model evaluated on other data than what is prepared now)."""
+    with the label it records (a model evaluated on other data than what is prepared now);
+    `stage` wrote the predictions."""
     labels = prepared.labels["test"]
     classes = list(prepared.classes)
     index = predictions["index"].to_numpy()
@@ -250,8 +257,8 @@ def check_matches_test_split(predictions: pd.DataFrame, prepared: Prepared, vari
         stale = actual != predictions["actual"].tolist()
     if stale:
         raise ResnetlabError(
-            f"the predictions of {variant} do not match the prepared test images; "
-            f"re-run `dvc repro evaluate@{variant}-<seed>`"
+            f"the predictions {stage} wrote do not match the prepared test images; "
+            f"re-run `dvc repro {stage}`"
         )
 
 

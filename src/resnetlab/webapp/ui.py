@@ -161,8 +161,9 @@ def no_model_message(proj: Project) -> str:
 
 def no_predictions_message(proj: Project) -> str:
     return (
-        f"No evaluated model yet (no `metrics/<variant>/predictions.csv`). "
-        f"`{data.repro_command(proj, 'evaluate')}` evaluates one on the test set."
+        "No evaluated model yet (no predictions.csv under "
+        f"`{proj.show(proj.metrics)}/`). `{data.repro_command(proj, 'evaluate')}` evaluates one "
+        "on the test set."
     )
 
 

@@ -3,18 +3,20 @@ the test images one gets right and the other wrong."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import streamlit as st
 
 from resnetlab.core.errors import ResnetlabError
 from resnetlab.webapp import project as data
 from resnetlab.webapp import ui
 
-# Means over seeds and their sample std (`_std`, empty for a single seed).
-PERCENT_COLUMNS = tuple(
-    c
-    for name in ("best_val_accuracy", "test_accuracy", "test_error")
-    for c in (name, f"{name}_std")
-)
+if TYPE_CHECKING:
+    import pandas as pd
+
+# Means over seeds and their sample std (`_std`, empty in the CSV for a single seed).
+MEAN_COLUMNS = ("best_val_accuracy", "test_accuracy", "test_error")
+NO_SPREAD = "–"  # one seed has no sample std; Streamlit would print an empty number as "None"
 
 
 def leaderboard(proj: data.Project) -> None:
@@ -28,12 +30,26 @@ def leaderboard(proj: data.Project) -> None:
         where = proj.show(proj.leaderboard)
         st.info(f"No leaderboard yet (`{where}`): `dvc repro compare` writes it.")
         return
-    shown = board.copy()
-    for column in PERCENT_COLUMNS:
-        if column in shown:
-            shown[column] = shown[column] * 100
-    config = {c: st.column_config.NumberColumn(format="%.2f%%") for c in PERCENT_COLUMNS}
+    shown, config = leaderboard_table(board)
     st.dataframe(shown, hide_index=True, column_config=config)
+
+
+def leaderboard_table(board: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
+    """The leaderboard as shown: percentages, and each std as text (`NO_SPREAD` for one seed),
+    with the column settings for st.dataframe."""
+    shown = board.copy()
+    config = {}
+    for name in MEAN_COLUMNS:
+        if name in shown:
+            shown[name] = shown[name] * 100
+            config[name] = st.column_config.NumberColumn(format="%.2f%%")
+        std = f"{name}_std"
+        if std in shown:
+            shown[std] = [NO_SPREAD if v != v else f"{100 * v:.2f}%" for v in shown[std]]
+            config[std] = st.column_config.TextColumn(
+                help=f"sample std of {name} over seeds; {NO_SPREAD} for one seed"
+            )
+    return shown, config
 
 
 def figures(proj: data.Project) -> None:
@@ -59,7 +75,8 @@ def right_and_wrong(proj: data.Project) -> None:
     if len(variants) < 2:
         st.info(
             "Needs two evaluated variants; "
-            f"{len(variants) or 'none'} so far. `dvc repro evaluate@<variant>` evaluates one."
+            f"{len(variants) or 'none'} so far. `{data.repro_command(proj, 'evaluate')}` "
+            "evaluates one."
         )
         return
     ranking = data.leaderboard_order(proj)
@@ -81,8 +98,8 @@ def right_and_wrong(proj: data.Project) -> None:
         if test is None:
             st.warning(ui.no_data_message(proj))
             return
-        data.check_matches_test_split(pa, test, a)
-        data.check_matches_test_split(pb, test, b)
+        data.check_matches_test_split(pa, test, data.evaluate_stage(proj, a))
+        data.check_matches_test_split(pb, test, data.evaluate_stage(proj, b))
     except (ResnetlabError, OSError) as exc:
         st.error(ui.literal(exc))
         return

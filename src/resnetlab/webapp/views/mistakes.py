@@ -60,7 +60,7 @@ def main() -> None:
         predictions = ui.predictions(proj, variant)
         test = ui.test_split(proj)
         if predictions is not None and test is not None:
-            data.check_matches_test_split(predictions, test, variant)
+            data.check_matches_test_split(predictions, test, data.evaluate_stage(proj, variant))
     except (ResnetlabError, OSError) as exc:
         st.error(ui.literal(exc))
         return
