@@ -126,6 +126,40 @@ def test_plot_degradation(tmp_path: Path) -> None:
         plots.plot_degradation(histories, {"ResNet": ["resnet110"]}, tmp_path / "bad.png")
 
 
+def _legends_clear_of_the_data(monkeypatch) -> list:
+    """Record every figure `plots` saves, and check that each legend lies outside its axes (a
+    legend over the curves hides the values at their ends)."""
+    figures = []
+    save = plots._save
+
+    def checked(fig, path):
+        save(fig, path)  # draws: the extents below are the rendered ones
+        for ax in fig.axes:
+            legend = ax.get_legend()
+            if legend is not None:
+                box, area = legend.get_window_extent(), ax.get_window_extent()
+                assert not box.overlaps(area), (path, box, area)
+        figures.append(fig)
+
+    monkeypatch.setattr(plots, "_save", checked)
+    return figures
+
+
+def test_degradation_and_gradient_legends_sit_beside_the_data(tmp_path: Path, monkeypatch) -> None:
+    """Was: the legend covered the curves' ends; the y-axis said "gradient norm", of nothing."""
+    figures = _legends_clear_of_the_data(monkeypatch)
+    histories = {v: history(10, 0.9, 0.85) for v in ("plain20", "plain56", "resnet20")}
+    groups = {"plain": ["plain20", "plain56"], "ResNet": ["resnet20"]}
+    plots.plot_degradation(histories, groups, tmp_path / "deg.png")
+    profiles = {"plain-20": list(np.geomspace(10.0, 0.5, 20)), "resnet_v1-20": [1.0] * 20}
+    plots.plot_gradient_profile(profiles, tmp_path / "grad.png")
+    assert len(figures) == 2
+    (grad_ax,) = figures[1].axes
+    assert grad_ax.get_ylabel() == "‖∂ cross-entropy / ∂ weights‖₂ (log scale)"
+    assert grad_ax.get_xlabel() == "conv/linear layer, input → output"
+    assert figures[0].axes[0].get_ylabel() == "error (%)"
+
+
 def test_plot_gradient_profile(tmp_path: Path) -> None:
     path = tmp_path / "grad.png"
     profiles = {

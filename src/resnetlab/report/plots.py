@@ -286,7 +286,15 @@ def plot_degradation(
             Line2D([], [], color="grey", ls="-", lw=2.2, label="val", **key),
         ]
         handles, _ = ax.get_legend_handles_labels()
-        ax.legend(handles=handles + style, fontsize=8, loc="upper right")
+        # Below the panel, never over the curves' ends (where the final errors are read off).
+        ax.legend(
+            handles=handles + style,
+            fontsize=8,
+            loc="upper center",
+            bbox_to_anchor=(0.5, -0.15),
+            ncols=min(4, len(handles) + len(style)),
+            frameon=False,
+        )
         ax.set_title(title)
         _epoch_axis(ax, np.concatenate(panel_epochs))
         ax.grid(alpha=0.3)
@@ -320,9 +328,11 @@ def plot_gradient_profile(
         colour = colours[label] if colours and label in colours else f"C{k % 10}"
         ax.plot(np.arange(1, y.size + 1), y, ls, color=colour, lw=1.4, label=str(label))
     ax.set_yscale("log", nonpositive="mask")
-    ax.set_xlabel("layer (input → output)")
-    ax.set_ylabel("gradient norm")
-    ax.set_title(title or "per-layer gradient norm")
+    ax.set_xlabel("conv/linear layer, input → output")
+    # What `report.gradients.gradient_norms` measures: a pure number (a norm of a gradient of a
+    # dimensionless loss), so no unit.
+    ax.set_ylabel("‖∂ cross-entropy / ∂ weights‖₂ (log scale)")
+    ax.set_title(title or "per-layer weight-gradient norm at initialisation")
     ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8, ncols=2)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     _save(fig, path)
