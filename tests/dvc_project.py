@@ -44,6 +44,8 @@ class DvcProject:
         # The published numbers compare reports against, and the top-level plots' template.
         shutil.copy(REPO / "published.yaml", root / "published.yaml")
         shutil.copytree(REPO / ".dvc" / "plots", root / ".dvc" / "plots")
+        # ... and the page `dvc plots show` fills, which holds the charting libraries.
+        self.dvc("config", "plots.html_template", "plots/offline.html")
         self.commit("init")
 
     @classmethod

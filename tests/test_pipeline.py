@@ -7,6 +7,7 @@ import shutil
 
 import pandas as pd
 import pytest
+from browser import render_dvc_plots
 from dvc_project import DvcProject, tiny_params
 
 pytestmark = pytest.mark.slow
@@ -229,3 +230,14 @@ def test_pipeline_reruns_exactly_what_changed(tiny_archive, tmp_path):
     points = spec["data"]["values"]
     assert {p["variant"] for p in points} == set(variants)
     assert [p["epoch"] for p in points if p["variant"] == "plain8"] == ["1"]
+
+    # `dvc plots show` writes one page whose every chart renders with the network off: the
+    # charting libraries are in the page (.dvc/plots/offline.html), not on a CDN (was: only the
+    # PNGs rendered, the Vega charts waited on cdn.jsdelivr.net).
+    project.dvc("plots", "show")
+    page = project.root / "dvc_plots" / "index.html"
+    assert "<script src=" not in page.read_text()
+    rendered = render_dvc_plots(page)
+    # curves: validation accuracy and training loss; one confusion chart per run (2 x 3 seeds);
+    # the compare stage's three figures.
+    assert rendered == {"charts": 8, "drawn": 8, "images": 3, "loaded": 3}, rendered

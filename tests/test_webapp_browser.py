@@ -1,13 +1,11 @@
 """End to end in a real browser: `resnetlab app` started as a user starts it, on a free loopback
-port, and driven by headless Chromium (the distribution's package, through Selenium and the
-distribution's chromedriver; nothing is downloaded). A real CIFAR-10 test image is uploaded and
-the predicted class must appear on the page, as `resnetlab predict` prints it."""
+port, and driven by headless Chromium (`tests/browser.py`). A real CIFAR-10 test image is
+uploaded and the predicted class must appear on the page, as `resnetlab predict` prints it."""
 
 from __future__ import annotations
 
 import os
 import re
-import shutil
 import signal
 import subprocess
 import time
@@ -16,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from app_project import free_port, healthy, start_app, wait_for
+from browser import headless_chromium
 from conftest import SHARED_CIFAR
 from PIL import Image
 
@@ -28,39 +27,10 @@ START_TIMEOUT_S = 120  # a busy, shared 2-core CI machine; the page itself needs
 RESULT_TIMEOUT_S = 120
 
 
-def chromium() -> tuple[str, str]:
-    """Paths of Chromium and its driver; the test fails (not skips) without them."""
-    browser = shutil.which("chromium") or shutil.which("chromium-browser")
-    driver = shutil.which("chromedriver")
-    if not (browser and driver):
-        pytest.fail(
-            "Chromium and chromedriver are needed for this test: "
-            "apt-get install chromium chromium-driver (.ci/run installs them)"
-        )
-    return browser, driver
-
-
 @pytest.fixture
 def browser() -> Iterator[object]:
-    from selenium import webdriver
-
-    binary, driver_path = chromium()
-    options = webdriver.ChromeOptions()
-    options.binary_location = binary
-    for arg in (
-        "--headless=new",
-        "--no-sandbox",  # CI runs as root, where Chromium's sandbox cannot start
-        "--disable-dev-shm-usage",
-        "--disable-gpu",
-        "--window-size=1280,1400",
-    ):
-        options.add_argument(arg)
-    # An explicit driver path: Selenium Manager (which would download one) is never called.
-    driver = webdriver.Chrome(
-        options=options, service=webdriver.ChromeService(executable_path=driver_path)
-    )
-    yield driver
-    driver.quit()
+    with headless_chromium() as driver:
+        yield driver
 
 
 def cifar_test_image(folder: Path, tiny_archive: tuple[Path, str]) -> tuple[Path, str]:
