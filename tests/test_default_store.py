@@ -193,11 +193,11 @@ def test_two_queue_workers_beside_a_busy_process_record_into_the_default_store(
     assert not list(project.root.glob(".dvc/tmp/exps/**/mlflow.db"))  # no stray stores
 
 
-def test_the_experiment_opens_on_its_training_runs(tmp_path, monkeypatch):
-    """MLflow's UI opens an experiment on the page its `mlflow.experimentKind` tag names; without
-    it, MLflow 3 opened ours on the GenAI "Overview: Traces 0" page. Every experiment the stages
-    record into is marked as training runs: new ones, and old ones on their next use; a kind
-    someone set by hand stays."""
+def test_the_experiment_is_tagged_as_training_runs(tmp_path, monkeypatch):
+    """Every experiment the stages record into carries MLflow's tag for an experiment of
+    training runs (`mlflow.experimentKind`): new ones, and old ones on their next use; a kind
+    someone set by hand stays. (MLflow 3.17's UI routes by a per-browser toggle instead, which
+    docs/mlflow.md explains.)"""
     from mlflow.tracking import MlflowClient
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"

@@ -258,8 +258,9 @@ def check_run(run_id: str, what: str, stage: str) -> None:
         raise not_usable(uri, exc) from None
 
 
-# MLflow's UI opens an experiment on the page its kind names; left unset, it guesses from what
-# the runs hold and can open on the GenAI "Overview: Traces" page. These are training runs.
+# MLflow's tag for what an experiment holds: training runs, not GenAI traces. MLflow UIs that
+# route by it open the experiment on its runs; 3.17's routes by a per-browser toggle instead
+# (docs/mlflow.md gives the link).
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 
 
