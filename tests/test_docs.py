@@ -24,6 +24,12 @@ def test_mkdocs_build_is_strictly_clean(tmp_path):
         timeout=300,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+    # The parameter reference, rendered from the code at build time: a row for every key.
+    from resnetlab.core.reference import MEANINGS
+
+    params_page = (site / "params" / "index.html").read_text()
+    assert "params-reference" not in params_page
+    assert all(f"<td><code>{key}</code></td>" in params_page for key in MEANINGS)
     # The results page holds the records' tables, rendered at build time, and their figures.
     results = (site / "results" / "index.html").read_text()
     assert "<!-- record:" not in results, "a record marker was left unrendered"
