@@ -18,9 +18,6 @@ from resnetlab.tracking import lineage
 
 # `mlflow run` gives the command its own run; the stages nest under it, but never adopt it as
 # the active run of MLflow's fluent API (see MLproject).
-UNSET = (
-    "export RESNETLAB_LAUNCH_RUN_ID=$MLFLOW_RUN_ID && unset MLFLOW_RUN_ID MLFLOW_EXPERIMENT_ID && "
-)
 
 
 @pytest.fixture(scope="module")
@@ -41,15 +38,52 @@ def test_entry_points_and_parameter_types(project) -> None:
 
 
 def test_commands_reproduce_dvc_stages(project) -> None:
-    assert project.get_entry_point("main").compute_command({}, None) == UNSET + "dvc repro"
+    assert project.get_entry_point("main").compute_command({}, None) == "resnetlab launch all"
     for name in ("train", "evaluate"):
         entry = project.get_entry_point(name)
         command = entry.compute_command({"variant": "resnet56"}, None)
-        assert command == f"{UNSET}dvc repro {name}@resnet56-0"
+        assert command == f"resnetlab launch {name} --variant resnet56 --seed 0"
         command = entry.compute_command({"variant": "resnet56", "seed": "2"}, None)
-        assert command == f"{UNSET}dvc repro {name}@resnet56-2"
+        assert command == f"resnetlab launch {name} --variant resnet56 --seed 2"
         with pytest.raises(ExecutionException, match="variant"):
             entry.compute_command({}, None)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (
+            ["train", "--variant", "resnet8", "--seed", "1"],
+            "seeds: 1 is not listed ([0]), so DVC has no train@resnet8-1 stage; add it to seeds "
+            "in params.yaml (or dvc exp run -S 'seeds=[0, 1]')",
+        ),
+        (
+            ["evaluate", "--variant", "spare"],
+            "run_variants: spare is declared but not listed (resnet8), so DVC has no "
+            "evaluate@spare-0 stage; add it to run_variants in params.yaml (or dvc exp run -S "
+            "'run_variants=[resnet8, spare]')",
+        ),
+        (
+            ["train", "--variant", "nope"],
+            "variants.nope: no such variant; declared: resnet8, spare",
+        ),
+        (["train"], "train needs --variant (-P variant=<name> for mlflow run)"),
+    ],
+)
+def test_launch_refuses_a_run_dvc_has_no_stage_for(tmp_path, monkeypatch, capsys, argv, message):
+    """Was: DVC's `Stage 'train@resnet20-1' not found`, no word of `seeds`. Nothing starts."""
+    from resnetlab.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    params = {
+        "seeds": [0],
+        "run_variants": ["resnet8"],
+        "variants": {v: {"model": {"name": "resnet_v1", "depth": 8}} for v in ("resnet8", "spare")},
+    }
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    assert main(["launch", *argv]) == 1
+    assert capsys.readouterr().err == f"resnetlab launch: error: {message}\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]
 
 
 def test_stage_names_exist_in_dvc_yaml() -> None:
@@ -108,6 +142,8 @@ def test_mlflow_run_train_entry_point(tiny_archive, tmp_path) -> None:
     everything = client.search_runs([exp_id])
     (launch,) = [r for r in everything if r.data.tags.get("stage") != "train"]
     assert launch.info.status == "FINISHED"
+    assert launch.info.run_name == "train resnet8 · seed 0"  # was MLflow's random name
+    assert "resnetlab.outcome" not in launch.data.tags
     assert launch.data.params == {"variant": "resnet8", "seed": "0"}
     # The stage recorded a run of its own, nested under the `mlflow run` run.
     (train,) = client.search_runs([exp_id], "tags.stage = 'train'")
@@ -117,10 +153,24 @@ def test_mlflow_run_train_entry_point(tiny_archive, tmp_path) -> None:
     assert launch.data.tags[lineage.PARENT_KEY_TAG] == key
     assert train.data.tags["resnetlab.group"] == key
 
-    # Up to date: DVC skips the training, and `mlflow run` still succeeds.
-    res = dvc.run(mlflow_bin, *argv)
+    # Up to date: DVC skips the training, `mlflow run` still succeeds, and its run says it
+    # did nothing (it cannot be removed: `mlflow run` ends it after the command).
+    res = dvc.run(mlflow_bin, *argv, "--run-name", "again")
     assert "Running stage 'train@resnet8-0'" not in res.stdout
     assert len(client.search_runs([exp_id], "tags.stage = 'train'")) == 1
+    (again,) = client.search_runs([exp_id], "attributes.run_name = 'again'")
+    assert again.data.tags["resnetlab.outcome"] == "up to date"
+    assert again.data.tags["mlflow.note.content"].startswith(
+        "Nothing to do: DVC found train@resnet8-0 up to date"
+    )
+
+    # A seed `seeds` does not list: one line naming the key, not DVC's "Stage not found".
+    res = dvc.run(mlflow_bin, *argv[:-2], "-P", "seed=1", "--experiment-name", "e2e", check=False)
+    assert res.returncode != 0
+    assert (
+        "resnetlab launch: error: seeds: 1 is not listed ([0]), so DVC has no train@resnet8-1 "
+        "stage; add it to seeds in params.yaml (or dvc exp run -S 'seeds=[0, 1]')"
+    ) in res.stderr.splitlines()
 
 
 def test_launch_run_in_another_experiment_is_linked(tmp_path, monkeypatch) -> None:

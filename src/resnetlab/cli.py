@@ -35,6 +35,11 @@ COMMANDS = {
         "tools",
         "serve a logged model over HTTP (MLflow's scoring server), after checking its files",
     ),
+    "launch": (
+        "tools",
+        "what the MLproject's entry points run: check the variant and seed, name the run, "
+        "dvc repro",
+    ),
 }
 
 

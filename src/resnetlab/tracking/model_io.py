@@ -67,13 +67,14 @@ class ModelUpload:
         run_id: str,
         name: str,
         params: Mapping[str, str],
-        facts: VersionFacts,
         c: MlflowClient,
+        facts: VersionFacts | None = None,
     ) -> None:
+        """Each step not done yet; `facts` describe the registered version (`registry`)."""
         from mlflow.entities import LoggedModelOutput
 
         from resnetlab.tracking.model_digest import DIGEST_TAG, folder_digest
-        from resnetlab.tracking.registry import point_best_alias
+        from resnetlab.tracking.registry import VersionFacts, point_best_alias
 
         if not self.model_id:
             # Of the files uploaded below, recorded as a tag of the logged model and of the
@@ -97,6 +98,7 @@ class ModelUpload:
             ensure_registered_model(c, registered)
             # A local registry looks `models:/<model id>` up on MLflow's global tracking URI,
             # not on `c`'s (see `default_uri_as`).
+            facts = facts or VersionFacts()
             tags = {**facts.tags, "variant": name, DIGEST_TAG: self.digest}
             with default_uri_as(c.tracking_uri):
                 version = c.create_model_version(

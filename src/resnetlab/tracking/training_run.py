@@ -395,7 +395,7 @@ class TrainingRun(TrainingListener):
             self.run_id,
             self.name,
             {k: _param(v) for k, v in self.params.items()},
-            about or registry.VersionFacts(),
+            facts=about,
         )
         self._queue.add(Record("the model", upload, UPLOAD_S, prepare=export))
 
