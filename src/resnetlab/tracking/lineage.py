@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from resnetlab.tracking.store import is_missing, quote
+from resnetlab.tracking.store import is_local, is_missing, machine_lock, quote
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
@@ -156,11 +156,14 @@ def lineage(params_file: Path | None) -> Lineage:
 def parent_run(c: MlflowClient, exp_id: str, group: Lineage) -> str:
     """The id of `group`'s parent run in experiment `exp_id`, found by its key tag or created.
 
-    Safe when stages race (DVC queue workers, parallel `dvc exp run`s of one experiment): a
-    stage that finds none creates one, waits `_SETTLE_S`, and searches again; of the parents it
-    then sees, the first created (start time, then run id) is the parent, and a later one it made
-    itself is deleted. Every racer picks the same one: a creator that did not see another's
-    parent created it at least `_SETTLE_S` before the other's run existed, hence earlier.
+    Safe when stages race (DVC queue workers, parallel `dvc exp run`s of one experiment). On a
+    local store (SQLite, files: every racer on this machine) the search and the creation happen
+    under one machine-wide lock, so exactly one racer creates it. On a network store a stage
+    that finds none creates one, waits `_SETTLE_S`, and searches again; of the parents it then
+    sees, the first created (start time, then run id) is the parent, and a later one it made
+    itself is deleted. That holds while a creation reaches the store within `_SETTLE_S` of its
+    start time; on one loaded machine a write can wait longer for SQLite's lock, which is why a
+    local store takes the lock instead.
     """
     from mlflow.entities import RunTag
 
@@ -173,17 +176,21 @@ def parent_run(c: MlflowClient, exp_id: str, group: Lineage) -> str:
     found = _parents(c, exp_id, group.key)
     if found:
         return found[0]
-    tags = {**common_tags("experiment"), **group.tags(), "mlflow.note.content": _parent_note(group)}
-    mine = c.create_run(exp_id, run_name=group.parent_name, tags=tags).info.run_id
-    # A container, not a process: FINISHED at once, so that no run stays RUNNING if compare, which
-    # logs into it, does not run.
-    c.set_terminated(mine, status="FINISHED")
-    time.sleep(_SETTLE_S)
-    winner = (_parents(c, exp_id, group.key) or [mine])[0]
-    if winner != mine:
-        c.delete_run(mine)
-        log.info("parent run %s: a concurrent stage created %s first; using it", mine, winner)
-    elif group.launch_run and (launch := _launch_run(c, group.launch_run)) is not None:
+    if is_local(c.tracking_uri):
+        with machine_lock(f"parent run {c.tracking_uri} {exp_id} {group.key}"):
+            found = _parents(c, exp_id, group.key)
+            if found:
+                return found[0]
+            winner = mine = _create_parent(c, exp_id, group)
+    else:
+        mine = _create_parent(c, exp_id, group)
+        time.sleep(_SETTLE_S)
+        winner = (_parents(c, exp_id, group.key) or [mine])[0]
+        if winner != mine:
+            c.delete_run(mine)
+            log.info("parent run %s: a concurrent stage created %s first; using it", mine, winner)
+            return winner
+    if group.launch_run and (launch := _launch_run(c, group.launch_run)) is not None:
         # `mlflow run` ran in another experiment: link the two runs both ways.
         c.set_tag(launch.info.run_id, "resnetlab.parent_run", mine)
         c.set_tag(mine, "resnetlab.launch_experiment", launch.info.experiment_id)
@@ -195,6 +202,15 @@ def parent_run(c: MlflowClient, exp_id: str, group: Lineage) -> str:
             launch.info.experiment_id,
         )
     return winner
+
+
+def _create_parent(c: MlflowClient, exp_id: str, group: Lineage) -> str:
+    tags = {**common_tags("experiment"), **group.tags(), "mlflow.note.content": _parent_note(group)}
+    mine = c.create_run(exp_id, run_name=group.parent_name, tags=tags).info.run_id
+    # A container, not a process: FINISHED at once, so that no run stays RUNNING if compare, which
+    # logs into it, does not run.
+    c.set_terminated(mine, status="FINISHED")
+    return mine
 
 
 def _parents(c: MlflowClient, exp_id: str, key: str) -> list[str]:

@@ -76,7 +76,7 @@ def client() -> MlflowClient:
     uri = tracking_uri()
     if urlparse(uri).scheme != "sqlite" or uri in _SCHEMA_READY:
         return MlflowClient(tracking_uri=uri, registry_uri=uri)
-    with _SCHEMA_LOCK, _machine_lock(f"schema {uri}"):
+    with _SCHEMA_LOCK, machine_lock(f"schema {uri}"):
         # Opening the stores (the client does, and the registry's on first use) creates or
         # upgrades the schema: one process at a time.
         mlflow_client = MlflowClient(tracking_uri=uri, registry_uri=uri)
@@ -93,7 +93,7 @@ _SCHEMA_LOCK = threading.Lock()
 
 
 @contextlib.contextmanager
-def _machine_lock(key: str) -> Iterator[None]:
+def machine_lock(key: str) -> Iterator[None]:
     """An exclusive `flock`, across processes, named by `key`; waits for it."""
     import fcntl
     import hashlib
