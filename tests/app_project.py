@@ -74,6 +74,9 @@ def build(root: Path, prepared: Path) -> Path:
     runs = leaderboard.build_runs(list(VARIANTS), [0], root / "metrics")
     board = leaderboard.build_leaderboard(runs)
     leaderboard.write_leaderboard(board, root / "reports", runs)
+    leaderboard.write_mean(
+        leaderboard.mean_report(list(VARIANTS), [0], root / "metrics"), root / "reports"
+    )
     histories = leaderboard.load_histories(list(VARIANTS), [0], root / "metrics")
     curves = leaderboard.curves_of(leaderboard.mean_curves(histories))
     figures.write_comparison_figures(board, curves, root / "reports" / "figures", None, runs)

@@ -56,16 +56,17 @@ def write_metrics(metrics: Path, variants: dict[str, tuple], seeds: list[int] = 
                 "train_time_s": 12.5 * depth,
                 "images_per_s": 1000.0 / depth,
             }
-            (folder / "train.json").write_text(json.dumps({f"{v}-{k}": train}))
+            (folder / "train.json").write_text(json.dumps(train))
             evaluation = {
                 "accuracy": test_acc,
+                "val_accuracy": val_acc,
                 "loss": 1.0 - test_acc,
                 "macro_f1": test_acc - 0.01,
                 "weighted_f1": test_acc - 0.005,
                 "single_view_accuracy": test_acc,
                 "views": 1,
             }
-            (folder / "eval.json").write_text(json.dumps({f"{v}-{k}": evaluation}))
+            (folder / "eval.json").write_text(json.dumps(evaluation))
             classes = ["cat", "dog"]
             pd.DataFrame(
                 [[40, 10], [5, 45]], index=pd.Index(classes, name="actual"), columns=classes
@@ -269,7 +270,7 @@ def test_missing_eval_json_names_the_file_and_the_run(fake_run) -> None:
 
 def test_missing_history_and_bad_json(fake_run) -> None:
     variants, metrics = fake_run
-    (metrics / "plain8" / "seed0" / "train.json").write_text('{"plain8-0": {"epochs": 3}}')
+    (metrics / "plain8" / "seed0" / "train.json").write_text('{"epochs": 3}')
     with pytest.raises(ResnetlabError, match=r"train.json: missing field 'best_val_accuracy'"):
         leaderboard.build_runs(variants, SEEDS, metrics)
     (metrics / "plain8" / "seed2" / "history.csv").unlink()
@@ -341,6 +342,15 @@ def test_cli_compare_draws_and_logs_to_mlflow(fake_run, tmp_path: Path, monkeypa
     board = pd.read_csv(out / "leaderboard.csv")
     assert board["variant"].tolist() == ["resnet14", "resnet8", "plain8"]
     assert (out / "figures/plain8/curves.png").is_file()
+    # mean.json, the DVC metrics file `dvc exp show` sorts by: eval.json's fields, each the
+    # mean over the 9 runs; the views, the same in every run, stay a count.
+    evals = [json.loads(p.read_text()) for p in sorted(metrics.glob("*/seed*/eval.json"))]
+    mean = json.loads((out / "mean.json").read_text())
+    assert len(evals) == 9 and list(mean) == list(evals[0])
+    assert mean["accuracy"] == pytest.approx(sum(e["accuracy"] for e in evals) / 9)
+    assert mean["val_accuracy"] == pytest.approx(sum(e["val_accuracy"] for e in evals) / 9)
+    assert mean["views"] == 1 and isinstance(mean["views"], int)
+    assert "mean.json" in logged
 
     # A missing run is a one-line error (exit 1), not a traceback, and nothing is logged.
     (metrics / "resnet14" / "seed2" / "train.json").unlink()

@@ -71,11 +71,12 @@ def test_pipeline_reruns_exactly_what_changed(tiny_archive, tmp_path):
     for name in ("degradation.png", "gradient_profile.png", "resnet8/curves.png"):
         assert (root / "reports/figures" / name).is_file()
     assert (root / "reports/figures/plain8/confusion_normalized.png").is_file()
-    # DVC metrics hold headline numbers only, under the run's name; the per-class table is a
-    # plain output.
-    ev = json.loads((root / "metrics/resnet8/seed0/eval.json").read_text())["resnet8-0"]
+    # DVC metrics hold headline numbers only, the same fields in every run's file; the
+    # per-class table is a plain output.
+    ev = json.loads((root / "metrics/resnet8/seed0/eval.json").read_text())
     assert set(ev) == {
         "accuracy",
+        "val_accuracy",
         "loss",
         "macro_f1",
         "weighted_f1",
@@ -84,7 +85,7 @@ def test_pipeline_reruns_exactly_what_changed(tiny_archive, tmp_path):
     }
     # Test-time augmentation where evaluate.tta_variants asks for it (resnet8: flip), else none.
     assert ev["views"] == 2
-    plain = json.loads((root / "metrics/plain8/seed0/eval.json").read_text())["plain8-0"]
+    plain = json.loads((root / "metrics/plain8/seed0/eval.json").read_text())
     assert plain["views"] == 1 and plain["accuracy"] == plain["single_view_accuracy"]
     per_class = pd.read_csv(root / "metrics/resnet8/seed0/per_class.csv")
     assert len(per_class) == 10 + 2  # classes, then the macro and weighted averages
@@ -109,8 +110,8 @@ def test_pipeline_reruns_exactly_what_changed(tiny_archive, tmp_path):
     diff = project.dvc("params", "diff").stdout
     assert "variants.resnet8.lr" in diff and "0.05" in diff
     metrics_diff = project.dvc("metrics", "diff").stdout
-    assert "metrics/resnet8/seed0/train.json" in metrics_diff
-    assert "metrics/plain8/seed0/train.json" not in metrics_diff  # untouched variant, no change
+    assert "metrics/resnet8/seed0/eval.json" in metrics_diff and "reports/mean.json" in metrics_diff
+    assert "metrics/plain8/seed0/eval.json" not in metrics_diff  # untouched variant, no change
     project.commit("resnet8 lr")
 
     # The shared training defaults: every variant's training is out of date (`dvc status`, not

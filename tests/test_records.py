@@ -46,29 +46,53 @@ def variant(**train) -> Variant:
 
 
 def test_json_records_round_trip(tmp_path: Path) -> None:
-    SUMMARY.write(tmp_path / "train.json", "tiny")
+    SUMMARY.write(tmp_path / "train.json")
     assert TrainSummary.read(tmp_path / "train.json", "tiny") == SUMMARY
     CARD.write(tmp_path / "model.json")
     assert ModelCard.read(tmp_path / "model.json") == CARD
     report = EvalReport(
-        accuracy=0.9, loss=0.3, macro_f1=0.75, weighted_f1=0.76, single_view_accuracy=0.89, views=2
+        accuracy=0.9,
+        val_accuracy=0.91,
+        loss=0.3,
+        macro_f1=0.75,
+        weighted_f1=0.76,
+        single_view_accuracy=0.89,
+        views=2,
     )
-    report.write(tmp_path / "eval.json", "tiny")
+    report.write(tmp_path / "eval.json")
     assert EvalReport.read(tmp_path / "eval.json") == report
-    with pytest.raises(RecordError, match=r"eval.json: written for run 'tiny', not 'big'"):
-        EvalReport.read(tmp_path / "eval.json", "big")
 
 
-def test_dvc_metrics_files_hold_numbers_only(tmp_path: Path) -> None:
-    # Every value in a DVC metrics file is a column of `dvc exp show`, per variant: train.json
-    # and eval.json carry headline numbers only, under the run's name (the column is
-    # `tiny.accuracy`); names and details live in model.json and per_class.csv.
-    report = EvalReport(0.9, 0.3, 0.75, 0.76, 0.89, 2)
-    for record, name, n in ((SUMMARY, "train.json", 4), (report, "eval.json", 6)):
-        record.write(tmp_path / name, "tiny")
-        (data,) = json.loads((tmp_path / name).read_text()).values()
+def test_a_record_written_under_its_run_name_still_reads(tmp_path: Path) -> None:
+    """Upgrading needs no re-run: a train.json of before (its fields under the run's name) reads
+    as before, and one written for another run is still refused."""
+    path = tmp_path / "metrics" / "tiny" / "seed0" / "train.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({"tiny-0": SUMMARY.to_dict()}))
+    assert TrainSummary.read(path, "tiny-0") == SUMMARY
+    assert TrainSummary.read(path) == SUMMARY
+    with pytest.raises(RecordError) as err:
+        TrainSummary.read(path, "big-0")
+    assert str(err.value) == (
+        f"{path}: written for run 'tiny-0', not 'big-0'; re-run `dvc repro train@big-0` to "
+        "write it again"
+    )
+
+
+def test_dvc_metrics_files_are_one_table(tmp_path: Path) -> None:
+    # eval.json is a run's DVC metrics file: numbers only, flat, the same fields for every
+    # run, so `dvc metrics show` has a row per run and no empty cells; names and details live
+    # in model.json and per_class.csv, training's numbers in train.json (a plain output).
+    fields = set()
+    for k, name in enumerate(("plain20", "resnet20")):
+        report = EvalReport(0.9 + k / 100, 0.91, 0.3, 0.75, 0.76, 0.89, 2)
+        path = tmp_path / name / "seed0" / "eval.json"
+        report.write(path)
+        data = json.loads(path.read_text())
         assert all(type(v) in (int, float) for v in data.values()), data
-        assert len(data) == n
+        assert list(data)[:2] == ["accuracy", "val_accuracy"]  # the first columns DVC shows
+        fields.add(frozenset(data))
+    assert len(fields) == 1 and len(next(iter(fields))) == 7
     RunFile("abc", "exp").write(tmp_path / "run.json")
     assert RunFile.read(tmp_path / "run.json") == RunFile("abc", "exp")
 
@@ -89,8 +113,9 @@ def test_history_round_trip(tmp_path: Path) -> None:
     [
         (None, "train.json: not found; re-run `dvc repro train@tiny`"),
         ("{not json", "train.json: not readable JSON"),
-        ("[1, 2]", "train.json: expected one JSON object under the run's name"),
-        ('{"tiny": [1]}', "train.json: expected a JSON object, got list"),
+        ("[1, 2]", "train.json: expected a JSON object, got list"),
+        ('{"tiny": [1]}', "train.json: missing field 'epochs'"),
+        ('{"epochs": 3}', "train.json: missing field 'best_val_accuracy'"),
         ('{"tiny": {"epochs": 3}}', "train.json: missing field 'best_val_accuracy'"),
     ],
 )
@@ -144,7 +169,7 @@ def test_a_missing_record_names_the_stage_dvc_has(tmp_path: Path) -> None:
 
 
 def test_wrongly_typed_field_is_named(tmp_path: Path) -> None:
-    data = {"tiny": SUMMARY.to_dict() | {"epochs": "three"}}
+    data = SUMMARY.to_dict() | {"epochs": "three"}
     (tmp_path / "train.json").write_text(json.dumps(data))
     with pytest.raises(RecordError, match=r"field 'epochs' is 'three'"):
         TrainSummary.read(tmp_path / "train.json")

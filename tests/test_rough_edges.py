@@ -41,10 +41,11 @@ EVALUATE_WRITE = textwrap.dedent(
         "loss": 2.3,
         "single_view_accuracy": 0.1,
         "views": 1,
+        "val_accuracy": 0.1,
     }
     report = EvalReport(**{name: full[name] for name in EvalReport.fields()})
     print("writing", flush=True)
-    _write(Path(sys.argv[1]), "tiny-0", report, full, CLASSES, y_true, y_pred, rng.random(rows))
+    _write(Path(sys.argv[1]), report, full, CLASSES, y_true, y_pred, rng.random(rows))
     """
 )
 OUTPUTS = ("eval.json", "per_class.csv", "confusion.csv", "predictions.csv")
@@ -112,7 +113,7 @@ def test_sigterm_during_evaluate_leaves_the_old_outputs_whole(tmp_path) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert sorted(p.name for p in out.iterdir()) == sorted(OUTPUTS)
-    assert "tiny-0" in json.loads((out / "eval.json").read_text())
+    assert "accuracy" in json.loads((out / "eval.json").read_text())
     assert len((out / "predictions.csv").read_text().splitlines()) == 1001
 
 

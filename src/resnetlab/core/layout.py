@@ -9,7 +9,7 @@ the web app, which DVC does not run, default to these.
     models/<v>/seed<k>/            model.pt, mlflow_run.json, checkpoint.pt (resume state)
     metrics/<v>/seed<k>/           train.json, model.json, history.csv, eval.json, per_class.csv,
                                    confusion.csv, predictions.csv
-    reports/                       leaderboard, published vs measured, figures/
+    reports/                       leaderboard, mean.json, published vs measured, figures/
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ PER_CLASS_CSV = "per_class.csv"
 CONFUSION_CSV = "confusion.csv"
 PREDICTIONS_CSV = "predictions.csv"
 LEADERBOARD_CSV = "leaderboard.csv"  # under REPORTS
+MEAN_JSON = "mean.json"  # under REPORTS: eval.json's numbers, the mean over the runs
 
 SEED_FOLDER = re.compile(r"seed(\d+)")
 

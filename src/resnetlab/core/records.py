@@ -7,19 +7,22 @@
 | `ModelCard`     | `metrics/<v>/seed<k>/model.json`      | train      | compare           |
 | `History`       | `metrics/<v>/seed<k>/history.csv`     | train      | compare           |
 | `EvalReport`    | `metrics/<v>/seed<k>/eval.json`       | evaluate   | compare           |
+| (its mean)      | `reports/mean.json`                   | compare    | DVC               |
 | `RunFile`       | `models/<v>/seed<k>/mlflow_run.json`  | train      | evaluate, compare |
 
 One folder per variant and training seed `k` (`run_folder`); the DVC stages of that run are
-`train@<v>-<k>` and `evaluate@<v>-<k>` (`run_key`), and the DVC metrics files hold their numbers
-under that name.
+`train@<v>-<k>` and `evaluate@<v>-<k>` (`run_key`).
 
 A reader gets the dataclass back or a `RecordError` naming the file and the missing or malformed
 field, with the stage to re-run; no reader lists the keys again. Accuracies are fractions in
 [0, 1], times are seconds.
 
-`train.json` and `eval.json` are DVC metrics files: they hold only the numbers worth a column in
-`dvc exp show` (every number in them becomes one column per variant). Names, model arguments
-and details live in `model.json` and `per_class.csv`, which DVC tracks as plain outputs.
+`eval.json` is each run's DVC metrics file, and compare's `reports/mean.json` (the mean over the
+runs, the field names the same) the pipeline's: with the same fields in every file, `dvc metrics
+show` is one table, a row per run; `dvc exp show` names a column `<file>:<field>`, and sorts
+experiments by `reports/mean.json:accuracy` whatever variants ran. They hold only the numbers
+worth a column there; names, model arguments and details live in `model.json` and
+`per_class.csv`, training's numbers in `train.json`, which DVC tracks as plain outputs.
 """
 
 from __future__ import annotations
@@ -174,33 +177,30 @@ class _JsonRecord:
         return _from_mapping(cls, _read_json(path, stage), Path(path), stage)
 
 
-class _MetricsRecord(_JsonRecord):
-    """A DVC metrics file: the fields under one key, the run's name (`<variant>-<seed>`, as in
-    the stage name `train@resnet56-0`). DVC names a column of `dvc exp show` after its key alone
-    when no other file has that key, so the column reads `resnet56-0.accuracy` rather than
-    `metrics/resnet56/seed0/eval.json:accuracy`."""
+class _RunRecord(_JsonRecord):
+    """A record of one run whose fields are those of every other run: flat, so `dvc metrics
+    show` reads them as one table, a row per run and a column per field.
 
-    def write(self, path: Path, variant: str | None = None) -> None:  # type: ignore[override]
-        if not variant:
-            raise ValueError(f"{path}: a metrics record is written under its run's name")
-        _write_json(path, {variant: self.to_dict()})
+    Files written before flat records held the fields under the run's name
+    (`{"resnet56-0": {...}}`); a reader still takes them, so upgrading needs no re-run."""
 
     @classmethod
     def read(cls: type[J], path: Path, variant: str | None = None) -> J:
         stage = _stage(cls.STAGE, variant, path)
         data = _read_json(path, stage)
         path = Path(path)
-        if not (isinstance(data, Mapping) and len(data) == 1):
-            raise _fail(path, "expected one JSON object under the run's name", stage)
-        ((key, inner),) = data.items()
-        if variant is not None and key != variant:
-            raise _fail(path, f"written for run {key!r}, not {variant!r}", stage)
-        return _from_mapping(cls, inner, path, stage)
+        if isinstance(data, Mapping) and len(data) == 1:
+            ((key, inner),) = data.items()
+            if isinstance(inner, Mapping) and key not in cls.fields():
+                if variant is not None and key != variant:
+                    raise _fail(path, f"written for run {key!r}, not {variant!r}", stage)
+                data = inner
+        return _from_mapping(cls, data, path, stage)
 
 
 @dataclass(frozen=True)
-class TrainSummary(_MetricsRecord):
-    """`train.json`: a variant's training in headline numbers (a DVC metrics file)."""
+class TrainSummary(_RunRecord):
+    """`train.json`: a run's training in numbers (an output; compare and MLflow read it)."""
 
     epochs: int  # epochs completed
     best_val_accuracy: float
@@ -225,11 +225,15 @@ class ModelCard(_JsonRecord):
 
 
 @dataclass(frozen=True)
-class EvalReport(_MetricsRecord):
-    """`eval.json`: the kept model on the test set in headline numbers (a DVC metrics file).
-    Per-class precision/recall/F1 and the averaged precision and recall go to per_class.csv."""
+class EvalReport(_RunRecord):
+    """`eval.json`: the kept model in headline numbers, the run's DVC metrics file. Per-class
+    precision/recall/F1 and the averaged precision and recall go to per_class.csv."""
 
-    accuracy: float  # of the configured evaluation: test-time augmentation when views > 1
+    accuracy: float  # on the test set, of the configured evaluation (test-time augmentation
+    #                  when views > 1)
+    # On the validation split, from training (the model file's): the number the kept epoch was
+    # selected on, beside the test numbers so that experiments are compared on it.
+    val_accuracy: float
     loss: float  # mean cross-entropy
     macro_f1: float
     weighted_f1: float

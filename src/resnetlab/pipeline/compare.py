@@ -1,7 +1,8 @@
 """`resnetlab compare`: every run's train/eval records -> the per-run table (`runs.csv`), the
-leaderboard over seeds (CSV + Markdown: mean ± sample std and n), the variants' mean training
-curves (`curves.csv`, behind dvc.yaml's top-level plots), every figure of the pipeline
-(`report.figures`, under `<out>/figures/`) and the measured-vs-published report
+leaderboard over seeds (CSV + Markdown: mean ± sample std and n), the mean of every run's
+eval.json (`mean.json`, a DVC metrics file), the variants' mean training curves (`curves.csv`,
+behind dvc.yaml's top-level plots), every figure of the pipeline (`report.figures`, under
+`<out>/figures/`) and the measured-vs-published report
 (`report.published`), also logged to MLflow: into the parent run of the DVC experiment (or
 `dvc repro`) it runs under, each run's own figures into its training run.
 
@@ -61,6 +62,7 @@ def run(args: argparse.Namespace) -> None:
     # previous reports untouched rather than half replaced.
     runs = leaderboard.build_runs(variants, seeds, args.metrics)
     board = leaderboard.build_leaderboard(runs)
+    means = leaderboard.mean_report(variants, seeds, args.metrics)
     histories = leaderboard.load_histories(variants, seeds, args.metrics)
     curves = leaderboard.mean_curves(histories)
     confusions = {v: figures.pooled_confusion(v, seeds, args.metrics) for v in variants}
@@ -68,6 +70,7 @@ def run(args: argparse.Namespace) -> None:
     sources = published.load_published(args.published) if args.published else None
 
     files = leaderboard.write_leaderboard(board, args.out, runs, curves)
+    files.append(leaderboard.write_mean(means, args.out))
     by_variant = leaderboard.curves_of(curves)
     files += figures.write_comparison_figures(
         board, by_variant, args.out / FIGURES, gradients, runs

@@ -105,13 +105,10 @@ def evaluate_variant(
         "loss": loss,
         "single_view_accuracy": single_view_accuracy,
         "views": len(views),
+        "val_accuracy": record.best_val_accuracy,
     }
     report = EvalReport(**{name: full[name] for name in EvalReport.fields()})
-    # eval.json's key: the run (variant and training seed) the model file says it is.
-    key = run_key(record.variant.name, record.variant.train.seed)
-    files = _write(
-        Path(out_dir), key, report, full, classes, y_true, y_pred, confidence.cpu().numpy()
-    )
+    files = _write(Path(out_dir), report, full, classes, y_true, y_pred, confidence.cpu().numpy())
     headline = {f"test_{k}": full[k] for k in MLFLOW_HEADLINE}
     results.log_evaluation(run_file.run_id, headline, files)
     # The forward passes' time is what bench/bench_stage_overhead.py subtracts from the wall.
@@ -137,7 +134,7 @@ def evaluate_variant(
 
 
 def _write(
-    out_dir: Path, key: str, report: EvalReport, full: dict, classes, y_true, y_pred, confidence
+    out_dir: Path, report: EvalReport, full: dict, classes, y_true, y_pred, confidence
 ) -> list[Path]:
     """Every output atomically (a stopped run leaves each file old or complete, never a 0-byte
     or cut one, and removes its temporary on SIGTERM as on Ctrl-C), eval.json last: a new
@@ -170,5 +167,5 @@ def _write(
     with cleanup_on_sigterm():
         for path, frame, options in frames:
             write_atomic(path, lambda fh, f=frame, o=options: f.to_csv(fh, **o))
-        report.write(paths[0], key)
+        report.write(paths[0])
     return paths

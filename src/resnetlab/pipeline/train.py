@@ -41,7 +41,7 @@ from resnetlab.core.layout import (
 )
 from resnetlab.core.lock import folder_lock
 from resnetlab.core.params import load_params
-from resnetlab.core.records import RunFile, TrainSummary, run_key
+from resnetlab.core.records import RunFile, TrainSummary
 from resnetlab.evaluate.classifier import classifier_of
 from resnetlab.tracking import run_context, store, training_run
 from resnetlab.train.console import ConsoleProgress
@@ -136,7 +136,7 @@ def _train_and_record(
         record, history, summary = trainer.model_record(), trainer.history(), trainer.summary()
         record.write(out_dir / MODEL_FILE)
         history.write(metrics_dir / HISTORY_CSV)
-        summary.write(metrics_dir / TRAIN_JSON, run_key(variant.name, seed))
+        summary.write(metrics_dir / TRAIN_JSON)
         trainer.card().write(metrics_dir / MODEL_JSON)
         example = trainer.data.images["val"][:4].transpose(0, 3, 1, 2).astype("float32") / 255
         classifier = classifier_of(record)

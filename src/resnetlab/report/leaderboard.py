@@ -1,7 +1,8 @@
 """The leaderboard: one row per training run (variant x seed) from its train and evaluate
 records (`runs.csv`), and one row per variant with the mean, the sample standard deviation and
 the number of seeds of each headline number (`leaderboard.csv`, `leaderboard.md`). Also the
-variants' training curves averaged over their seeds (`curves.csv`). Accuracies and errors are
+variants' training curves averaged over their seeds (`curves.csv`), and the mean of every run's
+eval.json (`mean.json`). Accuracies and errors are
 fractions in [0, 1], times in seconds."""
 
 from __future__ import annotations
@@ -12,11 +13,13 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from resnetlab.core.atomic import write_atomic
 from resnetlab.core.errors import ResnetlabError
 from resnetlab.core.layout import (
     EVAL_JSON,
     HISTORY_CSV,
     LEADERBOARD_CSV,
+    MEAN_JSON,
     MODEL_JSON,
     TRAIN_JSON,
     run_folder,
@@ -310,3 +313,38 @@ def write_leaderboard(
             frame.to_csv(out_dir / name, index=False, float_format="%.6g")
             written.append(out_dir / name)
     return written
+
+
+def mean_report(
+    variants: Sequence[str], seeds: Sequence[int], metrics_dir: Path
+) -> dict[str, float | int]:
+    """Each `eval.json` field's mean over the runs of `variants` x `seeds`: `mean.json`.
+
+    A DVC metrics file with the runs' own field names, so `dvc metrics show` gives it a row
+    below theirs, and `dvc exp show --sort-by reports/mean.json:accuracy` orders experiments
+    whatever variants they ran (one number per experiment: a run's own column exists only
+    where that variant ran). Not a statistic of any one architecture: the leaderboard has
+    those. A count that every run shares (`views`) stays that count.
+    """
+    reports = [
+        EvalReport.read(run_folder(metrics_dir, v, k) / EVAL_JSON, run_key(v, k))
+        for v in check_variants(list(variants))
+        for k in seeds
+    ]
+    means: dict[str, float | int] = {}
+    for name in EvalReport.fields():
+        values = [getattr(r, name) for r in reports]
+        shared = all(isinstance(x, int) for x in values) and len(set(values)) == 1
+        means[name] = values[0] if shared else math.fsum(values) / len(values)
+    return means
+
+
+def write_mean(means: Mapping[str, float | int], out_dir: Path) -> Path:
+    """`<out_dir>/mean.json` (`mean_report`), written atomically; returns its path."""
+    import json
+
+    path = Path(out_dir) / MEAN_JSON
+    path.parent.mkdir(parents=True, exist_ok=True)
+    blob = (json.dumps(dict(means), indent=2) + "\n").encode()
+    write_atomic(path, lambda fh: fh.write(blob))
+    return path
