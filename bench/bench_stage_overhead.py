@@ -139,8 +139,9 @@ class Tree:
             args = ["--params", "params.yaml", "--variant", "v", "--data", "prepared"]
             args += ["--out", "models/v", "--metrics", "metrics/v"]
             wall, log = self._run([*self.resnetlab, "train", *args])
-            # the numbers sit under the run's name, "v-0"
-            (summary,) = json.loads((self.root / "metrics/v/train.json").read_text()).values()
+            summary = json.loads((self.root / "metrics/v/train.json").read_text())
+            if "train_time_s" not in summary:  # an older tree: under the run's name, "v-0"
+                (summary,) = summary.values()
             compute = summary["train_time_s"]
             self.train_images_per_s = summary["images_per_s"]
         else:
