@@ -66,7 +66,7 @@ def write_metrics(metrics: Path, variants: dict[str, tuple], seeds: list[int] = 
                 "single_view_accuracy": test_acc,
                 "views": 1,
             }
-            (folder / "eval.json").write_text(json.dumps(evaluation))
+            (metrics / v / f"seed{k}.json").write_text(json.dumps(evaluation))
             classes = ["cat", "dog"]
             pd.DataFrame(
                 [[40, 10], [5, 45]], index=pd.Index(classes, name="actual"), columns=classes
@@ -256,12 +256,12 @@ def test_comparison_figures_without_plain_skip_degradation(fake_run, tmp_path: P
     assert not (out / "figures/degradation.png").exists()  # a stale figure would mislead
 
 
-def test_missing_eval_json_names_the_file_and_the_run(fake_run) -> None:
+def test_missing_metrics_file_names_the_file_and_the_run(fake_run) -> None:
     variants, metrics = fake_run
-    (metrics / "resnet8" / "seed1" / "eval.json").unlink()
+    (metrics / "resnet8" / "seed1.json").unlink()
     with pytest.raises(ResnetlabError) as err:
         leaderboard.build_runs(variants, SEEDS, metrics)
-    assert str(metrics / "resnet8" / "seed1" / "eval.json") in str(err.value)
+    assert str(metrics / "resnet8" / "seed1.json") in str(err.value)
     assert "dvc repro evaluate@resnet8-1" in str(err.value)
     # A seed not yet trained: the same kind of message, naming its stage.
     with pytest.raises(ResnetlabError, match=r"dvc repro train@plain8-7"):
@@ -342,9 +342,9 @@ def test_cli_compare_draws_and_logs_to_mlflow(fake_run, tmp_path: Path, monkeypa
     board = pd.read_csv(out / "leaderboard.csv")
     assert board["variant"].tolist() == ["resnet14", "resnet8", "plain8"]
     assert (out / "figures/plain8/curves.png").is_file()
-    # mean.json, the DVC metrics file `dvc exp show` sorts by: eval.json's fields, each the
+    # mean.json, the DVC metrics file `dvc exp show` sorts by: the runs' fields, each the
     # mean over the 9 runs; the views, the same in every run, stay a count.
-    evals = [json.loads(p.read_text()) for p in sorted(metrics.glob("*/seed*/eval.json"))]
+    evals = [json.loads(p.read_text()) for p in sorted(metrics.glob("*/seed*.json"))]
     mean = json.loads((out / "mean.json").read_text())
     assert len(evals) == 9 and list(mean) == list(evals[0])
     assert mean["accuracy"] == pytest.approx(sum(e["accuracy"] for e in evals) / 9)

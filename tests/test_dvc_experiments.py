@@ -21,7 +21,7 @@ pytestmark = pytest.mark.slow
 
 # docs/dvc.md's promise: after experiments that change one variant, `dvc exp show
 # --only-changed` holds at most this many columns, whatever the number of variants (that
-# variant's eval.json fields and their mean, 6 + 6 that change, the parameter, three
+# variant's metrics-file fields and their mean, 6 + 6 that change, the parameter, three
 # dependencies and DVC's seven).
 MAX_CHANGED_COLUMNS = 23
 TERMINAL = 160  # columns
@@ -113,7 +113,7 @@ def test_pull_restores_the_pushed_results_byte_for_byte(shared):
     for name in (
         "models/plain8/seed0/model.pt",
         "data/prepared/meta.json",
-        "metrics/resnet8/seed0/eval.json",
+        "metrics/resnet8/seed0.json",
     ):
         assert name in pulled
     # Nothing to re-run: the checkpoints the clone lacks are not outputs.
@@ -176,10 +176,10 @@ def test_exp_show_is_narrow(shared):
     csv = clone.dvc("exp", "show", "--csv").stdout
     table = pd.read_csv(io.StringIO(csv))
     assert {"lr05", "lr02"} <= set(table["Experiment"].dropna())
-    # Numbers only: each run's eval.json (7 fields, the same in every run) and their mean.
+    # Numbers only: each run's metrics file (7 fields, the same in every run) and their mean.
     fields = ["accuracy", "val_accuracy", "loss", "macro_f1", "weighted_f1"]
     fields += ["single_view_accuracy", "views"]
-    files = ("metrics/plain8/seed0/eval.json", "metrics/resnet8/seed0/eval.json")
+    files = ("metrics/plain8/seed0.json", "metrics/resnet8/seed0.json")
     metric_columns = [c for c in table.columns if ":" in c]
     assert metric_columns == [f"{f}:{k}" for f in (*files, "reports/mean.json") for k in fields]
 
@@ -194,8 +194,8 @@ def test_exp_show_is_narrow(shared):
     header = next(line for line in shown.splitlines() if "Experiment" in line)
     assert header.split() == [
         "Experiment",
-        "metrics/plain8/seed0/eval.json:accuracy",
-        "metrics/resnet8/seed0/eval.json:accuracy",
+        "metrics/plain8/seed0.json:accuracy",
+        "metrics/resnet8/seed0.json:accuracy",
         "variants.resnet8.lr",
     ], header
     assert all(f"[{name}]" in shown for name in ("lr05", "lr02", "lr03"))
@@ -228,7 +228,7 @@ def test_metrics_show_is_one_table(shared):
         "weighted_f1",
     ], shown
     paths = [line.split()[0] for line in lines[1:]]
-    files = ["metrics/plain8/seed0/eval.json", "metrics/resnet8/seed0/eval.json"]
+    files = ["metrics/plain8/seed0.json", "metrics/resnet8/seed0.json"]
     assert paths == [*files, "reports/mean.json"], shown
     assert all(len(line.split()) == 8 and " - " not in line for line in lines[1:]), shown
     assert max(map(len, lines)) <= TERMINAL, shown

@@ -87,3 +87,7 @@ def test_a_record_without_a_known_variant_names_the_stage_group(tmp_path):
     assert _stage("evaluate@<variant>", "resnet8", tmp_path / "x" / "seed1" / "eval.json") == (
         "evaluate@resnet8-1"
     )
+    # A run's metrics file, beside its folder: metrics/<variant>/seed<k>.json.
+    assert _stage("evaluate@<variant>", None, tmp_path / "resnet8" / "seed1.json") == (
+        "evaluate@resnet8-1"
+    )

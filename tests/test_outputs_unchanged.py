@@ -11,9 +11,10 @@ What is compared: every byte-stable output exactly (the prepared arrays, model.j
 per-class and confusion tables, the predictions); numbers that are computed by floating point
 (weights, losses, accuracies) to a relative 1e-5, so that a CPU with other vector units stays
 within tolerance; timings and MLflow run ids not at all. One change to the files since was meant:
-eval.json and train.json hold their fields flat (no longer under the run's name), eval.json
-gained the model's `val_accuracy` (train.json's `best_val_accuracy`) and compare writes
-`reports/mean.json`; the golden file was edited to match, every number in it unchanged.
+the run's metrics file moved from `metrics/<v>/seed<k>/eval.json` to `metrics/<v>/seed<k>.json`
+and, like train.json, holds its fields flat (no longer under the run's name); it gained the
+model's `val_accuracy` (train.json's `best_val_accuracy`), and compare writes
+`reports/mean.json`. The golden file was edited to match, every number in it unchanged.
 Regenerate (only after a change meant to alter outputs) with
 `RESNETLAB_UPDATE_GOLDEN=1 pytest tests/test_outputs_unchanged.py`.
 """
@@ -43,7 +44,7 @@ TABLES = (
 )
 JSONS = (
     "data/prepared/meta.json",
-    "metrics/*/seed0/eval.json",
+    "metrics/*/seed0.json",
     "metrics/*/seed0/train.json",
     "reports/mean.json",
 )

@@ -73,7 +73,7 @@ def test_pipeline_reruns_exactly_what_changed(tiny_archive, tmp_path):
     assert (root / "reports/figures/plain8/confusion_normalized.png").is_file()
     # DVC metrics hold headline numbers only, the same fields in every run's file; the
     # per-class table is a plain output.
-    ev = json.loads((root / "metrics/resnet8/seed0/eval.json").read_text())
+    ev = json.loads((root / "metrics/resnet8/seed0.json").read_text())
     assert set(ev) == {
         "accuracy",
         "val_accuracy",
@@ -85,14 +85,14 @@ def test_pipeline_reruns_exactly_what_changed(tiny_archive, tmp_path):
     }
     # Test-time augmentation where evaluate.tta_variants asks for it (resnet8: flip), else none.
     assert ev["views"] == 2
-    plain = json.loads((root / "metrics/plain8/seed0/eval.json").read_text())
+    plain = json.loads((root / "metrics/plain8/seed0.json").read_text())
     assert plain["views"] == 1 and plain["accuracy"] == plain["single_view_accuracy"]
     per_class = pd.read_csv(root / "metrics/resnet8/seed0/per_class.csv")
     assert len(per_class) == 10 + 2  # classes, then the macro and weighted averages
     # The checkpoint stays out of git; metrics and plots are committed for `dvc metrics diff`.
     status = project.git("status", "--porcelain", "--untracked-files=all")
     assert "checkpoint.pt" not in status and "mlflow.db" not in status
-    assert "metrics/resnet8/seed0/eval.json" in status
+    assert "metrics/resnet8/seed0.json" in status
     project.commit("baseline")
 
     # Nothing changed, nothing runs; not even in a fresh clone, which has no bytecode caches
@@ -110,8 +110,8 @@ def test_pipeline_reruns_exactly_what_changed(tiny_archive, tmp_path):
     diff = project.dvc("params", "diff").stdout
     assert "variants.resnet8.lr" in diff and "0.05" in diff
     metrics_diff = project.dvc("metrics", "diff").stdout
-    assert "metrics/resnet8/seed0/eval.json" in metrics_diff and "reports/mean.json" in metrics_diff
-    assert "metrics/plain8/seed0/eval.json" not in metrics_diff  # untouched variant, no change
+    assert "metrics/resnet8/seed0.json" in metrics_diff and "reports/mean.json" in metrics_diff
+    assert "metrics/plain8/seed0.json" not in metrics_diff  # untouched variant, no change
     project.commit("resnet8 lr")
 
     # The shared training defaults: every variant's training is out of date (`dvc status`, not

@@ -59,8 +59,8 @@ def test_json_records_round_trip(tmp_path: Path) -> None:
         single_view_accuracy=0.89,
         views=2,
     )
-    report.write(tmp_path / "eval.json")
-    assert EvalReport.read(tmp_path / "eval.json") == report
+    report.write(tmp_path / "seed0.json")
+    assert EvalReport.read(tmp_path / "seed0.json") == report
 
 
 def test_a_record_written_under_its_run_name_still_reads(tmp_path: Path) -> None:
@@ -80,13 +80,13 @@ def test_a_record_written_under_its_run_name_still_reads(tmp_path: Path) -> None
 
 
 def test_dvc_metrics_files_are_one_table(tmp_path: Path) -> None:
-    # eval.json is a run's DVC metrics file: numbers only, flat, the same fields for every
+    # seed<k>.json is a run's DVC metrics file: numbers only, flat, the same fields for every
     # run, so `dvc metrics show` has a row per run and no empty cells; names and details live
     # in model.json and per_class.csv, training's numbers in train.json (a plain output).
     fields = set()
     for k, name in enumerate(("plain20", "resnet20")):
         report = EvalReport(0.9 + k / 100, 0.91, 0.3, 0.75, 0.76, 0.89, 2)
-        path = tmp_path / name / "seed0" / "eval.json"
+        path = tmp_path / name / "seed0.json"
         report.write(path)
         data = json.loads(path.read_text())
         assert all(type(v) in (int, float) for v in data.values()), data

@@ -45,10 +45,11 @@ EVALUATE_WRITE = textwrap.dedent(
     }
     report = EvalReport(**{name: full[name] for name in EvalReport.fields()})
     print("writing", flush=True)
-    _write(Path(sys.argv[1]), report, full, CLASSES, y_true, y_pred, rng.random(rows))
+    out = Path(sys.argv[1])
+    _write(out, out / "report.json", report, full, CLASSES, y_true, y_pred, rng.random(rows))
     """
 )
-OUTPUTS = ("eval.json", "per_class.csv", "confusion.csv", "predictions.csv")
+OUTPUTS = ("report.json", "per_class.csv", "confusion.csv", "predictions.csv")
 
 
 def _env() -> dict[str, str]:
@@ -79,9 +80,9 @@ def _sigterm_once(proc: subprocess.Popen, ready: Callable[[], object], pause: bo
 
 @pytest.mark.slow
 def test_sigterm_during_evaluate_leaves_the_old_outputs_whole(tmp_path) -> None:
-    """Before: SIGTERM mid-write left a 0-byte predictions.csv beside a new eval.json. Now every
-    output is written atomically, eval.json last: the old files stay as they were, whole, and no
-    temporary is left; a run that ends writes them all."""
+    """Before: SIGTERM mid-write left a 0-byte predictions.csv beside a new metrics file. Now
+    every output is written atomically, the metrics file last: the old files stay as they were,
+    whole, and no temporary is left; a run that ends writes them all."""
     out = tmp_path / "eval"
     out.mkdir()
     for name in OUTPUTS:
@@ -101,7 +102,7 @@ def test_sigterm_during_evaluate_leaves_the_old_outputs_whole(tmp_path) -> None:
     assert writer.returncode == 128 + signal.SIGTERM, stderr
     assert "Traceback" not in stderr
     assert sorted(p.name for p in out.iterdir()) == sorted(OUTPUTS)  # no temporary left
-    for name in ("eval.json", "predictions.csv"):
+    for name in ("report.json", "predictions.csv"):
         assert (out / name).read_text() == f"old {name}\n"
 
     done = subprocess.run(
@@ -113,7 +114,7 @@ def test_sigterm_during_evaluate_leaves_the_old_outputs_whole(tmp_path) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert sorted(p.name for p in out.iterdir()) == sorted(OUTPUTS)
-    assert "accuracy" in json.loads((out / "eval.json").read_text())
+    assert "accuracy" in json.loads((out / "report.json").read_text())
     assert len((out / "predictions.csv").read_text().splitlines()) == 1001
 
 

@@ -126,8 +126,8 @@ class EvaluateConfig:
     averages the logits of several views of each image: `flip` = the image and its mirror (2
     forward passes), `flip_translate` = both, each also shifted by 2 pixels up-left and
     down-right (6 passes), `flip_grid` = both, each shifted by every offset of -1, 0 and +1
-    pixel in each direction (18 passes). eval.json's `accuracy` is the configured evaluation's;
-    `single_view_accuracy` is always the plain one, comparable with the papers'."""
+    pixel in each direction (18 passes). A run's metrics file gives the configured evaluation's
+    `accuracy`; `single_view_accuracy` is always the plain one, comparable with the papers'."""
 
     tta: Tta = "none"  # for every variant not named in tta_variants
     tta_variants: Mapping[str, Tta] = field(default_factory=dict)  # per-variant exceptions

@@ -7,7 +7,8 @@ the web app, which DVC does not run, default to these.
     data/raw/                      the verified archive
     data/prepared/                 the prepared arrays (`data.prepared`)
     models/<v>/seed<k>/            model.pt, mlflow_run.json, checkpoint.pt (resume state)
-    metrics/<v>/seed<k>/           train.json, model.json, history.csv, eval.json, per_class.csv,
+    metrics/<v>/seed<k>.json       the run's DVC metrics (`run_metrics_file`)
+    metrics/<v>/seed<k>/           train.json, model.json, history.csv, per_class.csv,
                                    confusion.csv, predictions.csv
     reports/                       leaderboard, mean.json, published vs measured, figures/
 """
@@ -32,12 +33,11 @@ RUN_FILE = "mlflow_run.json"
 TRAIN_JSON = "train.json"
 MODEL_JSON = "model.json"
 HISTORY_CSV = "history.csv"
-EVAL_JSON = "eval.json"
 PER_CLASS_CSV = "per_class.csv"
 CONFUSION_CSV = "confusion.csv"
 PREDICTIONS_CSV = "predictions.csv"
 LEADERBOARD_CSV = "leaderboard.csv"  # under REPORTS
-MEAN_JSON = "mean.json"  # under REPORTS: eval.json's numbers, the mean over the runs
+MEAN_JSON = "mean.json"  # under REPORTS: the runs' metrics, each the mean over the runs
 
 SEED_FOLDER = re.compile(r"seed(\d+)")
 
@@ -46,6 +46,15 @@ def run_folder(root: Path, variant: str, seed: int) -> Path:
     """`<root>/<variant>/seed<seed>`: where one training seed's files of a variant live (under
     `models/` and `metrics/`, as dvc.yaml lays them out)."""
     return Path(root) / variant / f"seed{seed}"
+
+
+def run_metrics_file(run_dir: Path) -> Path:
+    """A run's DVC metrics file, `<root>/<variant>/seed<k>.json`: beside its run folder
+    `<root>/<variant>/seed<k>/`, not in it. `dvc exp show` names a column `<file>:<field>`, and
+    `metrics/resnet20/seed0.json:accuracy` is short enough for two runs' accuracy and the
+    parameters an experiment changed to fit a 160-column terminal (docs/dvc.md)."""
+    run_dir = Path(run_dir)
+    return run_dir.with_name(f"{run_dir.name}.json")
 
 
 def seed_folders(variant_folder: Path, filename: str | None = None) -> dict[int, Path]:

@@ -6,7 +6,7 @@
 | `TrainSummary`  | `metrics/<v>/seed<k>/train.json`      | train      | compare           |
 | `ModelCard`     | `metrics/<v>/seed<k>/model.json`      | train      | compare           |
 | `History`       | `metrics/<v>/seed<k>/history.csv`     | train      | compare           |
-| `EvalReport`    | `metrics/<v>/seed<k>/eval.json`       | evaluate   | compare           |
+| `EvalReport`    | `metrics/<v>/seed<k>.json`            | evaluate   | compare           |
 | (its mean)      | `reports/mean.json`                   | compare    | DVC               |
 | `RunFile`       | `models/<v>/seed<k>/mlflow_run.json`  | train      | evaluate, compare |
 
@@ -17,8 +17,9 @@ A reader gets the dataclass back or a `RecordError` naming the file and the miss
 field, with the stage to re-run; no reader lists the keys again. Accuracies are fractions in
 [0, 1], times are seconds.
 
-`eval.json` is each run's DVC metrics file, and compare's `reports/mean.json` (the mean over the
-runs, the field names the same) the pipeline's: with the same fields in every file, `dvc metrics
+`metrics/<v>/seed<k>.json` is each run's DVC metrics file (`run_metrics_file`: beside the run
+folder, for a short column name), and compare's `reports/mean.json` (the mean over the runs,
+the field names the same) the pipeline's: with the same fields in every file, `dvc metrics
 show` is one table, a row per run; `dvc exp show` names a column `<file>:<field>`, and sorts
 experiments by `reports/mean.json:accuracy` whatever variants ran. They hold only the numbers
 worth a column there; names, model arguments and details live in `model.json` and
@@ -106,11 +107,16 @@ def _from_mapping(cls: type[R], data: Any, path: Path, stage: str) -> R:
 def _stage(template: str, variant: str | None, path: Path | None = None) -> str:
     """The stage that writes a record, `train@<variant>` filled in as far as known: with the
     run key `<variant>-<seed>` (`run_key`, the name DVC gives the stage) when `variant` is one
-    already, or when the file lies in a run folder `<...>/seed<k>/` that gives the seed; else
-    with the variant's name alone. Nothing known, the stage group (`train`: every train@ stage),
-    never a placeholder the user would have to fill in."""
+    already, or when the file lies in a run folder `<...>/seed<k>/` or is a run's metrics file
+    `<...>/seed<k>.json`, which give the seed; else with the variant's name alone. Nothing
+    known, the stage group (`train`: every train@ stage), never a placeholder the user would
+    have to fill in."""
     folder = Path(path).parent if path is not None else None
     match = SEED_FOLDER.fullmatch(folder.name) if folder is not None else None
+    if path is not None and not match and Path(path).suffix == ".json":
+        # A run's metrics file, <...>/<variant>/seed<k>.json (`run_metrics_file`).
+        folder = Path(path).with_suffix("")
+        match = SEED_FOLDER.fullmatch(folder.name)
     if not variant and match:
         variant = folder.parent.name  # type: ignore[union-attr]  # <...>/<variant>/seed<k>/
     if not variant:
@@ -226,7 +232,7 @@ class ModelCard(_JsonRecord):
 
 @dataclass(frozen=True)
 class EvalReport(_RunRecord):
-    """`eval.json`: the kept model in headline numbers, the run's DVC metrics file. Per-class
+    """`seed<k>.json`: the kept model in headline numbers, the run's DVC metrics file. Per-class
     precision/recall/F1 and the averaged precision and recall go to per_class.csv."""
 
     accuracy: float  # on the test set, of the configured evaluation (test-time augmentation

@@ -1,6 +1,6 @@
 """`resnetlab compare`: every run's train/eval records -> the per-run table (`runs.csv`), the
-leaderboard over seeds (CSV + Markdown: mean ± sample std and n), the mean of every run's
-eval.json (`mean.json`, a DVC metrics file), the variants' mean training curves (`curves.csv`,
+leaderboard over seeds (CSV + Markdown: mean ± sample std and n), the mean of the runs'
+metrics files (`mean.json`, a DVC metrics file), the variants' mean training curves (`curves.csv`,
 behind dvc.yaml's top-level plots), every figure of the pipeline (`report.figures`, under
 `<out>/figures/`) and the measured-vs-published report
 (`report.published`), also logged to MLflow: into the parent run of the DVC experiment (or

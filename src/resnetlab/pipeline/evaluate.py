@@ -2,7 +2,8 @@
 
 Reads only `evaluate` from the params (test-time augmentation); the model file carries the rest
 of its resolved config (device, precision, batch size).
-Writes eval.json (DVC metrics: the headline numbers), per_class.csv (per class and averaged
+Writes the run's metrics file (`--report`, DVC metrics: the headline numbers; by default
+`<out>.json`, beside the folder, as dvc.yaml lays it out), per_class.csv (per class and averaged
 precision/recall/F1), confusion.csv (counts) and predictions.csv (one
 row per test image, for DVC's confusion plot), and logs the `test_*` metrics and files into the
 variant's MLflow training run, which it checks first: an unreachable store or a missing run
@@ -22,11 +23,11 @@ import torch
 from resnetlab.core.atomic import cleanup_on_sigterm, write_atomic
 from resnetlab.core.layout import (
     CONFUSION_CSV,
-    EVAL_JSON,
     MODEL_FILE,
     PER_CLASS_CSV,
     PREDICTIONS_CSV,
     RUN_FILE,
+    run_metrics_file,
 )
 from resnetlab.core.params import load_params
 from resnetlab.core.records import EvalReport, ModelRecord, RunFile, run_key
@@ -38,7 +39,7 @@ from resnetlab.tracking import results, store
 
 log = logging.getLogger(__name__)
 
-# Logged to the MLflow run as test_<name>: eval.json's numbers and a few more.
+# Logged to the MLflow run as test_<name>: the metrics file's test numbers and a few more.
 MLFLOW_HEADLINE = (
     "accuracy",
     "error",
@@ -58,20 +59,31 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", type=Path, required=True, help="prepared data folder")
     p.add_argument("--model", type=Path, required=True, help="the train stage's output folder")
     p.add_argument("--out", type=Path, required=True, help="folder for the evaluation outputs")
+    p.add_argument(
+        "--report",
+        type=Path,
+        help="the run's metrics file (default: <out>.json, beside the folder)",
+    )
 
 
 def run(args: argparse.Namespace) -> None:
     params = load_params(args.params)
     params.variant(args.variant)  # a known variant, or the error lists them
     tta = params.evaluate.tta_for(args.variant)
-    evaluate_variant(args.variant, args.data, args.model, args.out, tta)
+    evaluate_variant(args.variant, args.data, args.model, args.out, tta, args.report)
 
 
 def evaluate_variant(
-    variant: str, data_dir: Path, model_dir: Path, out_dir: Path, tta: str = "none"
+    variant: str,
+    data_dir: Path,
+    model_dir: Path,
+    out_dir: Path,
+    tta: str = "none",
+    report_file: Path | None = None,
 ) -> EvalReport:
     """Score the model in `model_dir` on the test split, averaging the logits of the views of
-    test-time augmentation `tta` (`evaluate.tta.TTA_VIEWS`)."""
+    test-time augmentation `tta` (`evaluate.tta.TTA_VIEWS`); the headline numbers go to
+    `report_file` (default: `run_metrics_file(out_dir)`), the tables into `out_dir`."""
     views = TTA_VIEWS[tta]
     record = ModelRecord.read(Path(model_dir) / MODEL_FILE, variant)
     run_file = RunFile.read(Path(model_dir) / RUN_FILE, variant)
@@ -108,7 +120,10 @@ def evaluate_variant(
         "val_accuracy": record.best_val_accuracy,
     }
     report = EvalReport(**{name: full[name] for name in EvalReport.fields()})
-    files = _write(Path(out_dir), report, full, classes, y_true, y_pred, confidence.cpu().numpy())
+    report_file = Path(report_file) if report_file else run_metrics_file(Path(out_dir))
+    files = _write(
+        Path(out_dir), report_file, report, full, classes, y_true, y_pred, confidence.cpu().numpy()
+    )
     headline = {f"test_{k}": full[k] for k in MLFLOW_HEADLINE}
     results.log_evaluation(run_file.run_id, headline, files)
     # The forward passes' time is what bench/bench_stage_overhead.py subtracts from the wall.
@@ -134,15 +149,22 @@ def evaluate_variant(
 
 
 def _write(
-    out_dir: Path, report: EvalReport, full: dict, classes, y_true, y_pred, confidence
+    out_dir: Path,
+    report_file: Path,
+    report: EvalReport,
+    full: dict,
+    classes,
+    y_true,
+    y_pred,
+    confidence,
 ) -> list[Path]:
     """Every output atomically (a stopped run leaves each file old or complete, never a 0-byte
-    or cut one, and removes its temporary on SIGTERM as on Ctrl-C), eval.json last: a new
-    eval.json means the CSVs beside it are new too."""
+    or cut one, and removes its temporary on SIGTERM as on Ctrl-C), the metrics file last: a
+    new one means the CSVs are new too."""
     import pandas as pd
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths = [out_dir / n for n in (EVAL_JSON, PER_CLASS_CSV, CONFUSION_CSV, PREDICTIONS_CSV)]
+    paths = [report_file, *(out_dir / n for n in (PER_CLASS_CSV, CONFUSION_CSV, PREDICTIONS_CSV))]
     cm = metrics.confusion_matrix(y_true, y_pred, len(classes))
     names = np.asarray(classes)
     frames = [

@@ -1,9 +1,8 @@
 """The leaderboard: one row per training run (variant x seed) from its train and evaluate
 records (`runs.csv`), and one row per variant with the mean, the sample standard deviation and
 the number of seeds of each headline number (`leaderboard.csv`, `leaderboard.md`). Also the
-variants' training curves averaged over their seeds (`curves.csv`), and the mean of every run's
-eval.json (`mean.json`). Accuracies and errors are
-fractions in [0, 1], times in seconds."""
+variants' training curves averaged over their seeds (`curves.csv`), and the mean of the runs'
+metrics files (`mean.json`). Accuracies and errors are fractions in [0, 1], times in seconds."""
 
 from __future__ import annotations
 
@@ -16,13 +15,13 @@ from typing import TYPE_CHECKING, Any
 from resnetlab.core.atomic import write_atomic
 from resnetlab.core.errors import ResnetlabError
 from resnetlab.core.layout import (
-    EVAL_JSON,
     HISTORY_CSV,
     LEADERBOARD_CSV,
     MEAN_JSON,
     MODEL_JSON,
     TRAIN_JSON,
     run_folder,
+    run_metrics_file,
 )
 from resnetlab.core.records import (
     EvalReport,
@@ -104,8 +103,8 @@ def check_variants(names: list[str]) -> list[str]:
 
 def build_runs(variants: Sequence[str], seeds: Sequence[int], metrics_dir: Path) -> pd.DataFrame:
     """One row per variant and seed from
-    ``<metrics_dir>/<variant>/seed<k>/{train,model,eval}.json``; columns :data:`RUN_COLUMNS`, in
-    params order.
+    ``<metrics_dir>/<variant>/seed<k>/{train,model}.json`` and its metrics file
+    ``<metrics_dir>/<variant>/seed<k>.json``; columns :data:`RUN_COLUMNS`, in params order.
 
     Raises :class:`RecordError` naming the first missing or malformed file.
     """
@@ -118,7 +117,7 @@ def build_runs(variants: Sequence[str], seeds: Sequence[int], metrics_dir: Path)
             name = run_key(v, k)
             train = TrainSummary.read(folder / TRAIN_JSON, name)
             card = ModelCard.read(folder / MODEL_JSON, name)
-            evaluation = EvalReport.read(folder / EVAL_JSON, name)
+            evaluation = EvalReport.read(run_metrics_file(folder), name)
             if card.variant != v:
                 log.warning("%s: written for variant %r", folder / MODEL_JSON, card.variant)
             rows.append(
@@ -318,7 +317,8 @@ def write_leaderboard(
 def mean_report(
     variants: Sequence[str], seeds: Sequence[int], metrics_dir: Path
 ) -> dict[str, float | int]:
-    """Each `eval.json` field's mean over the runs of `variants` x `seeds`: `mean.json`.
+    """Each field of the runs' metrics files (`seed<k>.json`), the mean over the runs of
+    `variants` x `seeds`: `mean.json`.
 
     A DVC metrics file with the runs' own field names, so `dvc metrics show` gives it a row
     below theirs, and `dvc exp show --sort-by reports/mean.json:accuracy` orders experiments
@@ -327,7 +327,7 @@ def mean_report(
     those. A count that every run shares (`views`) stays that count.
     """
     reports = [
-        EvalReport.read(run_folder(metrics_dir, v, k) / EVAL_JSON, run_key(v, k))
+        EvalReport.read(run_metrics_file(run_folder(metrics_dir, v, k)), run_key(v, k))
         for v in check_variants(list(variants))
         for k in seeds
     ]
