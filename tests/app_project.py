@@ -29,6 +29,7 @@ def params() -> dict:
     return {
         "mlflow": {"experiment": EXPERIMENT},
         "train": {
+            "device": "cpu",  # the golden outputs are the CPU's, also on a machine with a GPU
             "epochs": 2,
             "batch_size": 64,
             "lr": 0.05,

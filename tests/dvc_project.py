@@ -30,6 +30,9 @@ class DvcProject:
             # bytecode caches appear beside the sources DVC hashes).
             "PYTHONPATH": str(root / "src"),
             "DVC_NO_ANALYTICS": "1",
+            # The stages compute on the CPU on any machine: `device: auto` stays auto (the
+            # tests check its CPU-core lease), and the numbers they expect are the CPU's.
+            "CUDA_VISIBLE_DEVICES": "",
             "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}",
             "GIT_AUTHOR_NAME": "t",
             "GIT_AUTHOR_EMAIL": "t@t",

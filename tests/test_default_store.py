@@ -22,7 +22,7 @@ from resnetlab.tracking import store
 
 TINY = {
     "mlflow": {"experiment": "default-store"},
-    "train": {"epochs": 1, "batch_size": 64, "lr": 0.05, "precision": "fp32"},
+    "train": {"epochs": 1, "batch_size": 64, "lr": 0.05, "precision": "fp32", "device": "cpu"},
     "variants": {"tiny": {"model": {"name": "resnet_v1", "depth": 8}}},
 }
 

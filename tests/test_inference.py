@@ -60,7 +60,8 @@ def test_predict_views_runs_the_model_on_each_view():
     assert torch.equal(out[0], predict_logits(Pixels(), images, normalize, 2))
 
 
-def test_compile_auto_compiles_long_runs_on_cuda_and_in_bf16_on_cpu_only():
+def test_compile_auto_compiles_long_runs_on_cuda_and_in_bf16_on_cpu_only(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda d: (8, 0))  # an A100
     cpu, mps, bf16 = torch.device("cpu"), torch.device("mps"), torch.bfloat16
     assert dev.use_compile("auto", cpu, dev.COMPILE_MIN_STEPS, bf16)
     assert not dev.use_compile("auto", cpu, dev.COMPILE_MIN_STEPS - 1, bf16)
@@ -69,6 +70,11 @@ def test_compile_auto_compiles_long_runs_on_cuda_and_in_bf16_on_cpu_only():
     assert not dev.use_compile("auto", torch.device("cuda"), dev.COMPILE_MIN_STEPS - 1, bf16)
     assert not dev.use_compile("auto", mps, 10**6, None)
     assert dev.use_compile(True, cpu, 1, None) and not dev.use_compile(False, cpu, 10**6, bf16)
+    # DDP on CUDA converts BatchNorm to SyncBatchNorm, where the compiled graph breaks at every
+    # such layer: `auto` leaves that model eager.
+    cuda = torch.device("cuda", 0)
+    assert not dev.use_compile("auto", cuda, 10**6, bf16, sync_batchnorm=True)
+    assert dev.use_compile(True, cuda, 10**6, bf16, sync_batchnorm=True)  # asked for: done
 
 
 def test_precision_auto_is_bf16_only_where_it_is_native(monkeypatch):
@@ -92,3 +98,39 @@ def test_bf16_autocast_on_this_cpu_matches_fp32_closely():
             low = net(x)
     assert low.dtype == torch.bfloat16
     assert (low.float() - ref).abs().max() < 0.05 * ref.abs().max()
+
+
+def test_gpus_without_bf16_train_in_fp16_and_triton_less_ones_stay_eager(monkeypatch):
+    """`precision: auto` on a T4 (7.5) or V100 (7.0): fp16, which their tensor cores run (was
+    fp32); bf16 from Ampere (8.0) on. `compile: auto` leaves a GPU Triton cannot target (a
+    P100, 6.0) eager. The capability is the training GPU's own, simulated here."""
+    cuda = torch.device("cuda", 1)
+    seen: list[torch.device] = []
+    for capability, dtype in (
+        ((9, 0), torch.bfloat16),
+        ((8, 0), torch.bfloat16),
+        ((7, 5), torch.float16),
+        ((7, 0), torch.float16),
+        ((6, 0), torch.float16),
+    ):
+        monkeypatch.setattr(
+            torch.cuda, "get_device_capability", lambda d, c=capability: seen.append(d) or c
+        )
+        assert dev.autocast_dtype("auto", cuda) is dtype
+        assert dev.use_compile("auto", cuda, 10**6, dtype) is (capability >= (7, 0))
+    assert set(seen) == {cuda}  # asked of the training GPU, never of GPU 0
+
+
+def test_fast_cuda_math_holds_for_cuda_runs_only_and_is_restored():
+    """cuDNN's autotuner and TF32 for the fixed shapes of a CUDA run, then put back."""
+
+    def flags() -> tuple[bool, bool, bool]:
+        backends = torch.backends
+        return backends.cudnn.benchmark, backends.cudnn.allow_tf32, backends.cuda.matmul.allow_tf32
+
+    before = flags()
+    with dev.fast_cuda_math(torch.device("cpu")):
+        assert flags() == before
+    with dev.fast_cuda_math(torch.device("cuda", 0)):
+        assert flags() == (True, True, True)
+    assert flags() == before

@@ -592,6 +592,18 @@ def test_freeze_backbone_trains_only_the_head() -> None:
     assert model.resnet.fc.weight.grad is not None
 
 
+def test_freeze_backbone_keeps_sync_batchnorm_in_eval_mode_too() -> None:
+    """DDP on CUDA converts the BatchNorm layers to SyncBatchNorm, which is not a BatchNorm2d:
+    the frozen backbone's statistics must stay frozen there too (was: SyncBatchNorm layers in
+    training mode, updating the ImageNet running statistics)."""
+    model = build_model("resnet50_imagenet", freeze_backbone=True, input_size=32)
+    model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    model.train()
+    syncs = [m for m in model.modules() if isinstance(m, nn.SyncBatchNorm)]
+    assert len(syncs) == 53 and not any(bn.training for bn in syncs)
+    assert model.resnet.fc.training
+
+
 def test_input_is_upsampled_to_input_size() -> None:
     model = build_model("resnet50_imagenet", input_size=64).eval()
     seen: list[torch.Size] = []

@@ -134,7 +134,13 @@ def test_a_second_train_into_the_same_folder_stops_in_one_line(
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     params = {
         "mlflow": {"experiment": "lock-test"},
-        "train": {"epochs": 50, "batch_size": 125, "lr": 0.05, "precision": "fp32"},
+        "train": {
+            "epochs": 50,
+            "batch_size": 125,
+            "lr": 0.05,
+            "precision": "fp32",
+            "device": "cpu",
+        },
         "variants": {"tiny": {"model": {"name": "resnet_v1", "depth": 8}}},
     }
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
@@ -203,7 +209,13 @@ def _tiny_params(root: Path, epochs: int) -> None:
 
     params = {
         "mlflow": {"experiment": "disk-test"},
-        "train": {"epochs": epochs, "batch_size": 125, "lr": 0.05, "precision": "fp32"},
+        "train": {
+            "epochs": epochs,
+            "batch_size": 125,
+            "lr": 0.05,
+            "precision": "fp32",
+            "device": "cpu",
+        },
         "variants": {"tiny": {"model": {"name": "resnet_v1", "depth": 8}}},
     }
     (root / "params.yaml").write_text(yaml.safe_dump(params))

@@ -33,7 +33,7 @@ from resnetlab.tracking import store, training_run
 from resnetlab.train import checkpoint
 
 EPOCHS = 4
-TRAIN = {"epochs": EPOCHS, "batch_size": 64, "lr": 0.05, "precision": "fp32"}
+TRAIN = {"epochs": EPOCHS, "batch_size": 64, "lr": 0.05, "precision": "fp32", "device": "cpu"}
 VARIANT = {"tiny": {"model": {"name": "resnet_v1", "depth": 8}}}
 
 

@@ -19,7 +19,10 @@ from resnetlab.core.params import parse_params
 from resnetlab.pipeline import train as train_stage
 from resnetlab.train import checkpoint
 
+# `device: cpu`, not `auto`: the numbers and tags these tests expect are the CPU's, also on a
+# machine with a GPU.
 TINY_TRAIN = {
+    "device": "cpu",
     "epochs": 3,
     "batch_size": 64,
     "lr": 0.05,
@@ -399,3 +402,20 @@ def test_kill_9_mid_training_then_rerun_resumes_to_the_same_weights(tiny_prepare
     a = weights(workdir / "straight/models/tiny/model.pt")
     b = weights(workdir / "models/tiny/model.pt")
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_cuda_runs_drop_the_last_partial_batch_and_cpu_runs_keep_it():
+    """On CUDA every step has the same shape (a last batch of 72 of 45,000 images would
+    recompile a compiled model); the CPU keeps it, and with it every recorded CPU result. The
+    full batches are the same either way."""
+    from resnetlab.train import loop
+
+    def sizes(drop_last: bool) -> list[torch.Tensor]:
+        generator = torch.Generator().manual_seed(0)
+        return list(loop.batches(300, 128, generator, torch.device("cpu"), 1, drop_last))
+
+    kept, dropped = sizes(False), sizes(True)
+    assert [len(b) for b in kept] == [128, 128, 44] and loop.steps_per_epoch(300, 128, 1) == 3
+    assert [len(b) for b in dropped] == [128, 128]
+    assert loop.steps_per_epoch(300, 128, 1, drop_last=True) == 2
+    assert all(torch.equal(a, b) for a, b in zip(kept, dropped, strict=False))

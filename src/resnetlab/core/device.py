@@ -5,8 +5,9 @@ device of its own for each.
 Parallel runs with `device: auto` lease their device: each takes an exclusive lock file
 (`fcntl.flock`, released by the OS when the process ends, even killed) under a machine-wide
 folder, so N queue workers on N GPUs each get their own GPU, with no coordinator and nothing to
-clean up. On a machine with several GPUs every `auto` run leases one (a run finding all taken
-waits for one to be released). On the CPU, where every run could use every core,
+clean up. Every `auto` run on CUDA leases a GPU, named by its UUID, whichever index it has under
+the worker's CUDA_VISIBLE_DEVICES; a run finding all taken waits for one to be released, also on
+a machine with one GPU. On the CPU, where every run could use every core,
 `RESNETLAB_CPU_WORKERS=N` splits the cores into N groups: each run leases a group, is pinned to
 its cores and runs that many threads, so N workers do not fight over the same cores.
 """
@@ -18,6 +19,7 @@ import logging
 import os
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -40,6 +42,7 @@ _POLL_S = 2.0  # how often a run waiting for a device tries again
 # On a GPU it pays back sooner. On a CPU training in fp32 it never paid: compiled steps ran at
 # -2% to +2% of eager ones in every run of the throughput bench, so `auto` does not compile them.
 COMPILE_MIN_STEPS = 2000
+TRITON_MIN_CAPABILITY = (7, 0)  # Volta: the oldest GPU Triton generates code for
 
 
 def resolve_device(name: str) -> torch.device:
@@ -65,7 +68,7 @@ def native_bf16(device: torch.device) -> bool:
     (AVX2-only x86, ARM) bf16 would be converted in software and run slower than fp32.
     """
     if device.type == "cuda":
-        return torch.cuda.is_bf16_supported(including_emulation=False)
+        return torch.cuda.get_device_capability(device) >= (8, 0)  # this GPU's, not GPU 0's
     if device.type == "cpu":
         cpu = getattr(torch, "cpu", None)
         checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
@@ -75,22 +78,55 @@ def native_bf16(device: torch.device) -> bool:
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype for `precision` (None = plain fp32). `auto` = bf16 where the device
-    computes it natively (parity with fp32 measured: docs/performance.md), fp32 elsewhere."""
+    computes it natively (parity with fp32 measured: docs/performance.md); on a GPU without it
+    (T4, V100) fp16, which its tensor cores run, with a GradScaler (the trainer's) against
+    underflowing gradients: the standard mixed-precision recipe; fp32 elsewhere."""
     if precision == "auto":
-        return torch.bfloat16 if native_bf16(device) else None
+        if native_bf16(device):
+            return torch.bfloat16
+        return torch.float16 if device.type == "cuda" else None
     return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
 def use_compile(
-    setting: bool | str, device: torch.device, total_steps: int, amp: torch.dtype | None
+    setting: bool | str,
+    device: torch.device,
+    total_steps: int,
+    amp: torch.dtype | None,
+    sync_batchnorm: bool = False,
 ) -> bool:
     """Whether to `torch.compile` a run of `total_steps` optimiser steps under autocast dtype
     `amp` (None = fp32): `auto` compiles on CUDA, and on the CPU in bf16, once the run is long
-    enough to repay the compilation (COMPILE_MIN_STEPS)."""
+    enough to repay the compilation (COMPILE_MIN_STEPS); never a model with SyncBatchNorm (DDP
+    on CUDA), where the graph breaks at every such layer and Inductor has open crash reports."""
     if setting != "auto":
         return bool(setting)
+    if sync_batchnorm:
+        return False
+    if device.type == "cuda" and torch.cuda.get_device_capability(device) < TRITON_MIN_CAPABILITY:
+        return False  # Inductor's GPU code is Triton, which cannot target this GPU
     pays = device.type == "cuda" or (device.type == "cpu" and amp == torch.bfloat16)
     return pays and total_steps >= COMPILE_MIN_STEPS
+
+
+@contextlib.contextmanager
+def fast_cuda_math(device: torch.device) -> Iterator[None]:
+    """On CUDA, for the duration of a training run: cuDNN picks its fastest convolution for the
+    (fixed) shapes, and fp32 matmuls and convolutions use TF32 tensor cores. Restored after, so
+    nothing else in the process is affected; a no-op elsewhere."""
+    if device.type != "cuda":
+        yield
+        return
+    flags = (torch.backends.cudnn, "benchmark"), (torch.backends.cudnn, "allow_tf32")
+    flags += ((torch.backends.cuda.matmul, "allow_tf32"),)
+    before = [getattr(owner, name) for owner, name in flags]
+    try:
+        for owner, name in flags:
+            setattr(owner, name, True)
+        yield
+    finally:
+        for (owner, name), value in zip(flags, before, strict=True):
+            setattr(owner, name, value)
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
@@ -124,8 +160,14 @@ def place(name: str, parallel_aware: bool = True) -> Placement:
     device = resolve_device(name)
     if name != "auto" or not parallel_aware:
         return Placement(device)
-    if device.type == "cuda" and torch.cuda.device_count() >= 2:
-        i, lock = _lease([f"cuda-{i}" for i in range(torch.cuda.device_count())])
+    if device.type == "cuda":
+        # Keyed by the physical GPU, not the index this process sees: workers started with
+        # different CUDA_VISIBLE_DEVICES see one GPU under different indices. One GPU is leased
+        # too: two runs on it would contend for its memory and each run slower, so a second
+        # waits. A run meant to share it says so (`device: cuda`, never leased).
+        slots = [f"cuda-{_gpu_id(i)}" for i in range(torch.cuda.device_count())]
+        i, lock = _lease(slots)
+        torch.cuda.set_device(i)  # its context, bf16 check and any stray tensor land there
         return Placement(torch.device("cuda", i), lock=lock)
     workers = _cpu_workers()
     if device.type == "cpu" and workers >= 2:
@@ -141,6 +183,13 @@ def place(name: str, parallel_aware: bool = True) -> Placement:
         torch.set_num_threads(len(share))
         return Placement(device, cores=share, lock=lock)
     return Placement(device)
+
+
+def _gpu_id(index: int) -> str:
+    """The physical identity of visible GPU `index`: its UUID (what `nvidia-smi -L` prints), or
+    the index where the driver reports none."""
+    uuid = getattr(torch.cuda.get_device_properties(index), "uuid", None)
+    return str(uuid) if uuid else f"index{index}"
 
 
 def _cpu_workers() -> int:

@@ -272,7 +272,8 @@ class ImageNetTransferResNet50(nn.Module):
         super().train(mode)
         if self.freeze_backbone:
             for module in self.resnet.modules():
-                if isinstance(module, nn.BatchNorm2d):
+                # _BatchNorm: BatchNorm2d, and the SyncBatchNorm that DDP on CUDA converts it to.
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
                     module.eval()
         return self
 

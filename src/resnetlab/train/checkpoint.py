@@ -168,17 +168,31 @@ def _reason(path: Path, exc: Exception) -> str:
     return f"truncated or corrupt: {type(exc).__name__}"
 
 
-def rng_state() -> dict[str, Any]:
+def rng_state(device: torch.device) -> dict[str, Any]:
+    """The global random state a resumed run restores: the CPU generator's and, on CUDA, the
+    training GPU's alone. Augmentation and shuffling draw from their own per-epoch generators;
+    this covers anything else that draws (none of the shipped networks does). Not every visible
+    GPU's: a run resumed where fewer GPUs are visible would not find them all."""
     state: dict[str, Any] = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
     return state
 
 
-def set_rng_state(state: dict[str, Any]) -> None:
+def set_rng_state(state: dict[str, Any], device: torch.device) -> None:
+    """Restore `rng_state`'s state on `device`. A checkpoint of an older version holds one
+    CUDA state per GPU visible then: the entry of the training GPU is taken if there is one,
+    and none is needed (nothing else draws from it) when there is not."""
     torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    saved = state.get("cuda")
+    if device.type != "cuda" or saved is None:
+        return
+    if isinstance(saved, list | tuple):
+        index = device.index or 0
+        if index >= len(saved):
+            return
+        saved = saved[index]
+    torch.cuda.set_rng_state(saved, device)
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:

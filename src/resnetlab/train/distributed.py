@@ -33,24 +33,24 @@ def launched() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
-def init(device: torch.device) -> DistInfo:
-    """Join the process group torchrun describes; returns a single-process DistInfo otherwise."""
+def init(device: torch.device) -> tuple[DistInfo, torch.device]:
+    """Join the process group torchrun describes, and the device this process computes on:
+    on CUDA its own GPU (torchrun's LOCAL_RANK), made current before the group starts and bound
+    to it (`device_id`), so NCCL's communicator and any stray allocation land there, not on
+    cuda:0; CPU processes share the CPU. A single process (no torchrun) gets `device` back."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
-        return DistInfo()
+        return DistInfo(), device
     info = DistInfo(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
+    if device.type == "cuda":
+        device = torch.device("cuda", info.local_rank)
+        torch.cuda.set_device(device)
     if not dist.is_initialized():
-        backend = "nccl" if device.type == "cuda" else "gloo"
-        dist.init_process_group(backend=backend)
-    return info
-
-
-def local_device(device: torch.device, info: DistInfo) -> torch.device:
-    """Each process on its own GPU (torchrun's LOCAL_RANK); CPU processes share the CPU."""
-    if device.type == "cuda" and info.enabled:
-        torch.cuda.set_device(info.local_rank)
-        return torch.device("cuda", info.local_rank)
-    return device
+        if device.type == "cuda":
+            dist.init_process_group(backend="nccl", device_id=device)
+        else:
+            dist.init_process_group(backend="gloo")
+    return info, device
 
 
 def barrier(info: DistInfo) -> None:

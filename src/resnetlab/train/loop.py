@@ -52,19 +52,26 @@ class Shard:
     world: int = 1
 
 
-def batches(n: int, batch_size: int, generator: torch.Generator, device: torch.device, world: int):
+def batches(
+    n: int,
+    batch_size: int,
+    generator: torch.Generator,
+    device: torch.device,
+    world: int,
+    drop_last: bool = False,
+):
     """Shuffled index batches over `n` items. A final batch too small to give every process an
-    image is dropped; otherwise the last partial batch is kept."""
+    image is dropped; otherwise the last partial batch is kept, unless `drop_last`."""
     perm = torch.randperm(n, generator=generator, device=device)
     for start in range(0, n, batch_size):
         idx = perm[start : start + batch_size]
-        if len(idx) >= world:
+        if len(idx) >= world and not (drop_last and len(idx) < batch_size):
             yield idx
 
 
-def steps_per_epoch(n: int, batch_size: int, world: int) -> int:
+def steps_per_epoch(n: int, batch_size: int, world: int, drop_last: bool = False) -> int:
     full, rest = divmod(n, batch_size)
-    return full + (rest >= world and rest > 0)
+    return full + (not drop_last and rest >= world and rest > 0)
 
 
 def train_epoch(
@@ -84,6 +91,7 @@ def train_epoch(
     sync_every: int = 50,
     on_progress: Callable[[int, int, float, float], None] | None = None,
     mirror: torch.Tensor | None = None,
+    drop_last: bool = False,
 ) -> EpochStats:
     """One pass over `images` (uint8 NHWC on the device) in shuffled global batches.
 
@@ -91,12 +99,13 @@ def train_epoch(
     world / global_batch so that DDP's gradient average equals the gradient of the global batch's
     mean loss, even for a last batch that does not split evenly. `on_progress(step, steps, loss,
     accuracy)` is called every `sync_every` steps. `mirror` (boolean, one per image of
-    `images`) says which images `flip: alternate` mirrors this epoch. Raises NonFiniteLossError.
+    `images`) says which images `flip: alternate` mirrors this epoch. `drop_last` skips the last
+    partial batch (every step the same shape). Raises NonFiniteLossError.
     """
     shard = shard or Shard()
     device = images.device
     model.train()
-    total_steps = steps_per_epoch(len(images), cfg.batch_size, shard.world)
+    total_steps = steps_per_epoch(len(images), cfg.batch_size, shard.world, drop_last)
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
     first_bad = torch.full((), -1, device=device, dtype=torch.long)  # 1-based step, -1 = none
@@ -104,7 +113,7 @@ def train_epoch(
     lr = optimizer.param_groups[0]["lr"]
     start = time.perf_counter()
     for step, idx in enumerate(
-        batches(len(images), cfg.batch_size, generator, device, shard.world)
+        batches(len(images), cfg.batch_size, generator, device, shard.world, drop_last)
     ):
         local = idx[shard.rank :: shard.world]
         # Augment the whole global batch, then keep this process's part, so the random draws

@@ -25,7 +25,7 @@ from torch import nn
 
 from resnetlab.core.atomic import remove_stale_temporaries
 from resnetlab.core.config import Variant
-from resnetlab.core.device import autocast_dtype, place, use_compile
+from resnetlab.core.device import autocast_dtype, fast_cuda_math, place, use_compile
 from resnetlab.core.errors import ResnetlabError
 from resnetlab.core.params import check_batch_fits
 from resnetlab.core.records import History, HistoryRow, ModelCard, ModelRecord, TrainSummary
@@ -84,8 +84,7 @@ class Trainer:
         self.checkpoint_path = Path(checkpoint_path)
         # torchrun gives each process its GPU; otherwise parallel runs lease theirs.
         self.placement = place(cfg.device, parallel_aware=not distributed.launched())
-        self.dist = distributed.init(self.placement.device)
-        self.device = distributed.local_device(self.placement.device, self.dist)
+        self.dist, self.device = distributed.init(self.placement.device)
 
         torch.manual_seed(cfg.seed)
         model = build_model(variant.model.name, **variant.model.args)  # validates the spec
@@ -96,13 +95,19 @@ class Trainer:
         self.fingerprint = f"{variant.fingerprint()}-{data_fingerprint(data_dir)}"
         saved = checkpoint.resumable(self.checkpoint_path, self.fingerprint)
 
-        if self.dist.enabled and self.device.type == "cuda":
+        sync_batchnorm = self.dist.enabled and self.device.type == "cuda"
+        if sync_batchnorm:
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # same parameter names
         model.to(self.device)
         if cfg.channels_last:
             model.to(memory_format=torch.channels_last)
+        # On CUDA every step has the same shape: the last partial batch (45,000 % 128 = 72
+        # images) would recompile a compiled model and cannot replay a captured graph. Its
+        # images are reshuffled into the next epoch's batches. On the CPU the batches stay as
+        # they were, and with them every CPU result the docs record.
+        self.drop_last = self.device.type == "cuda"
         self.steps = loop.steps_per_epoch(
-            len(self.data.labels["train"]), cfg.batch_size, self.dist.world
+            len(self.data.labels["train"]), cfg.batch_size, self.dist.world, self.drop_last
         )
         if self.steps == 0:
             raise ResnetlabError(f"{variant.name}: the training split is empty")
@@ -114,7 +119,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type) if fp16 else None
         self.ema = schedule.build_ema(model, cfg.ema_decay)
         self.compiled = use_compile(
-            cfg.compile, self.device, cfg.epochs * self.steps, self.amp_dtype
+            cfg.compile, self.device, cfg.epochs * self.steps, self.amp_dtype, sync_batchnorm
         )
 
         self.progress = checkpoint.Progress()
@@ -160,7 +165,7 @@ class Trainer:
             self.scaler.load_state_dict(saved.scaler)
         if self.ema is not None:
             self.ema.load_state_dict(saved.ema)
-        checkpoint.set_rng_state(saved.rng)
+        checkpoint.set_rng_state(saved.rng, self.device)
         self.progress = saved.progress
 
     def state(self, finished: bool = False) -> checkpoint.TrainingState:
@@ -172,7 +177,7 @@ class Trainer:
             scheduler=self.scheduler.state_dict(),
             scaler=self.scaler.state_dict() if self.scaler is not None else {},
             ema=self.ema.state_dict() if self.ema is not None else {},
-            rng=checkpoint.rng_state(),
+            rng=checkpoint.rng_state(self.device),
             finished=finished,
         )
 
@@ -180,6 +185,10 @@ class Trainer:
         """Run the remaining epochs. Listeners are notified on the main process only; the loop
         reads losses back from the device every `sync_every` steps (progress, non-finite check).
         Raises ResnetlabError on a non-finite loss (the last checkpoint stays intact)."""
+        with fast_cuda_math(self.device):
+            self._fit(listeners, sync_every)
+
+    def _fit(self, listeners: Sequence[TrainingListener], sync_every: int) -> None:
         epochs = self.variant.train.epochs
         listeners = list(listeners) if self.is_main else []
         if self.is_main:
@@ -264,6 +273,7 @@ class Trainer:
                 sync_every=sync_every,
                 on_progress=on_progress,
                 mirror=mirror,
+                drop_last=self.drop_last,
             )
         except loop.NonFiniteLossError as exc:
             kept = (
@@ -381,5 +391,7 @@ class Trainer:
         nothing, and writes and records the outputs again."""
         if self.is_main and completed:
             self.state(finished=True).save(self.checkpoint_path)
-        distributed.barrier(self.dist)
+        # No barrier: the other ranks have nothing left to wait for, and rank 0 has just written
+        # and recorded the outputs, which with a slow tracking server can outlast the process
+        # group's timeout and kill ranks that sat waiting for it.
         distributed.shutdown(self.dist)
