@@ -47,3 +47,37 @@ def test_multistep_lowers_the_lr_at_whole_epochs():
     assert at(49, **cfg) == 1.0  # epoch 4
     assert at(50, **cfg) == pytest.approx(0.1)  # epoch 5 = 0.5 of 10
     assert at(80, **cfg) == pytest.approx(0.01)  # epoch 8 >= round(7.5)
+
+
+def test_weight_average_computes_torchs_ema_without_moving_its_counter():
+    """The same floats as torch's AveragedModel with its EMA function (bit for bit, on the CPU),
+    its checkpoints interchangeable with AveragedModel's, and its step counter never leaving the
+    host: AveragedModel copies it to the GPU for each group of tensors, every step."""
+    import torch
+    from torch import nn
+
+    from resnetlab.train.schedule import WeightAverage
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(64, 2))
+    ours = WeightAverage(model, 0.9)
+    theirs = torch.optim.swa_utils.AveragedModel(
+        model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(0.9), use_buffers=True
+    )
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    for _ in range(5):
+        model(torch.randn(8, 3, 6, 6)).sum().backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        ours.update_parameters(model)
+        theirs.update_parameters(model)
+    a, b = ours.state_dict(), theirs.state_dict()
+    assert a.keys() == b.keys() and a["n_averaged"].item() == 5
+    for key in a:
+        if a[key].is_floating_point():
+            assert torch.equal(a[key], b[key]), key
+    assert not torch.equal(a["module.0.weight"], model[0].weight)  # an average, not a copy
+    # An AveragedModel checkpoint loads, and the counter stays on the CPU.
+    restored = WeightAverage(model, 0.9)
+    restored.load_state_dict(b)
+    assert restored.n_averaged.device.type == "cpu" and restored.n_averaged.item() == 5

@@ -13,6 +13,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -22,6 +23,9 @@ from resnetlab.core.config import TrainConfig
 from resnetlab.core.device import autocast
 from resnetlab.core.errors import ResnetlabError
 from resnetlab.data.augment import augment_batch
+
+if TYPE_CHECKING:
+    from resnetlab.train.schedule import WeightAverage
 
 
 class NonFiniteLossError(ResnetlabError):
@@ -86,7 +90,7 @@ def train_epoch(
     *,
     amp_dtype: torch.dtype | None = None,
     scaler: torch.amp.GradScaler | None = None,
-    ema: torch.optim.swa_utils.AveragedModel | None = None,
+    ema: WeightAverage | None = None,
     shard: Shard | None = None,
     sync_every: int = 50,
     on_progress: Callable[[int, int, float, float], None] | None = None,

@@ -72,12 +72,48 @@ def build_scheduler(
     )
 
 
-def build_ema(model: nn.Module, decay: float) -> torch.optim.swa_utils.AveragedModel | None:
+class WeightAverage(nn.Module):
+    """Exponential moving average of a model's floating-point weights and buffers, updated every
+    step with one fused `lerp` on their device (torch's AveragedModel with its EMA function
+    computes the same floats, but copies its CPU step counter to the GPU for each group of
+    tensors, a host synchronisation each, twice a step). Integer buffers (BatchNorm's
+    `num_batches_tracked`) follow the model's. The first update copies the model. Its state
+    dict has AveragedModel's keys (`module.*`, `n_averaged`), so checkpoints move between the
+    two."""
+
+    def __init__(self, model: nn.Module, decay: float):
+        super().__init__()
+        import copy
+
+        self.module = copy.deepcopy(model)
+        for p in self.module.parameters():
+            p.requires_grad_(False)
+        self.decay = decay
+        # On the CPU and read only there: the first update copies instead of averaging.
+        self.register_buffer("n_averaged", torch.tensor(0, dtype=torch.long))
+
+    def forward(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        return self.module(*args, **kwargs)
+
+    @torch.no_grad()
+    def update_parameters(self, model: nn.Module) -> None:
+        mine = [*self.module.parameters(), *self.module.buffers()]
+        theirs = [t.detach() for t in (*model.parameters(), *model.buffers())]
+        if int(self.n_averaged) == 0:
+            torch._foreach_copy_(mine, theirs)
+        else:
+            pairs = list(zip(mine, theirs, strict=True))
+            floats = [pair for pair in pairs if pair[0].is_floating_point()]
+            others = [pair for pair in pairs if not pair[0].is_floating_point()]
+            if floats:
+                torch._foreach_lerp_([a for a, _ in floats], [b for _, b in floats], 1 - self.decay)
+            if others:
+                torch._foreach_copy_([a for a, _ in others], [b for _, b in others])
+        self.n_averaged += 1
+
+
+def build_ema(model: nn.Module, decay: float) -> WeightAverage | None:
     """Exponential moving average of weights and BatchNorm buffers, updated every step."""
     if not decay:
         return None
-    return torch.optim.swa_utils.AveragedModel(
-        model,
-        multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(decay),
-        use_buffers=True,
-    )
+    return WeightAverage(model, decay)
