@@ -7,6 +7,11 @@ channels_last) over --batches batches of random uint8 images on the device, afte
 pass, and reports images/s. The time of one run of the variant is then an ESTIMATE:
 epochs x training images / images/s (validation passes, which cost about a tenth of an epoch's
 forward work, are left out). Times per seed; multiply by the number of `seeds`.
+
+`--flops` measures nothing on a device: it counts each variant's training FLOPs per image
+(`torch.utils.flop_counter`: the convolutions' and matrix products' forward and backward) and
+the whole run's, for a device not at hand; `--assume-tflops R` turns them into times at an
+achieved rate of R TFLOP/s, an assumption the output names.
 Run `python bench/estimate_study.py --help` for the options.
 """
 
@@ -72,6 +77,47 @@ def throughput(variant: Any, device: torch.device, batches: int, seed: int, n_tr
     return n / timings[-1]
 
 
+def train_flops_per_image(variant: Any) -> float:
+    """FLOPs of one training image of `variant`: forward and backward of its network, at its
+    input size (CIFAR's 32x32; `resnet50_transfer` resizes to its `input_size` inside)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model_args = dict(variant.model.args)
+    model_args.pop("pretrained", None)  # the same network and FLOPs, without a download
+    model = build_model(variant.model.name, **model_args)
+    x = torch.randn(2, 3, 32, 32)
+    with FlopCounterMode(display=False) as counter:
+        model(x).sum().backward()
+    return counter.get_total_flops() / 2
+
+
+def flops_table(params: Any, names: Sequence[str], n_train: int, tflops: float | None) -> list:
+    rows = []
+    print(
+        "| variant | GFLOP per training image | epochs | PFLOP per seed |"
+        + (f" time at {tflops:g} TFLOP/s (assumed) |" if tflops else "")
+    )
+    print("| --- | ---: | ---: | ---: |" + (" ---: |" if tflops else ""))
+    for name in names:
+        variant = params.variant(name)
+        per_image = train_flops_per_image(variant)
+        total = per_image * variant.train.epochs * n_train
+        row = {"variant": name, "flops_per_image": per_image, "epochs": variant.train.epochs}
+        row["flops_per_seed"] = total
+        line = f"| {name} | {per_image / 1e9:.2f} | {variant.train.epochs} | {total / 1e15:.1f} |"
+        if tflops:
+            row["assumed_s_per_seed"] = total / (tflops * 1e12)
+            line += f" {_hours(row['assumed_s_per_seed'])} |"
+        rows.append(row)
+        print(line, flush=True)
+    total = sum(r["flops_per_seed"] for r in rows)
+    summary = f"total per seed: {total / 1e15:.1f} PFLOP"
+    if tflops:
+        summary += f", {_hours(total / (tflops * 1e12))} at an assumed {tflops:g} TFLOP/s"
+    print(summary)
+    return rows
+
+
 def _hours(seconds: float) -> str:
     h, rest = divmod(round(seconds), 3600)
     return f"{h}h {rest // 60:02d}m"
@@ -85,14 +131,21 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     p.add_argument("--batches", type=int, default=20, help="timed batches per variant")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
     p.add_argument("--json", type=Path, help="also write the rows here")
+    p.add_argument("--flops", action="store_true", help="count FLOPs instead of measuring")
+    p.add_argument("--assume-tflops", type=float, help="with --flops: times at this rate")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     params = load_params(args.params)
     names = args.variants.split(",") if args.variants else list(params.variants)
     n_train = params.data.subset or CIFAR10_TRAIN_SIZE - params.data.val_size
-    rows = []
     print(f"torch {torch.__version__}, python {platform.python_version()}, {platform.machine()}")
+    if args.flops:
+        rows = flops_table(params, names, n_train, args.assume_tflops)
+        if args.json:
+            args.json.write_text(json.dumps(rows, indent=2) + "\n")
+        return rows
+    rows = []
     print("| variant | device | batch | images/s (measured) | epochs | est. time per seed |")
     print("| --- | --- | ---: | ---: | ---: | ---: |")
     for name in names:

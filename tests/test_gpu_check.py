@@ -32,3 +32,35 @@ def test_the_device_check_runs_every_step_on_the_cpu(tmp_path: Path) -> None:
     rows = {row["mode"]: row for row in check["speed"]}
     assert set(rows) == {"eager", "compiled"} and all(r["images/s"] > 0 for r in rows.values())
     assert rows["eager"]["TFLOP/s"] > 0
+
+
+def test_the_training_flop_count_behind_the_gpu_estimate() -> None:
+    """`bench/estimate_study.py --flops` (the basis of docs/performance.md's GPU estimate):
+    ResNet-20's count equals 3 x 2 x its convolutions' and linear layer's multiply-adds,
+    counted here from the layers' shapes (forward, and backward's two products per layer)."""
+    import torch
+    from torch import nn
+
+    sys.path.insert(0, str(REPO / "bench"))
+    from estimate_study import train_flops_per_image
+
+    from resnetlab.core.params import load_params
+    from resnetlab.models import build_model
+
+    variant = load_params(REPO / "params.yaml").variant("resnet20")
+    macs = 0
+
+    def count(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+        nonlocal macs
+        weight = module.weight
+        macs += output[0].numel() * weight[0].numel()  # per image: outputs x inputs per output
+
+    model = build_model(variant.model.name, **variant.model.args)
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d | nn.Linear):
+            module.register_forward_hook(count)
+    model(torch.randn(1, 3, 32, 32))
+    assert macs == 40_551_040
+    # Forward, then backward's gradients of the weights and of the inputs: 3 x 2 x macs, less
+    # the first convolution's input gradient, which nothing needs (16 x 32 x 32 outputs of 27).
+    assert train_flops_per_image(variant) == 3 * 2 * macs - 2 * 16 * 32 * 32 * 27
