@@ -21,12 +21,17 @@ import argparse
 import dataclasses
 import json
 import platform
+import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_data_pipeline import sync
 
 from resnetlab.core.device import autocast_dtype, resolve_device, use_compile
 from resnetlab.core.params import load_params
@@ -36,45 +41,73 @@ from resnetlab.models import build_model
 from resnetlab.train import loop, schedule
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+def network(variant: Any) -> nn.Module:
+    """`variant`'s network, untrained: ImageNet weights are not downloaded (the same network,
+    the same speed and FLOPs)."""
+    model_args = dict(variant.model.args)
+    model_args.pop("pretrained", None)
+    return build_model(variant.model.name, **model_args)
+
+
+class TrainingStep:
+    """`variant`'s real training step (`loop.train_epoch`: its batch size, augmentation,
+    precision and channels_last) over `batches` batches of random uint8 images resident on
+    `device`, at a constant learning rate so that every step does the same work. `wrap` is
+    applied to the network before training (e.g. `torch.compile`)."""
+
+    def __init__(
+        self,
+        variant: Any,
+        device: torch.device,
+        batches: int,
+        seed: int = 0,
+        wrap: Callable[[nn.Module], nn.Module] | None = None,
+    ):
+        cfg = variant.train
+        torch.manual_seed(seed)
+        self.variant, self.device = variant, device
+        self.net = network(variant).to(device)
+        if cfg.channels_last:
+            self.net.to(memory_format=torch.channels_last)
+        self.model = wrap(self.net) if wrap else self.net
+        self.cfg = dataclasses.replace(cfg, epochs=1, schedule="constant", warmup_epochs=0.0)
+        self.n = batches * cfg.batch_size
+        self.gen = torch.Generator(device=device).manual_seed(seed)
+        self.images = torch.randint(0, 256, (self.n, 32, 32, 3), dtype=torch.uint8, device=device)
+        self.labels = torch.randint(0, 10, (self.n,), device=device, generator=self.gen)
+        self.normalize = Normalizer((0.5,) * 3, (0.25,) * 3, device, cfg.channels_last)
+        self.optimizer = schedule.build_optimizer(self.net, self.cfg)
+        self.scheduler = schedule.build_scheduler(self.optimizer, self.cfg, batches)
+        self.amp = autocast_dtype(cfg.precision, device)
+
+    def epoch(self) -> float:
+        """Seconds of one pass over the images (every batch full: the same shape each step)."""
+        sync(self.device)
+        start = time.perf_counter()
+        loop.train_epoch(
+            self.model,
+            self.optimizer,
+            self.scheduler,
+            self.images,
+            self.labels,
+            self.cfg,
+            self.normalize,
+            self.gen,
+            amp_dtype=self.amp,
+        )
+        sync(self.device)
+        return time.perf_counter() - start
 
 
 def throughput(variant: Any, device: torch.device, batches: int, seed: int, n_train: int) -> float:
     """Training images per second of `variant` on `device` (random data, the real step);
     `n_train` training images per epoch decide, as in the train stage, whether it compiles."""
     cfg = variant.train
-    torch.manual_seed(seed)
-    model_args = dict(variant.model.args)
-    if "pretrained" in model_args:
-        model_args["pretrained"] = False  # the same network and speed, without a download
-    model = build_model(variant.model.name, **model_args).to(device)
-    if cfg.channels_last:
-        model.to(memory_format=torch.channels_last)
     steps = cfg.epochs * loop.steps_per_epoch(n_train, cfg.batch_size, 1)
-    amp = autocast_dtype(cfg.precision, device)
-    if use_compile(cfg.compile, device, steps, amp):
-        model = torch.compile(model)
-    # Constant lr: every step does the same work. The variant's batch size and augmentation.
-    bench_cfg = dataclasses.replace(cfg, epochs=1, schedule="constant", warmup_epochs=0.0)
-    n = batches * cfg.batch_size
-    gen = torch.Generator(device=device).manual_seed(seed)
-    images = torch.randint(0, 256, (n, 32, 32, 3), dtype=torch.uint8, device=device)
-    labels = torch.randint(0, 10, (n,), device=device, generator=gen)
-    normalize = Normalizer((0.5,) * 3, (0.25,) * 3, device, cfg.channels_last)
-    optimizer = schedule.build_optimizer(model, bench_cfg)
-    scheduler = schedule.build_scheduler(optimizer, bench_cfg, batches)
-    timings = []
-    for _ in range(2):  # a warm-up pass (kernels, allocator, compile), then the timed one
-        sync(device)
-        start = time.perf_counter()
-        loop.train_epoch(
-            model, optimizer, scheduler, images, labels, bench_cfg, normalize, gen, amp_dtype=amp
-        )
-        sync(device)
-        timings.append(time.perf_counter() - start)
-    return n / timings[-1]
+    compiles = use_compile(cfg.compile, device, steps, autocast_dtype(cfg.precision, device))
+    step = TrainingStep(variant, device, batches, seed, torch.compile if compiles else None)
+    step.epoch()  # a warm-up pass (kernels, allocator, compile), then the timed one
+    return step.n / step.epoch()
 
 
 def train_flops_per_image(variant: Any) -> float:
@@ -82,9 +115,7 @@ def train_flops_per_image(variant: Any) -> float:
     input size (CIFAR's 32x32; `resnet50_transfer` resizes to its `input_size` inside)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    model_args = dict(variant.model.args)
-    model_args.pop("pretrained", None)  # the same network and FLOPs, without a download
-    model = build_model(variant.model.name, **model_args)
+    model = network(variant)
     x = torch.randn(2, 3, 32, 32)
     with FlopCounterMode(display=False) as counter:
         model(x).sum().backward()

@@ -46,13 +46,21 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
+sys.path.insert(0, str(REPO / "bench"))
 
-from resnetlab.core.device import autocast_dtype, resolve_device, use_compile  # noqa: E402
+from bench_throughput import matmul_rate  # noqa: E402
+from estimate_study import TrainingStep, train_flops_per_image  # noqa: E402
+
+from resnetlab.core.device import (  # noqa: E402
+    PRECISION_NAMES,
+    autocast_dtype,
+    fast_cuda_math,
+    resolve_device,
+    use_compile,
+)
 from resnetlab.core.params import load_params  # noqa: E402
-from resnetlab.data.normalize import Normalizer  # noqa: E402
 from resnetlab.data.prepared import Prepared, save_prepared  # noqa: E402
-from resnetlab.models import build_model  # noqa: E402
-from resnetlab.train import loop, schedule  # noqa: E402
+from resnetlab.train import loop  # noqa: E402
 from resnetlab.train.trainer import Trainer  # noqa: E402
 
 
@@ -96,11 +104,6 @@ def time_limit(seconds: int) -> Iterator[None]:
         signal.signal(signal.SIGALRM, previous)
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def generated_data(folder: Path, sizes: Sizes) -> Path:
     """A prepared-data folder of CIFAR-10's shape and dtype: random pixels, balanced labels."""
     rng = np.random.default_rng(0)
@@ -120,7 +123,7 @@ def variant_for(name: str, device: torch.device, **train: Any) -> Any:
     return dataclasses.replace(variant, train=dataclasses.replace(variant.train, **overrides))
 
 
-def env(device: torch.device, sizes: Sizes) -> dict[str, Any]:
+def env(device: torch.device) -> dict[str, Any]:
     out: dict[str, Any] = {
         "torch": torch.__version__,
         "python": platform.python_version(),
@@ -132,74 +135,35 @@ def env(device: torch.device, sizes: Sizes) -> dict[str, Any]:
     variant = variant_for("resnet20", device)
     steps = variant.train.epochs * loop.steps_per_epoch(45_000, variant.train.batch_size, 1)
     amp = autocast_dtype("auto", device)
-    out["auto.precision"] = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[amp]
+    out["auto.precision"] = PRECISION_NAMES[amp]
     out["auto.compile (resnet20, full recipe)"] = use_compile("auto", device, steps, amp)
     return out
 
 
-def matmul(device: torch.device, sizes: Sizes) -> dict[str, float]:
+PRECISIONS = (("bf16", torch.bfloat16), ("fp32", torch.float32))
+
+
+def matmul(device: torch.device) -> dict[str, float]:
+    """Large matrix products' rates: bf16, and fp32 with TF32 on as training has it on CUDA."""
     n = 4096 if device.type == "cuda" else 256
-    rates = {}
-    for name, dtype in (("bf16", torch.bfloat16), ("fp32", torch.float32)):
-        a = torch.randn(n, n, device=device, dtype=dtype)
-        b = torch.randn(n, n, device=device, dtype=dtype)
-        a @ b
-        sync(device)
-        start = time.perf_counter()
-        for _ in range(10):
-            a @ b
-        sync(device)
-        rates[f"{name} TFLOP/s"] = round(2 * n**3 * 10 / (time.perf_counter() - start) / 1e12, 3)
-    return rates
+    with fast_cuda_math(device):
+        rates = {name: matmul_rate(dtype, device, n) for name, dtype in PRECISIONS}
+    return {f"{name} TFLOP/s": round(rate / 1e12, 3) for name, rate in rates.items()}
 
 
-class Bench:
-    """One network's training step on device-resident generated data, as the trainer runs it."""
+class Bench(TrainingStep):
+    """The shipped variant `name`'s training step on `device`: eager (`mode` None), or compiled
+    in `mode` ("default", "reduce-overhead": CUDA graphs) with the sizes' backend."""
 
     def __init__(self, name: str, device: torch.device, sizes: Sizes, mode: str | None):
-        self.device = device
-        self.variant = variant_for(name, device)
-        cfg = self.variant.train
-        torch.manual_seed(0)
-        args = {k: v for k, v in self.variant.model.args.items() if k != "pretrained"}
-        model = build_model(self.variant.model.name, **args).to(device)
-        if cfg.channels_last:
-            model.to(memory_format=torch.channels_last)
-        self.net = model
-        if mode is None:
-            self.model = model
-        elif sizes.backend == "inductor":
-            self.model = torch.compile(model, mode=mode)
-        else:
-            self.model = torch.compile(model, backend=sizes.backend)
-        self.cfg = dataclasses.replace(cfg, epochs=1, schedule="constant", warmup_epochs=0.0)
-        self.n = sizes.batches * cfg.batch_size
-        self.gen = torch.Generator(device=device).manual_seed(0)
-        self.images = torch.randint(0, 256, (self.n, 32, 32, 3), dtype=torch.uint8, device=device)
-        self.labels = torch.randint(0, 10, (self.n,), device=device, generator=self.gen)
-        self.normalize = Normalizer((0.5,) * 3, (0.25,) * 3, device, cfg.channels_last)
-        self.optimizer = schedule.build_optimizer(model, self.cfg)
-        self.scheduler = schedule.build_scheduler(self.optimizer, self.cfg, sizes.batches)
-        self.amp = autocast_dtype(cfg.precision, device)
+        def wrap(net: torch.nn.Module) -> torch.nn.Module:
+            if sizes.backend == "inductor":
+                return torch.compile(net, mode=mode)
+            return torch.compile(net, backend=sizes.backend)
 
-    def epoch(self) -> float:
-        """Seconds of one pass over the generated images (full batches only, as on CUDA)."""
-        sync(self.device)
-        start = time.perf_counter()
-        loop.train_epoch(
-            self.model,
-            self.optimizer,
-            self.scheduler,
-            self.images,
-            self.labels,
-            self.cfg,
-            self.normalize,
-            self.gen,
-            amp_dtype=self.amp,
-            drop_last=True,
+        super().__init__(
+            variant_for(name, device), device, sizes.batches, 0, wrap if mode else None
         )
-        sync(self.device)
-        return time.perf_counter() - start
 
 
 def syncs(device: torch.device, sizes: Sizes) -> dict[str, Any]:
@@ -246,7 +210,7 @@ class StopAfter:
             raise KeyboardInterrupt
 
 
-def resume(device: torch.device, sizes: Sizes, data: Path, work: Path) -> dict[str, Any]:
+def resume(device: torch.device, data: Path, work: Path) -> dict[str, Any]:
     variant = variant_for("resnet20", device, epochs=2, milestones=[0.5], compile=False)
     whole = Trainer(variant, data, work / "whole.pt")
     whole.fit()
@@ -297,8 +261,6 @@ def speed_row(
 ) -> dict[str, Any]:
     """Images/s of `name` in `mode`; the eager row fills `eager` (step seconds, FLOPs per
     step) for the rows after it."""
-    from torch.utils.flop_counter import FlopCounterMode
-
     torch._dynamo.reset()
     bench = Bench(name, device, sizes, mode)
     first = bench.epoch()  # kernels, autotuning, compiling
@@ -309,10 +271,8 @@ def speed_row(
         "compile s": round(first - steady, 1),
     }
     if mode is None:
-        x = bench.normalize(bench.images[: bench.cfg.batch_size])
-        with FlopCounterMode(display=False) as counter:
-            bench.net(x).sum().backward()
-        eager.update(step_s=step_s, flops=counter.get_total_flops())
+        flops = train_flops_per_image(bench.variant) * bench.cfg.batch_size
+        eager.update(step_s=step_s, flops=flops)
     elif "step_s" in eager and step_s < eager["step_s"]:
         row["pays after steps"] = round((first - steady) / (eager["step_s"] - step_s))
     if "flops" in eager:
@@ -337,11 +297,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         work = Path(tmp)
         data = generated_data(work / "prepared", sizes)
         steps: list[tuple[str, Callable[[], Any]]] = [
-            ("env", lambda: env(device, sizes)),
-            ("matmul", lambda: matmul(device, sizes)),
+            ("env", lambda: env(device)),
+            ("matmul", lambda: matmul(device)),
             ("syncs", lambda: syncs(device, sizes)),
             ("graph", lambda: graph(device, sizes)),
-            ("resume", lambda: resume(device, sizes, data, work)),
+            ("resume", lambda: resume(device, data, work)),
             (
                 "speed",
                 lambda: speed(device, sizes, results["matmul"].get("bf16 TFLOP/s", 0.0)),

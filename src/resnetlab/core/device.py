@@ -76,6 +76,14 @@ def native_bf16(device: torch.device) -> bool:
     return False
 
 
+# What each autocast dtype is called in `train.precision` and the runs' `resolved.precision`.
+PRECISION_NAMES: dict[torch.dtype | None, str] = {
+    None: "fp32",
+    torch.bfloat16: "bf16",
+    torch.float16: "fp16",
+}
+
+
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype for `precision` (None = plain fp32). `auto` = bf16 where the device
     computes it natively (parity with fp32 measured: docs/performance.md); on a GPU without it
@@ -85,7 +93,7 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
         if native_bf16(device):
             return torch.bfloat16
         return torch.float16 if device.type == "cuda" else None
-    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    return {name: dtype for dtype, name in PRECISION_NAMES.items()}[precision]
 
 
 def use_compile(

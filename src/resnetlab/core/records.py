@@ -58,6 +58,7 @@ __all__ = [
     "RunFile",
     "TrainSummary",
     "run_key",
+    "write_json",
 ]
 
 R = TypeVar("R")
@@ -142,7 +143,8 @@ def _read_json(path: Path, stage: str) -> Any:
         raise _fail(path, problem, stage) from None
 
 
-def _write_json(path: Path, data: Mapping[str, Any]) -> None:
+def write_json(path: Path, data: Mapping[str, Any]) -> None:
+    """`data` as indented JSON, written atomically (its folder made first)."""
     blob = (json.dumps(data, indent=2) + "\n").encode()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     write_atomic(Path(path), lambda fh: fh.write(blob))
@@ -175,7 +177,7 @@ class _JsonRecord:
         return tuple(f.name for f in dataclasses.fields(cls))  # type: ignore[arg-type]
 
     def write(self, path: Path) -> None:
-        _write_json(path, self.to_dict())
+        write_json(path, self.to_dict())
 
     @classmethod
     def read(cls: type[J], path: Path, variant: str | None = None) -> J:

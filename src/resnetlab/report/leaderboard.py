@@ -12,7 +12,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from resnetlab.core.atomic import write_atomic
 from resnetlab.core.errors import ResnetlabError
 from resnetlab.core.layout import (
     HISTORY_CSV,
@@ -29,6 +28,7 @@ from resnetlab.core.records import (
     ModelCard,
     TrainSummary,
     run_key,
+    write_json,
 )
 from resnetlab.report.stats import mean_std
 
@@ -341,10 +341,6 @@ def mean_report(
 
 def write_mean(means: Mapping[str, float | int], out_dir: Path) -> Path:
     """`<out_dir>/mean.json` (`mean_report`), written atomically; returns its path."""
-    import json
-
     path = Path(out_dir) / MEAN_JSON
-    path.parent.mkdir(parents=True, exist_ok=True)
-    blob = (json.dumps(dict(means), indent=2) + "\n").encode()
-    write_atomic(path, lambda fh: fh.write(blob))
+    write_json(path, means)
     return path

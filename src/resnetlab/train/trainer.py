@@ -25,7 +25,13 @@ from torch import nn
 
 from resnetlab.core.atomic import remove_stale_temporaries
 from resnetlab.core.config import Variant
-from resnetlab.core.device import autocast_dtype, fast_cuda_math, place, use_compile
+from resnetlab.core.device import (
+    PRECISION_NAMES,
+    autocast_dtype,
+    fast_cuda_math,
+    place,
+    use_compile,
+)
 from resnetlab.core.errors import ResnetlabError
 from resnetlab.core.params import check_batch_fits
 from resnetlab.core.records import History, HistoryRow, ModelCard, ModelRecord, TrainSummary
@@ -132,8 +138,7 @@ class Trainer:
     @property
     def resolved(self) -> dict[str, str | bool]:
         """What `precision: auto` and `compile: auto` became on this machine."""
-        names = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
-        return {"precision": names[self.amp_dtype], "compile": self.compiled}
+        return {"precision": PRECISION_NAMES[self.amp_dtype], "compile": self.compiled}
 
     @property
     def is_main(self) -> bool:
