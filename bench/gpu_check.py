@@ -205,13 +205,15 @@ class StopAfter:
     def __getattr__(self, name: str) -> Callable[..., None]:
         return lambda *args: None
 
-    def on_epoch_end(self, event: Any) -> None:
-        if event.row.epoch == self.epoch:
+    def on_checkpoint(self, event: Any) -> None:
+        if event.rows[-1].epoch == self.epoch:
             raise KeyboardInterrupt
 
 
 def resume(device: torch.device, data: Path, work: Path) -> dict[str, Any]:
-    variant = variant_for("resnet20", device, epochs=2, milestones=[0.5], compile=False)
+    variant = variant_for(
+        "resnet20", device, epochs=2, milestones=[0.5], compile=False, checkpoint_every_s=0
+    )
     whole = Trainer(variant, data, work / "whole.pt")
     whole.fit()
     with contextlib.suppress(KeyboardInterrupt):

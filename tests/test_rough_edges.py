@@ -140,6 +140,7 @@ def test_a_second_train_into_the_same_folder_stops_in_one_line(
             "lr": 0.05,
             "precision": "fp32",
             "device": "cpu",
+            "checkpoint_every_s": 0,  # the test fills the disk at the second checkpoint
         },
         "variants": {"tiny": {"model": {"name": "resnet_v1", "depth": 8}}},
     }
@@ -215,6 +216,7 @@ def _tiny_params(root: Path, epochs: int) -> None:
             "lr": 0.05,
             "precision": "fp32",
             "device": "cpu",
+            "checkpoint_every_s": 0,  # the test fills the disk at the second checkpoint
         },
         "variants": {"tiny": {"model": {"name": "resnet_v1", "depth": 8}}},
     }

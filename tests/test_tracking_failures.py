@@ -34,6 +34,7 @@ from resnetlab.train import checkpoint
 
 EPOCHS = 4
 TRAIN = {"epochs": EPOCHS, "batch_size": 64, "lr": 0.05, "precision": "fp32", "device": "cpu"}
+TRAIN["checkpoint_every_s"] = 0  # a checkpoint, and with it the epoch's records, every epoch
 VARIANT = {"tiny": {"model": {"name": "resnet_v1", "depth": 8}}}
 
 
@@ -87,19 +88,20 @@ def test_server_dying_mid_training_costs_no_epoch_and_relog_backfills_the_run(
 
     monkeypatch.setattr(checkpoint, "save_atomic", save)
     waits: dict[str, float] = {}  # how long the MLflow listener held training up, per event
-    real_epoch_end, real_finish = (
-        training_run.TrainingRun.on_epoch_end,
+    real_checkpoint, real_finish = (
+        training_run.TrainingRun.on_checkpoint,
         training_run.TrainingRun.finish,
     )
 
     with TrackingServer(workdir / "store") as server:
         monkeypatch.setenv("MLFLOW_TRACKING_URI", server.url)
 
-        def on_epoch_end(self, event):
+        def on_checkpoint(self, event):
             start = time.monotonic()
-            real_epoch_end(self, event)
-            waits[f"epoch {event.row.epoch}"] = time.monotonic() - start
-            if event.row.epoch == 1:
+            real_checkpoint(self, event)
+            (row,) = event.rows
+            waits[f"epoch {row.epoch}"] = time.monotonic() - start
+            if row.epoch == 1:
                 server.kill()  # no goodbye: connections are refused from now on
 
         def finish(self):
@@ -109,7 +111,7 @@ def test_server_dying_mid_training_costs_no_epoch_and_relog_backfills_the_run(
             finally:
                 waits["finish"] = time.monotonic() - start
 
-        monkeypatch.setattr(training_run.TrainingRun, "on_epoch_end", on_epoch_end)
+        monkeypatch.setattr(training_run.TrainingRun, "on_checkpoint", on_checkpoint)
         monkeypatch.setattr(training_run.TrainingRun, "finish", finish)
         caplog.set_level(logging.INFO)
         assert main(train_argv(tiny_prepared)) == 1
@@ -156,17 +158,17 @@ def test_stage_error_when_tracking_is_behind_at_the_end_names_files_and_relog(
 ):
     """The same failure on the SQLite store, cheaply: every call after epoch 1 fails."""
     write_params(workdir, epochs=2)
-    real_epoch_end = training_run.TrainingRun.on_epoch_end
+    real_checkpoint = training_run.TrainingRun.on_checkpoint
 
-    def on_epoch_end(self, event):
-        real_epoch_end(self, event)
+    def on_checkpoint(self, event):
+        real_checkpoint(self, event)
 
         def refuse(*args, **kwargs):
             raise store.Unreachable("unreachable (refused by the test)")
 
         self._calls.probe = refuse
 
-    monkeypatch.setattr(training_run.TrainingRun, "on_epoch_end", on_epoch_end)
+    monkeypatch.setattr(training_run.TrainingRun, "on_checkpoint", on_checkpoint)
     caplog.set_level(logging.INFO)
     assert main(train_argv(tiny_prepared)) == 1
     assert sum("tracking is behind" in r.getMessage() for r in caplog.records) == 1
@@ -184,7 +186,7 @@ def test_stage_error_when_tracking_is_behind_at_the_end_names_files_and_relog(
     )
 
     # Re-running the stage once the store answers: no epoch is trained again, the run completes.
-    monkeypatch.setattr(training_run.TrainingRun, "on_epoch_end", real_epoch_end)
+    monkeypatch.setattr(training_run.TrainingRun, "on_checkpoint", real_checkpoint)
     saved: list[bool] = []
     real_save = checkpoint.save_atomic
 

@@ -20,9 +20,10 @@ from resnetlab.pipeline import train as train_stage
 from resnetlab.train import checkpoint
 
 # `device: cpu`, not `auto`: the numbers and tags these tests expect are the CPU's, also on a
-# machine with a GPU.
+# machine with a GPU. A checkpoint after every epoch: the resume tests interrupt between them.
 TINY_TRAIN = {
     "device": "cpu",
+    "checkpoint_every_s": 0,
     "epochs": 3,
     "batch_size": 64,
     "lr": 0.05,
@@ -200,6 +201,67 @@ def test_resume_after_interruption_gives_identical_weights(tiny_prepared, workdi
     assert resumed.info.status == "FINISHED"
     steps = [m.step for m in client().get_metric_history(resumed.info.run_id, "val_accuracy")]
     assert steps == [1, 2, 3]
+
+
+def test_checkpoints_between_epochs_resume_without_recording_an_epoch_twice(
+    tiny_prepared, workdir, monkeypatch
+):
+    """`checkpoint_every_s` leaves epochs off disk: MLflow records an epoch once the checkpoint
+    holds it, so the epochs an interruption makes a run train again are recorded once."""
+    from resnetlab.train import loop
+
+    params = make_params(epochs=4, checkpoint_every_s=3600)
+    train(params, tiny_prepared, workdir / "straight")
+
+    # Checkpoints after epochs 2 and 4 (as a clock would make them), a kill during epoch 4.
+    monkeypatch.setattr(checkpoint.Cadence, "due", lambda self, epoch, epochs: epoch in (2, 4))
+    real_epoch = loop.train_epoch
+    epochs_started: list[int] = []
+
+    def killed_in_epoch_4(*args, **kwargs):
+        epochs_started.append(len(epochs_started) + 1)
+        if len(epochs_started) == 4:
+            raise KeyboardInterrupt
+        return real_epoch(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "train_epoch", killed_in_epoch_4)
+    with pytest.raises(KeyboardInterrupt):
+        train(params, tiny_prepared, workdir / "resumed")
+    monkeypatch.setattr(loop, "train_epoch", real_epoch)
+    ckpt = workdir / "resumed/models/tiny/checkpoint.pt"
+    assert checkpoint.load(ckpt)["progress"]["epoch"] == 2  # epoch 3 trained, not on disk
+    (killed,) = [r for r in runs() if r.info.status == "KILLED"]
+    steps = [m.step for m in client().get_metric_history(killed.info.run_id, "val_accuracy")]
+    assert steps == [1, 2]
+
+    train(params, tiny_prepared, workdir / "resumed")  # resumes after epoch 2
+    a = weights(workdir / "straight/models/tiny/model.pt")
+    b = weights(workdir / "resumed/models/tiny/model.pt")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    steps = [m.step for m in client().get_metric_history(killed.info.run_id, "val_accuracy")]
+    assert steps == [1, 2, 3, 4]  # epochs 3 and 4 once each, though epoch 3 ran twice
+
+
+def test_the_checkpoint_cadence_is_time_since_the_last_write_and_the_last_epoch():
+    now = [100.0]
+    cadence = checkpoint.Cadence(60, clock=lambda: now[0])
+    due = []
+    for epoch, seconds in enumerate([25, 25, 25, 25, 70, 5, 5], start=1):
+        now[0] += seconds
+        if cadence.due(epoch, 7):
+            cadence.written()
+            due.append(epoch)
+    assert due == [3, 5, 7]  # 75 s after the start, 95 s after epoch 3, and the last
+    every = checkpoint.Cadence(0, clock=lambda: 0.0)
+    assert all(every.due(epoch, 9) for epoch in range(1, 10))
+
+
+def test_the_checkpoint_cadence_does_not_stop_a_run_resuming():
+    def fingerprint(**train) -> str:
+        return parse_params(make_params(**train)).variant("tiny").fingerprint()
+
+    assert fingerprint(checkpoint_every_s=0) == fingerprint(checkpoint_every_s=600)
+    assert fingerprint(lr=0.05) != fingerprint(lr=0.01)
 
 
 def test_finished_or_foreign_checkpoint_is_not_resumed(tiny_prepared, workdir):

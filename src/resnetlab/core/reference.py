@@ -144,7 +144,8 @@ MEANINGS: dict[str, tuple[str, str, str]] = {
         "auto, cpu, cuda, cuda:N, mps",
     ),
     "train.precision": (
-        "auto = bf16 autocast where the device computes bf16 natively, fp32 elsewhere",
+        "auto = bf16 autocast where the device computes bf16 natively; fp16 with loss scaling "
+        "on a GPU without it (T4, V100); fp32 elsewhere",
         "",
         "",
     ),
@@ -164,6 +165,13 @@ MEANINGS: dict[str, tuple[str, str, str]] = {
         "Images per forward pass during validation and test",
         "images",
         ">= 1",
+    ),
+    "train.checkpoint_every_s": (
+        "Write the resume checkpoint after an epoch once this long has passed since the last "
+        "write, and after the last epoch; 0 = every epoch. Changes no result: a run resumes "
+        "across a change of it",
+        "seconds",
+        ">= 0",
     ),
     "evaluate.tta": (
         "Test-time augmentation for every variant not in `tta_variants`: flip = 2 views, "

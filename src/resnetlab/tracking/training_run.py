@@ -1,7 +1,7 @@
 """`TrainingRun`: a variant's MLflow run for one execution of the train stage, and a training
 listener (`train.events.TrainingListener`).
 
-During training a call that fails is kept and retried at the next epoch and at the end: the
+During training a call that fails is kept and retried at the next checkpoint and at the end: the
 epochs are on disk already, and training never waits minutes for tracking.
 
 About 400 lines on purpose: the run's life (create or resume, record, end KILLED/FAILED/FINISHED,
@@ -53,7 +53,7 @@ if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
 
     from resnetlab.core.records import History, HistoryRow, ModelRecord, TrainSummary
-    from resnetlab.train.events import EpochEnd, RunStart
+    from resnetlab.train.events import Checkpointed, RunStart
 
 
 log = logging.getLogger(__name__)
@@ -107,9 +107,10 @@ class TrainingRun(TrainingListener):
     execution left), and on the way out ends it KILLED on Ctrl-C or FAILED on an error;
     `finish()` records what is still pending and ends it FINISHED. Starting fails the stage if
     the store does not answer. As a listener (`train.events.TrainingListener`) it logs
-    each epoch's metrics with step = epoch; what the store does not take in time is kept and
-    retried at the next epoch and by `finish()`, which raises `TrackingBehind` if the store
-    still does not take it. The first time the store falls behind, one warning says so.
+    each epoch's metrics with step = epoch once a checkpoint holds the epoch; what the store
+    does not take in time is kept and retried at the next checkpoint and by `finish()`, which
+    raises `TrackingBehind` if the store still does not take it. The first time the store
+    falls behind, one warning says so.
 
     Starting also ends, KILLED, the runs of this variant that a process on this machine left
     RUNNING and no longer lives to end (kill -9, power loss): each run carries its process's
@@ -298,7 +299,7 @@ class TrainingRun(TrainingListener):
         if event.resumed_epoch == 0:
             self._add("the parameter count", {"parameters": float(event.parameters)}, step=0)
         else:
-            # The checkpoint is written before listeners hear of an epoch, so an interruption
+            # The checkpoint is written before listeners hear of its epochs, so an interruption
             # can leave epochs on disk that never reached the run: log those now.
             self.log_history(event.history)
         self._queue.flush()
@@ -318,9 +319,12 @@ class TrainingRun(TrainingListener):
         for start in range(0, len(missing), _METRICS_BATCH):
             c.log_batch(self.run_id, metrics=missing[start : start + _METRICS_BATCH])
 
-    def on_epoch_end(self, event: EpochEnd) -> None:
-        row = event.row
-        self._add(f"epoch {row.epoch}", _row_metrics(row), step=row.epoch, epoch=row.epoch)
+    def on_checkpoint(self, event: Checkpointed) -> None:
+        # Epochs are recorded once the checkpoint holds them, not as they end: a run
+        # interrupted between checkpoints trains those epochs again, and the run would hold
+        # each of them twice.
+        for row in event.rows:
+            self._add(f"epoch {row.epoch}", _row_metrics(row), step=row.epoch, epoch=row.epoch)
         self._queue.flush()
 
     # --- records (kept until `finish()` or the next epoch hands them over) --------------------

@@ -13,6 +13,7 @@ import logging
 import pickle
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,7 +36,9 @@ class Progress:
     history: list[dict[str, float]] = field(default_factory=list)  # HistoryRow fields per epoch
     best_val_accuracy: float = -1.0
     best_epoch: int = 0
-    best_state: dict[str, torch.Tensor] | None = None  # weights of the best epoch, on the CPU
+    # Weights of the best epoch: on the training device while training (no copy to the host at
+    # each new best), on the CPU in a saved checkpoint.
+    best_state: dict[str, torch.Tensor] | None = None
     train_time_s: float = 0.0
     run_id: str | None = None  # the MLflow run this execution records into
 
@@ -60,7 +63,7 @@ class TrainingState:
 
     def to_blob(self) -> dict[str, Any]:
         blob = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        blob["progress"] = vars(self.progress)
+        blob["progress"] = vars(self.progress) | {"best_state": to_cpu(self.progress.best_state)}
         blob["format"] = FORMAT
         return blob
 
@@ -168,6 +171,26 @@ def _reason(path: Path, exc: Exception) -> str:
     return f"truncated or corrupt: {type(exc).__name__}"
 
 
+@dataclass
+class Cadence:
+    """When the trainer writes the checkpoint: after an epoch once `every_s` seconds have passed
+    since the last write (or since training started), and always after the last epoch; every
+    epoch with `every_s` 0."""
+
+    every_s: float
+    clock: Callable[[], float] = time.monotonic
+    last: float = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.last = self.clock()
+
+    def due(self, epoch: int, epochs: int) -> bool:
+        return epoch >= epochs or self.clock() - self.last >= self.every_s
+
+    def written(self) -> None:
+        self.last = self.clock()
+
+
 def rng_state(device: torch.device) -> dict[str, Any]:
     """The global random state a resumed run restores: the CPU generator's and, on CUDA, the
     training GPU's alone. Augmentation and shuffling draw from their own per-epoch generators;
@@ -209,3 +232,16 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
 def cpu_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """A detached CPU copy of the unwrapped model's state (keys without wrapper prefixes)."""
     return {k: v.detach().to("cpu", copy=True) for k, v in unwrap(model).state_dict().items()}
+
+
+def device_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A detached copy of the unwrapped model's state where it lives: on a GPU, a device-side
+    copy that does not wait for the host."""
+    return {k: v.detach().clone() for k, v in unwrap(model).state_dict().items()}
+
+
+def to_cpu(state: dict[str, torch.Tensor] | None) -> dict[str, torch.Tensor] | None:
+    """`state` with every tensor on the CPU (the tensors themselves if they are already)."""
+    if state is None:
+        return None
+    return {k: v.to("cpu") for k, v in state.items()}

@@ -1,6 +1,9 @@
-"""What a training run tells its listeners, and the listener protocol: `Trainer.fit` notifies
-them after each epoch is safe on disk. The console display (`train.console`) and MLflow
-(`tracking.training_run`) are listeners; neither is written into the loop.
+"""What a training run tells its listeners, and the listener protocol. After each epoch,
+`Trainer.fit` writes the checkpoint if one is due (`train.checkpoint_every_s`), then notifies
+`on_epoch_end`, and, if it wrote one, `on_checkpoint` with the epochs it made safe. A display
+(`train.console`) shows epochs as they end; a record (MLflow, `tracking.training_run`) takes them
+at `on_checkpoint`, so it never holds an epoch that a resumed run trains again. Neither is
+written into the loop.
 """
 
 from __future__ import annotations
@@ -43,6 +46,11 @@ class EpochEnd:
     is_best: bool  # this epoch's weights are now the kept model
 
 
+@dataclass(frozen=True)
+class Checkpointed:
+    rows: tuple[HistoryRow, ...]  # the epochs written since the previous checkpoint, in order
+
+
 class TrainingListener:
     """Receives training events on the main process; override what you need."""
 
@@ -52,7 +60,11 @@ class TrainingListener:
 
     def on_step(self, event: StepProgress) -> None: ...
 
-    def on_epoch_end(self, event: EpochEnd) -> None: ...
+    def on_epoch_end(self, event: EpochEnd) -> None:
+        """An epoch ended; it is on disk only once `on_checkpoint` names it."""
+
+    def on_checkpoint(self, event: Checkpointed) -> None:
+        """These epochs are on disk: an interruption from now on resumes after them."""
 
     def on_stop(self) -> None:
         """Training ended, normally or not (close displays here)."""

@@ -2,9 +2,10 @@
 
 The trainer sets up device, processes (DistributedDataParallel under torchrun), model, optimiser,
 schedule and data, restores a matching unfinished checkpoint, and runs the remaining epochs. After
-each epoch it validates, keeps the best-on-validation weights, writes the checkpoint, and only
-then tells its listeners (`TrainingListener`): MLflow logging and the console progress display
-listen; neither is written into the loop, and no listener runs before the epoch is safe on disk.
+each epoch it validates, keeps the best-on-validation weights (on the device), writes the
+checkpoint if one is due (`train.checkpoint_every_s`; always after the last epoch), and only
+then tells its listeners (`TrainingListener`): the console progress display hears of every
+epoch, MLflow of the epochs a checkpoint holds; neither is written into the loop.
 
 The test set is never loaded here: model selection uses the validation split only.
 """
@@ -41,7 +42,14 @@ from resnetlab.data.prepared import Prepared, load_prepared
 from resnetlab.evaluate.scoring import loss_and_accuracy, predict_logits
 from resnetlab.models import build_model, count_parameters, model_depth
 from resnetlab.train import checkpoint, distributed, loop, schedule
-from resnetlab.train.events import EpochEnd, RunStart, StepProgress, TrainingListener, notify
+from resnetlab.train.events import (
+    Checkpointed,
+    EpochEnd,
+    RunStart,
+    StepProgress,
+    TrainingListener,
+    notify,
+)
 
 log = logging.getLogger(__name__)
 
@@ -134,6 +142,7 @@ class Trainer:
                 "%s: resuming after epoch %d of %d", variant.name, self.progress.epoch, cfg.epochs
             )
         self.resumed_epoch = self.progress.epoch
+        self.saved_epoch = self.progress.epoch  # the last epoch the checkpoint on disk holds
 
     @property
     def resolved(self) -> dict[str, str | bool]:
@@ -174,6 +183,8 @@ class Trainer:
         self.progress = saved.progress
 
     def state(self, finished: bool = False) -> checkpoint.TrainingState:
+        """The training state now; its best weights may still be on the device (saving moves
+        them to the CPU)."""
         return checkpoint.TrainingState(
             fingerprint=self.fingerprint,
             progress=self.progress,
@@ -201,6 +212,8 @@ class Trainer:
             remove_stale_temporaries(self.checkpoint_path.parent)
         distributed.barrier(self.dist)
         setup = self._loop()
+        cadence = checkpoint.Cadence(self.variant.train.checkpoint_every_s)
+        unsaved: list[HistoryRow] = []  # epochs trained since the last checkpoint
         start = RunStart(
             self.variant,
             self.device,
@@ -225,9 +238,17 @@ class Trainer:
                 if not self.is_main:
                     continue
                 row, is_best = self._validate(setup, epoch, stats)
-                # On disk before anyone hears of it: a failing listener never costs an epoch.
-                self.state().save(self.checkpoint_path)
+                unsaved.append(row)
+                saving = cadence.due(epoch, epochs)
+                if saving:
+                    # On disk before anyone hears of it: a failing listener never costs it.
+                    self.state().save(self.checkpoint_path)
+                    cadence.written()
+                    self.saved_epoch = epoch
                 notify(listeners, "on_epoch_end", EpochEnd(row, epochs, is_best))
+                if saving:
+                    notify(listeners, "on_checkpoint", Checkpointed(tuple(unsaved)))
+                    unsaved.clear()
         finally:
             notify(listeners, "on_stop")
         distributed.barrier(self.dist)
@@ -282,8 +303,8 @@ class Trainer:
             )
         except loop.NonFiniteLossError as exc:
             kept = (
-                f"The checkpoint of epoch {epoch - 1} is intact."
-                if epoch > 1
+                f"The checkpoint of epoch {self.saved_epoch} is intact."
+                if self.saved_epoch
                 else "No checkpoint was written."
             )
             problem = self._data_problem(setup)
@@ -345,7 +366,7 @@ class Trainer:
         is_best = val_acc > p.best_val_accuracy
         if is_best:
             p.best_val_accuracy, p.best_epoch = val_acc, epoch
-            p.best_state = checkpoint.cpu_state_dict(setup.eval_model)
+            p.best_state = checkpoint.device_state_dict(setup.eval_model)
         return row, is_best
 
     # --- what the stage writes ----------------------------------------------------------------
@@ -358,7 +379,7 @@ class Trainer:
         if p.best_state is None:
             raise ResnetlabError(f"{self.variant.name}: no epoch completed; nothing to save")
         return ModelRecord(
-            state_dict=p.best_state,
+            state_dict=checkpoint.to_cpu(p.best_state),
             variant=self.variant,
             classes=tuple(self.data.classes),
             mean=tuple(self.data.mean),
