@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import platform
 import sys
@@ -33,7 +34,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_data_pipeline import sync
 
-from resnetlab.core.device import autocast_dtype, resolve_device, use_compile
+from resnetlab.core.device import autocast_dtype, resolve_device, use_compile, use_cuda_graphs
 from resnetlab.core.params import load_params
 from resnetlab.data.cifar10 import TRAIN_SIZE as CIFAR10_TRAIN_SIZE
 from resnetlab.data.normalize import Normalizer
@@ -53,7 +54,9 @@ class TrainingStep:
     """`variant`'s real training step (`loop.train_epoch`: its batch size, augmentation,
     precision and channels_last) over `batches` batches of random uint8 images resident on
     `device`, at a constant learning rate so that every step does the same work. `wrap` is
-    applied to the network before training (e.g. `torch.compile`)."""
+    applied to the network before training (e.g. `torch.compile`); `cuda_graphs` says that it
+    compiled to CUDA graphs. On CUDA the epoch is augmented before its first step, as the
+    trainer does there."""
 
     def __init__(
         self,
@@ -62,8 +65,10 @@ class TrainingStep:
         batches: int,
         seed: int = 0,
         wrap: Callable[[nn.Module], nn.Module] | None = None,
+        cuda_graphs: bool = False,
     ):
         cfg = variant.train
+        self.cuda_graphs = cuda_graphs
         torch.manual_seed(seed)
         self.variant, self.device = variant, device
         self.net = network(variant).to(device)
@@ -94,6 +99,8 @@ class TrainingStep:
             self.normalize,
             self.gen,
             amp_dtype=self.amp,
+            augment_once=self.device.type == "cuda",
+            cuda_graphs=self.cuda_graphs,
         )
         sync(self.device)
         return time.perf_counter() - start
@@ -103,9 +110,12 @@ def throughput(variant: Any, device: torch.device, batches: int, seed: int, n_tr
     """Training images per second of `variant` on `device` (random data, the real step);
     `n_train` training images per epoch decide, as in the train stage, whether it compiles."""
     cfg = variant.train
-    steps = cfg.epochs * loop.steps_per_epoch(n_train, cfg.batch_size, 1)
+    steps = cfg.epochs * loop.steps_per_epoch(n_train, cfg.batch_size, 1, device.type == "cuda")
     compiles = use_compile(cfg.compile, device, steps, autocast_dtype(cfg.precision, device))
-    step = TrainingStep(variant, device, batches, seed, torch.compile if compiles else None)
+    graphs = use_cuda_graphs(cfg.cuda_graphs, device, compiles, distributed=False)
+    mode = "reduce-overhead" if graphs else None
+    wrap = functools.partial(torch.compile, mode=mode) if compiles else None
+    step = TrainingStep(variant, device, batches, seed, wrap, graphs)
     step.epoch()  # a warm-up pass (kernels, allocator, compile), then the timed one
     return step.n / step.epoch()
 

@@ -13,6 +13,10 @@ and writes them all to `--out` (JSON):
 - graph: graph breaks and compiled graphs of a compiled training epoch (recompiles show as
   more than one graph);
 - resume: a run interrupted after epoch 1 and resumed, against the same run uninterrupted;
+- trainer: ResNet-20 through `Trainer.fit` as the train stage runs it, eager and compiled with
+  CUDA graphs: images/s after the first epoch, the first epoch's extra seconds, what `auto`
+  resolved to, CUDA graph captures Inductor skipped, and the last epoch's training loss of each
+  (the two should train alike);
 - speed: images/s of ResNet-20, ResNet-56 and ResNet-18, eager, compiled and compiled with CUDA
   graphs (`mode="reduce-overhead"`), with the compile seconds, the steps after which compiling
   pays, and each rate in TFLOP/s and as a share of the bf16 matmul rate.
@@ -57,6 +61,7 @@ from resnetlab.core.device import (  # noqa: E402
     fast_cuda_math,
     resolve_device,
     use_compile,
+    use_cuda_graphs,
 )
 from resnetlab.core.params import load_params  # noqa: E402
 from resnetlab.data.prepared import Prepared, save_prepared  # noqa: E402
@@ -70,6 +75,7 @@ class Sizes:
 
     train: int  # generated training images
     val: int
+    trainer_epochs: int  # epochs of each `trainer` run
     batches: int  # timed steps per speed row
     variants: tuple[str, ...]  # the speed rows' networks
     compile_rows: bool  # time the compiled rows (minutes of compiling on a CPU)
@@ -78,10 +84,11 @@ class Sizes:
     backend: str  # torch.compile's: "inductor", or "eager" (Dynamo's tracing alone: seconds)
 
 
-# On a GPU: about 1 minute for the steps before `speed`, which then stops starting rows after 5.
-GPU = Sizes(45_000, 5_000, 200, ("resnet20", "resnet56", "resnet18"), True, 120, 300, "inductor")
+# On a GPU: about 3 minutes for the steps before `speed` (estimated: the `trainer` step compiles
+# once), which then stops starting rows after 4.
+GPU = Sizes(45_000, 5_000, 3, 200, ("resnet20", "resnet56", "resnet18"), True, 120, 240, "inductor")
 # The smoke run traces with Dynamo but does not generate code: the same steps, in seconds.
-SMOKE = Sizes(512, 128, 2, ("resnet20",), True, 120, 120, "eager")
+SMOKE = Sizes(512, 128, 2, 2, ("resnet20",), True, 120, 120, "eager")
 
 
 class StepTimeout(Exception):
@@ -133,10 +140,13 @@ def env(device: torch.device) -> dict[str, Any]:
         out["gpu"] = torch.cuda.get_device_name(device)
         out["capability"] = ".".join(map(str, torch.cuda.get_device_capability(device)))
     variant = variant_for("resnet20", device)
-    steps = variant.train.epochs * loop.steps_per_epoch(45_000, variant.train.batch_size, 1)
+    cuda = device.type == "cuda"
+    steps = variant.train.epochs * loop.steps_per_epoch(45_000, variant.train.batch_size, 1, cuda)
     amp = autocast_dtype("auto", device)
     out["auto.precision"] = PRECISION_NAMES[amp]
-    out["auto.compile (resnet20, full recipe)"] = use_compile("auto", device, steps, amp)
+    compiles = use_compile("auto", device, steps, amp)
+    out["auto.compile (resnet20, full recipe)"] = compiles
+    out["auto.cuda_graphs"] = use_cuda_graphs("auto", device, compiles, distributed=False)
     return out
 
 
@@ -161,9 +171,9 @@ class Bench(TrainingStep):
                 return torch.compile(net, mode=mode)
             return torch.compile(net, backend=sizes.backend)
 
-        super().__init__(
-            variant_for(name, device), device, sizes.batches, 0, wrap if mode else None
-        )
+        graphs = mode == "reduce-overhead" and sizes.backend == "inductor"
+        variant = variant_for(name, device)
+        super().__init__(variant, device, sizes.batches, 0, wrap if mode else None, graphs)
 
 
 def syncs(device: torch.device, sizes: Sizes) -> dict[str, Any]:
@@ -224,6 +234,47 @@ def resume(device: torch.device, data: Path, work: Path) -> dict[str, Any]:
     a, b = whole.model.state_dict(), resumed.model.state_dict()
     diff = max((a[k].double() - b[k].double()).abs().max().item() for k in a)
     return {"resumed after epoch": resumed_from, "max |weight difference|": diff}
+
+
+def trainer(device: torch.device, data: Path, work: Path, sizes: Sizes) -> dict[str, Any]:
+    """ResNet-20 through `Trainer.fit`, eager and (on CUDA) compiled with CUDA graphs, each mode
+    under its own time limit."""
+    from torch._dynamo.utils import counters
+
+    modes: list[tuple[str, dict[str, Any]]] = [("eager", {"compile": False})]
+    if device.type == "cuda":
+        modes.append(("CUDA graphs", {"compile": True, "cuda_graphs": True}))
+    out: dict[str, Any] = {}
+    for label, overrides in modes:
+        torch._dynamo.reset()
+        counters.clear()
+        variant = variant_for(
+            "resnet20",
+            device,
+            epochs=sizes.trainer_epochs,
+            milestones=[0.5],
+            checkpoint_every_s=3600,
+            **overrides,
+        )
+        try:
+            with time_limit(sizes.limit_s * 3 // 2):  # compiling, then the epochs
+                run = Trainer(variant, data, work / f"trainer-{label}.pt")
+                run.fit()
+        except Exception as exc:
+            out[label] = {"error": f"{type(exc).__name__}: {exc}"}
+            continue
+        rows = run.history().rows
+        later = rows[1:] or rows
+        later_s = sum(r.epoch_time_s for r in later) / len(later)
+        out[label] = {
+            "resolved": run.resolved,
+            "images/s": round(sum(r.images_per_s for r in later) / len(later)),
+            "first epoch extra s": round(rows[0].epoch_time_s - later_s, 1),
+            # Captures Inductor gave up on (it then runs the compiled kernels ungraphed).
+            "cudagraph skips": counters["inductor"]["cudagraph_skips"],
+            "last train loss": round(rows[-1].train_loss, 4),
+        }
+    return out
 
 
 def speed(device: torch.device, sizes: Sizes, bf16_rate: float) -> list[dict[str, Any]]:
@@ -304,6 +355,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             ("syncs", lambda: syncs(device, sizes)),
             ("graph", lambda: graph(device, sizes)),
             ("resume", lambda: resume(device, data, work)),
+            ("trainer", lambda: trainer(device, data, work, sizes)),
             (
                 "speed",
                 lambda: speed(device, sizes, results["matmul"].get("bf16 TFLOP/s", 0.0)),

@@ -9,7 +9,13 @@ import pytest
 import torch
 
 from resnetlab.core.config import AugmentConfig
-from resnetlab.data.augment import alternating_flips, augment_batch, channel_shift, random_rotation
+from resnetlab.data.augment import (
+    alternating_flips,
+    augment_batch,
+    augment_epoch,
+    channel_shift,
+    random_rotation,
+)
 
 
 def gen(seed: int = 0) -> torch.Generator:
@@ -104,3 +110,38 @@ def test_alternate_flip_mirrors_exactly_the_flagged_images() -> None:
     assert torch.equal(out, normalize(expected))
     with pytest.raises(ValueError, match="flip: alternate needs"):
         augment_batch(x, cfg, normalize, gen())
+
+
+def test_an_epoch_augmented_at_once_is_each_batch_cropped_and_flipped_in_order() -> None:
+    """`augment_epoch` (CUDA's form): slice k of its result is batch k's images, each one a
+    crop or mirrored crop of itself, in the channels_last layout the model takes; and with
+    nothing random on, exactly the per-batch result."""
+    # Image i is a horizontal ramp plus 2*i: which image, where it was cropped, whether mirrored
+    # can all be read back.
+    n = 40
+    ramp = torch.arange(8).repeat(8, 1)  # 8 x 8, value = column
+    x = (ramp[None, :, :, None] + 2 * torch.arange(n)[:, None, None, None]).expand(n, 8, 8, 3)
+    x = x.to(torch.uint8).contiguous()
+
+    def normalize(t: torch.Tensor) -> torch.Tensor:
+        return t.permute(0, 3, 1, 2).float()  # NHWC memory: channels_last, as the trainer's
+
+    batches = list(torch.randperm(n, generator=gen(1)).split(16))  # 16, 16, 8
+    order = torch.cat(batches)
+    off = AugmentConfig(crop_padding=0, flip=False)
+    plain = augment_epoch(x, batches, off, normalize, gen(), chunk=12)
+    per_step = [augment_batch(x[b], off, normalize, gen()) for b in batches]
+    assert torch.equal(plain, torch.cat(per_step))
+
+    on = AugmentConfig(crop_padding=2, flip=True)
+    views = augment_epoch(x, batches, on, normalize, gen(), chunk=12)
+    assert views.shape == (n, 3, 8, 8) and views.is_contiguous(memory_format=torch.channels_last)
+    mirrored = 0
+    for k, i in enumerate(order.tolist()):
+        row = views[k, 0, 4]  # a middle row: the ramp, shifted by the crop, maybe mirrored
+        inside = row[row > 0] - 2 * i  # the padding is 0
+        steps = inside.diff()
+        assert inside.min() >= 0 and inside.max() <= 7, (k, i)  # image i's own pixels
+        assert bool((steps == 1).all()) or bool((steps == -1).all()), (k, i)
+        mirrored += bool((steps == -1).all()) and len(steps) > 0
+    assert 5 < mirrored < 35  # flips drawn per image

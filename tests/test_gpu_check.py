@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+NOT_COMPILED = {"compile": False, "cuda_graphs": False}
 
 
 def test_the_device_check_runs_every_step_on_the_cpu(tmp_path: Path) -> None:
@@ -23,12 +24,15 @@ def test_the_device_check_runs_every_step_on_the_cpu(tmp_path: Path) -> None:
     )
     assert res.returncode == 0, res.stderr[-2000:]
     check = json.loads(out.read_text())
-    steps = ("env", "matmul", "syncs", "graph", "resume", "speed")
+    steps = ("env", "matmul", "syncs", "graph", "resume", "trainer", "speed")
     assert not [s for s in steps if "error" in json.dumps(check[s])], json.dumps(check)
     assert check["env"]["device"] == "cpu" and check["env"]["auto.precision"] in ("bf16", "fp32")
     assert check["matmul"]["bf16 TFLOP/s"] > 0
     assert check["graph"] == {"graph breaks": 0, "compiled graphs": 1}  # no recompile
     assert check["resume"] == {"resumed after epoch": 1, "max |weight difference|": 0.0}
+    (eager,) = check["trainer"].values()  # the CPU has no CUDA graphs row
+    assert eager["resolved"] == {"precision": check["env"]["auto.precision"], **NOT_COMPILED}
+    assert eager["images/s"] > 0 and eager["last train loss"] > 0
     rows = {row["mode"]: row for row in check["speed"]}
     assert set(rows) == {"eager", "compiled"} and all(r["images/s"] > 0 for r in rows.values())
     assert rows["eager"]["TFLOP/s"] > 0

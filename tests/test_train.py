@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -111,8 +112,9 @@ def test_trains_records_and_writes_outputs(tiny_prepared, workdir):
     assert p["train.lr"] == "0.05" and p["model.depth"] == "8" and p["model.name"] == "resnet_v1"
     assert p["train.augment.crop_padding"] == "4" and p["parameters"] == "75290"
     # What `precision` (fp32 here) and `compile: auto` resolved to: 4 epochs are too short to
-    # repay a compilation.
+    # repay a compilation, and CUDA graphs are CUDA's.
     assert p["resolved.precision"] == "fp32" and p["resolved.compile"] == "False"
+    assert p["resolved.cuda_graphs"] == "False"
     val = client().get_metric_history(run_id, "val_accuracy")
     assert [m.step for m in val] == [1, 2, 3, 4]
     assert [m.value for m in val] == pytest.approx(list(history["val_accuracy"]), abs=1e-6)
@@ -481,3 +483,51 @@ def test_cuda_runs_drop_the_last_partial_batch_and_cpu_runs_keep_it():
     assert [len(b) for b in dropped] == [128, 128]
     assert loop.steps_per_epoch(300, 128, 1, drop_last=True) == 2
     assert all(torch.equal(a, b) for a, b in zip(kept, dropped, strict=False))
+
+
+def test_an_epoch_augmented_before_its_first_step_trains_the_same_batches():
+    """CUDA's loop (`augment_once`, run here on the CPU): the same batches in the same order as
+    augmenting per step, so with nothing random in the augmentation the same weights; with
+    crops and flips, other views of the same images."""
+    import copy
+
+    from resnetlab.core.config import AugmentConfig, TrainConfig
+    from resnetlab.data.normalize import Normalizer
+    from resnetlab.models import build_model
+    from resnetlab.train import loop, schedule
+
+    torch.manual_seed(0)
+    images = torch.randint(0, 256, (300, 32, 32, 3), dtype=torch.uint8)
+    labels = torch.randint(0, 10, (300,))
+    normalize = Normalizer((0.5,) * 3, (0.25,) * 3, torch.device("cpu"), True)
+    start = build_model("resnet_v1", depth=8).to(memory_format=torch.channels_last)
+
+    def epoch(augment: AugmentConfig, once: bool) -> tuple[dict, float]:
+        cfg = TrainConfig(epochs=1, batch_size=64, lr=0.05, augment=augment)
+        model = copy.deepcopy(start)
+        opt = schedule.build_optimizer(model, cfg)
+        sched = schedule.build_scheduler(opt, cfg, loop.steps_per_epoch(300, 64, 1))
+        gen = torch.Generator().manual_seed(3)
+        stats = loop.train_epoch(
+            model, opt, sched, images, labels, cfg, normalize, gen, augment_once=once
+        )
+        return model.state_dict(), stats.loss
+
+    off = AugmentConfig(crop_padding=0, flip=False)
+    (a, loss_a), (b, loss_b) = epoch(off, False), epoch(off, True)
+    assert loss_a == loss_b and all(torch.equal(a[k], b[k]) for k in a)
+    (c, _), (d, loss_d) = epoch(AugmentConfig(), False), epoch(AugmentConfig(), True)
+    assert math.isfinite(loss_d) and not all(torch.equal(c[k], d[k]) for k in c)
+
+
+def test_cuda_graphs_only_for_a_compiled_model_on_cuda_and_auto_not_under_ddp():
+    from resnetlab.core.device import use_cuda_graphs
+
+    cuda, cpu = torch.device("cuda", 0), torch.device("cpu")
+    assert use_cuda_graphs("auto", cuda, compiled=True, distributed=False)
+    assert not use_cuda_graphs("auto", cuda, compiled=True, distributed=True)
+    assert use_cuda_graphs(True, cuda, compiled=True, distributed=True)  # asked for: done
+    assert not use_cuda_graphs(False, cuda, compiled=True, distributed=False)
+    for setting in ("auto", True):
+        assert not use_cuda_graphs(setting, cuda, compiled=False, distributed=False)
+        assert not use_cuda_graphs(setting, cpu, compiled=True, distributed=False)

@@ -160,7 +160,7 @@ Schedule = Literal["multistep", "step", "cosine", "linear", "onecycle", "constan
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 
 
-Compile = Literal["auto", True, False]
+AutoOnOff = Literal["auto", True, False]  # decided by the run, or forced on / off
 
 
 Tta = Literal["none", "flip", "flip_translate", "flip_grid"]
@@ -203,9 +203,12 @@ class TrainConfig:
     precision: Precision = "auto"
     channels_last: bool = True  # NHWC memory format: faster convolutions on GPUs with tensor cores
     # torch.compile the training model: auto = on CUDA, and on a CPU training in bf16, for runs
-    # long enough to repay the compilation (device.COMPILE_MIN_STEPS optimiser steps); true /
-    # false force it
-    compile: Compile = "auto"
+    # long enough to repay the compilation (device.CUDA_COMPILE_MIN_STEPS and COMPILE_MIN_STEPS
+    # optimiser steps); true / false force it
+    compile: AutoOnOff = "auto"
+    # A compiled model on CUDA also captures forward and backward in CUDA graphs (compile mode
+    # "reduce-overhead"): auto = unless training under DDP; true / false force it
+    cuda_graphs: AutoOnOff = "auto"
     ema_decay: float = 0.0  # exponential moving average of weights per step; 0 = off
     eval_batch_size: int = 1000  # images per forward pass during validation / test
     # Write the resume checkpoint after an epoch once this many seconds have passed since the

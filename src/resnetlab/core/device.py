@@ -39,9 +39,17 @@ _POLL_S = 2.0  # how often a run waiting for a device tries again
 # CPU (ResNet-20, batch 256, bf16; docs/performance.md, "Compiling"): compiling costs ~24 s
 # with an empty cache and every later step is ~5% faster (273 -> 260 ms), so it pays back after
 # ~1,850 steps.
-# On a GPU it pays back sooner. On a CPU training in fp32 it never paid: compiled steps ran at
-# -2% to +2% of eager ones in every run of the throughput bench, so `auto` does not compile them.
+# On a CPU training in fp32 it never paid: compiled steps ran at -2% to +2% of eager ones in
+# every run of the throughput bench, so `auto` does not compile them.
 COMPILE_MIN_STEPS = 2000
+# On CUDA, where compiling also captures the step in CUDA graphs (`use_cuda_graphs`). Estimated,
+# not measured (no GPU has run this project yet): eager ResNet-20 at batch 128 launches ~300
+# kernels a step, ~3 ms of host time at ~10 us each, for ~1 ms of GPU work, so a captured step
+# saves ~2 ms; Inductor compiles forward and backward in ~40 s with an empty cache: paid back
+# after ~20,000 steps. Deeper nets take longer to compile and save more per step alike. The
+# paper recipes (~64,000 steps) compile, the `*_fast` ones (~5,000) stay eager.
+# `bench/gpu_check.py` measures each network's "pays after steps", which replaces this.
+CUDA_COMPILE_MIN_STEPS = 20_000
 TRITON_MIN_CAPABILITY = (7, 0)  # Volta: the oldest GPU Triton generates code for
 
 
@@ -105,16 +113,33 @@ def use_compile(
 ) -> bool:
     """Whether to `torch.compile` a run of `total_steps` optimiser steps under autocast dtype
     `amp` (None = fp32): `auto` compiles on CUDA, and on the CPU in bf16, once the run is long
-    enough to repay the compilation (COMPILE_MIN_STEPS); never a model with SyncBatchNorm (DDP
-    on CUDA), where the graph breaks at every such layer and Inductor has open crash reports."""
+    enough to repay the compilation (CUDA_COMPILE_MIN_STEPS, COMPILE_MIN_STEPS); never a model
+    with SyncBatchNorm (DDP on CUDA), where the graph breaks at every such layer and Inductor
+    has open crash reports."""
     if setting != "auto":
         return bool(setting)
     if sync_batchnorm:
         return False
     if device.type == "cuda" and torch.cuda.get_device_capability(device) < TRITON_MIN_CAPABILITY:
         return False  # Inductor's GPU code is Triton, which cannot target this GPU
-    pays = device.type == "cuda" or (device.type == "cpu" and amp == torch.bfloat16)
-    return pays and total_steps >= COMPILE_MIN_STEPS
+    if device.type == "cuda":
+        return total_steps >= CUDA_COMPILE_MIN_STEPS
+    return device.type == "cpu" and amp == torch.bfloat16 and total_steps >= COMPILE_MIN_STEPS
+
+
+def use_cuda_graphs(
+    setting: bool | str, device: torch.device, compiled: bool, distributed: bool
+) -> bool:
+    """Whether the compiled training model also captures its forward and backward passes in
+    CUDA graphs (`torch.compile(mode="reduce-overhead")`): one launch replays the step's
+    hundreds of small kernels, whose launches otherwise keep a fast GPU waiting on the host for
+    networks this small. Only a compiled model on CUDA can; `auto` also leaves DDP runs out,
+    where the gradient all-reduce runs between the captured pieces."""
+    if not compiled or device.type != "cuda":
+        return False
+    if setting == "auto":
+        return not distributed
+    return bool(setting)
 
 
 @contextlib.contextmanager

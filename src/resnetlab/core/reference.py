@@ -156,6 +156,12 @@ MEANINGS: dict[str, tuple[str, str, str]] = {
         "",
         "",
     ),
+    "train.cuda_graphs": (
+        "A compiled model on CUDA also captures forward and backward in CUDA graphs (compile "
+        "mode reduce-overhead): auto = unless training under DDP",
+        "",
+        "",
+    ),
     "train.ema_decay": (
         "Exponential moving average of the weights, per step; 0 = off",
         "",

@@ -123,3 +123,38 @@ def augment_batch(
     if cfg.cutout_size:
         x = cutout(x, cfg.cutout_size, cfg.cutout_count, generator)
     return x
+
+
+def augment_epoch(
+    images: torch.Tensor,
+    batches: list[torch.Tensor],
+    cfg: AugmentConfig,
+    normalize: Callable[[torch.Tensor], torch.Tensor],
+    generator: torch.Generator,
+    mirror: torch.Tensor | None = None,
+    *,
+    chunk: int = 8192,
+) -> torch.Tensor:
+    """The augmented images of a whole epoch's `batches` (index tensors into `images`, in the
+    order they train), concatenated: step k's batch is the k-th slice. Done in a few passes of
+    `chunk` images instead of one per step, so each step launches no augmentation kernels; the
+    chunks bound the temporaries (a padded crop is 1.6x its batch). It draws its random numbers
+    in another order than per-step `augment_batch` calls, so it gives other (equally random)
+    views. `mirror`: as `augment_batch`'s, one flag per image of `images`."""
+    order = torch.cat(batches)
+    out: torch.Tensor | None = None
+    for start in range(0, len(order), chunk):
+        part = order[start : start + chunk]
+        flips = None if mirror is None else mirror[part]
+        views = augment_batch(images[part], cfg, normalize, generator, flips)
+        if out is None:
+            layout = (
+                torch.channels_last
+                if views.is_contiguous(memory_format=torch.channels_last)
+                else torch.contiguous_format
+            )
+            shape = (len(order), *views.shape[1:])
+            out = torch.empty(shape, dtype=views.dtype, device=views.device, memory_format=layout)
+        out[start : start + len(part)] = views
+    assert out is not None, "an epoch without batches"
+    return out

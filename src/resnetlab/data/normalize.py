@@ -4,7 +4,9 @@ pass of training and evaluation (the train split's per-channel statistics).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 
@@ -30,3 +32,32 @@ class Normalizer:
         x = x_uint8_nhwc.permute(0, 3, 1, 2).float()  # NCHW shape, NHWC memory
         x = torch.addcmul(self.shift, x, self.scale)  # keeps x's memory format
         return x if self.channels_last else x.contiguous()
+
+
+def normalization_problem(
+    data_dir: Path,
+    mean: Sequence[float],
+    std: Sequence[float],
+    normalize: Normalizer,
+    images: torch.Tensor,
+) -> str | None:
+    """What in the prepared data at `data_dir` makes every training loss non-finite whatever the
+    learning rate (a channel's mean or std not finite, a std of 0 or too small to divide by,
+    non-finite images), or None. The trainer asks once the loss has become non-finite, never
+    before: `mean`, `std` are meta.json's, `normalize` built from them, `images` the training
+    split as it trains."""
+    meta = Path(data_dir) / "meta.json"
+    for channel, (m, s) in enumerate(zip(mean, std, strict=False)):
+        try:
+            m, s = float(m), float(s)
+        except (TypeError, ValueError):
+            return f"{meta} gives channel {channel} mean {m!r} and std {s!r}"
+        if not (math.isfinite(m) and math.isfinite(s)):
+            return f"{meta} gives channel {channel} mean {m} and std {s}"
+        if s <= 0:
+            return f"{meta} gives channel {channel} a std of {s}, which it divides by"
+    if not (torch.isfinite(normalize.scale).all() and torch.isfinite(normalize.shift).all()):
+        return f"{meta} gives a std of {min(std)}, too small to divide by"
+    if images.is_floating_point() and not torch.isfinite(images).all():
+        return f"{Path(data_dir) / 'train_images.npy'} holds non-finite pixels"
+    return None

@@ -2,9 +2,11 @@
 No file I/O, no MLflow; `train.trainer` drives it epoch by epoch.
 
 The whole split lives on the device as uint8; each step indexes a batch, augments it there
-(`data.augment`) and runs the model. Per-step host synchronisation is avoided: losses and
-accuracies accumulate on the device and are read every `sync_every` steps (progress, non-finite
-check) and at the end of the epoch.
+(`data.augment`) and runs the model. On CUDA (`augment_once`) the epoch's batches are augmented
+in a few batched passes before its first step instead, and a step is the model's launches alone,
+which a compiled model replays from CUDA graphs (`cuda_graphs`). Per-step host synchronisation
+is avoided: losses and accuracies accumulate on the device and are read every `sync_every` steps
+(progress, non-finite check) and at the end of the epoch.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from torch import nn
 from resnetlab.core.config import TrainConfig
 from resnetlab.core.device import autocast
 from resnetlab.core.errors import ResnetlabError
-from resnetlab.data.augment import augment_batch
+from resnetlab.data.augment import augment_batch, augment_epoch
 
 if TYPE_CHECKING:
     from resnetlab.train.schedule import WeightAverage
@@ -96,6 +98,8 @@ def train_epoch(
     on_progress: Callable[[int, int, float, float], None] | None = None,
     mirror: torch.Tensor | None = None,
     drop_last: bool = False,
+    augment_once: bool = False,
+    cuda_graphs: bool = False,
 ) -> EpochStats:
     """One pass over `images` (uint8 NHWC on the device) in shuffled global batches.
 
@@ -104,7 +108,10 @@ def train_epoch(
     mean loss, even for a last batch that does not split evenly. `on_progress(step, steps, loss,
     accuracy)` is called every `sync_every` steps. `mirror` (boolean, one per image of
     `images`) says which images `flip: alternate` mirrors this epoch. `drop_last` skips the last
-    partial batch (every step the same shape). Raises NonFiniteLossError.
+    partial batch (every step the same shape). `augment_once` augments the epoch's batches
+    before its first step (`data.augment.augment_epoch`: the same batches, other random views);
+    `cuda_graphs` marks each step's start for a model compiled to CUDA graphs. Raises
+    NonFiniteLossError.
     """
     shard = shard or Shard()
     device = images.device
@@ -116,16 +123,28 @@ def train_epoch(
     seen = 0
     lr = optimizer.param_groups[0]["lr"]
     start = time.perf_counter()
-    for step, idx in enumerate(
-        batches(len(images), cfg.batch_size, generator, device, shard.world, drop_last)
-    ):
+    # Drawn before any augmentation, as the steps' draws always followed the order's.
+    order = list(batches(len(images), cfg.batch_size, generator, device, shard.world, drop_last))
+    views = None
+    if augment_once and order:
+        views = augment_epoch(images, order, cfg.augment, normalize, generator, mirror)
+    offset = 0
+    for step, idx in enumerate(order):
         local = idx[shard.rank :: shard.world]
         # Augment the whole global batch, then keep this process's part, so the random draws
         # are identical on every process and to a single-process run.
-        flips = None if mirror is None else mirror[idx]
-        x = augment_batch(images[idx], cfg.augment, normalize, generator, flips)
+        if views is None:
+            flips = None if mirror is None else mirror[idx]
+            x = augment_batch(images[idx], cfg.augment, normalize, generator, flips)
+        else:
+            x = views[offset : offset + len(idx)]
+        offset += len(idx)
         x = x[shard.rank :: shard.world]
         y = labels[local]
+        if cuda_graphs:
+            # A new step: the graphs may reuse the previous step's output memory (this loop
+            # has consumed it).
+            torch.compiler.cudagraph_mark_step_begin()
         with autocast(device, amp_dtype):
             logits = model(x)
             loss_items = F.cross_entropy(

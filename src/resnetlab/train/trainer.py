@@ -8,6 +8,10 @@ then tells its listeners (`TrainingListener`): the console progress display hear
 epoch, MLflow of the epochs a checkpoint holds; neither is written into the loop.
 
 The test set is never loaded here: model selection uses the validation split only.
+
+About 400 lines on purpose: one class whose set-up, loop, checkpointing and outputs share the
+run's state; the pieces that stand alone already do (`loop`, `checkpoint`, `schedule`,
+`distributed`, `events`).
 """
 
 from __future__ import annotations
@@ -16,7 +20,6 @@ import copy
 import dataclasses
 import hashlib
 import logging
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,12 +35,13 @@ from resnetlab.core.device import (
     fast_cuda_math,
     place,
     use_compile,
+    use_cuda_graphs,
 )
 from resnetlab.core.errors import ResnetlabError
 from resnetlab.core.params import check_batch_fits
 from resnetlab.core.records import History, HistoryRow, ModelCard, ModelRecord, TrainSummary
 from resnetlab.data.augment import alternating_flips
-from resnetlab.data.normalize import Normalizer
+from resnetlab.data.normalize import Normalizer, normalization_problem
 from resnetlab.data.prepared import Prepared, load_prepared
 from resnetlab.evaluate.scoring import loss_and_accuracy, predict_logits
 from resnetlab.models import build_model, count_parameters, model_depth
@@ -135,6 +139,14 @@ class Trainer:
         self.compiled = use_compile(
             cfg.compile, self.device, cfg.epochs * self.steps, self.amp_dtype, sync_batchnorm
         )
+        self.cuda_graphs = use_cuda_graphs(
+            cfg.cuda_graphs, self.device, self.compiled, self.dist.enabled
+        )
+        # On CUDA a step's augmentation kernels are launches the GPU waits for, and they
+        # cannot join a captured graph: the epoch is augmented in a few passes before its first
+        # step. That draws the random views in another order, so the CPU keeps augmenting per
+        # step, and with it every CPU result the docs record.
+        self.augment_once = self.device.type == "cuda"
 
         self.progress = checkpoint.Progress()
         if saved is not None and self._restore_or_set_aside(saved):
@@ -146,8 +158,12 @@ class Trainer:
 
     @property
     def resolved(self) -> dict[str, str | bool]:
-        """What `precision: auto` and `compile: auto` became on this machine."""
-        return {"precision": PRECISION_NAMES[self.amp_dtype], "compile": self.compiled}
+        """What `precision`, `compile` and `cuda_graphs: auto` became on this machine."""
+        return {
+            "precision": PRECISION_NAMES[self.amp_dtype],
+            "compile": self.compiled,
+            "cuda_graphs": self.cuda_graphs,
+        }
 
     @property
     def is_main(self) -> bool:
@@ -261,7 +277,8 @@ class Trainer:
             ids = [device.index] if device.type == "cuda" else None
             train_model = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
         if self.compiled:
-            train_model = torch.compile(train_model)
+            mode = "reduce-overhead" if self.cuda_graphs else None  # Inductor's CUDA graphs
+            train_model = torch.compile(train_model, mode=mode)
         images, labels = self.data.images, self.data.labels
         return _Loop(
             train_model=train_model,
@@ -300,6 +317,8 @@ class Trainer:
                 on_progress=on_progress,
                 mirror=mirror,
                 drop_last=self.drop_last,
+                augment_once=self.augment_once,
+                cuda_graphs=self.cuda_graphs,
             )
         except loop.NonFiniteLossError as exc:
             kept = (
@@ -307,7 +326,9 @@ class Trainer:
                 if self.saved_epoch
                 else "No checkpoint was written."
             )
-            problem = self._data_problem(setup)
+            problem = normalization_problem(
+                self.data_dir, self.data.mean, self.data.std, setup.normalize, setup.x_train
+            )
             advice = (
                 f"The prepared data is at fault, not the learning rate: {problem}; prepare it "
                 "again (`dvc repro -f prepare`)."
@@ -319,28 +340,6 @@ class Trainer:
                 f"{self.variant.name}: the loss became {exc.value} at epoch {epoch}, step "
                 f"{exc.step}; training stopped. {kept} {advice}"
             ) from None
-
-    def _data_problem(self, setup: _Loop) -> str | None:
-        """What in the prepared data makes every loss non-finite whatever the learning rate (a
-        channel's mean or std not finite, a std of 0 or too small to divide by, non-finite
-        images), or None. Run once the loss has become non-finite, never before."""
-        meta = self.data_dir / "meta.json"
-        for channel, (mean, std) in enumerate(zip(self.data.mean, self.data.std, strict=False)):
-            try:
-                mean, std = float(mean), float(std)
-            except (TypeError, ValueError):
-                return f"{meta} gives channel {channel} mean {mean!r} and std {std!r}"
-            if not (math.isfinite(mean) and math.isfinite(std)):
-                return f"{meta} gives channel {channel} mean {mean} and std {std}"
-            if std <= 0:
-                return f"{meta} gives channel {channel} a std of {std}, which it divides by"
-        normalize = setup.normalize
-        if not (torch.isfinite(normalize.scale).all() and torch.isfinite(normalize.shift).all()):
-            return f"{meta} gives a std of {min(self.data.std)}, too small to divide by"
-        images = setup.x_train
-        if images.is_floating_point() and not torch.isfinite(images).all():
-            return f"{self.data_dir / 'train_images.npy'} holds non-finite pixels"
-        return None
 
     def _validate(
         self, setup: _Loop, epoch: int, stats: loop.EpochStats
