@@ -128,6 +128,10 @@ def train_epoch(
     views = None
     if augment_once and order:
         views = augment_epoch(images, order, cfg.augment, normalize, generator, mirror)
+    # A new step for the CUDA graphs: they may reuse the previous step's outputs' memory (this
+    # loop has consumed them). torch before 2.1 has no marker and infers steps itself.
+    compiler = getattr(torch, "compiler", None) if cuda_graphs else None
+    mark_step = getattr(compiler, "cudagraph_mark_step_begin", None)
     offset = 0
     for step, idx in enumerate(order):
         local = idx[shard.rank :: shard.world]
@@ -141,10 +145,8 @@ def train_epoch(
         offset += len(idx)
         x = x[shard.rank :: shard.world]
         y = labels[local]
-        if cuda_graphs:
-            # A new step: the graphs may reuse the previous step's output memory (this loop
-            # has consumed it).
-            torch.compiler.cudagraph_mark_step_begin()
+        if mark_step is not None:
+            mark_step()
         with autocast(device, amp_dtype):
             logits = model(x)
             loss_items = F.cross_entropy(
