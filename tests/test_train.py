@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -385,9 +386,32 @@ def test_unreachable_tracking_server_fails_at_start(tiny_prepared, workdir, monk
     assert not (workdir / "models/tiny/checkpoint.pt").exists()
 
 
+def _torchrun_two_nodes(data: Path) -> list[list[str]]:
+    """docs/many-machines.md's torchrun command, as its two nodes run it: rendezvous on a free
+    port of 127.0.0.1, the tiny variant on `data`, the outputs under ddp/."""
+    from tracking_server import free_port
+
+    page = (Path(__file__).parents[1] / "docs/many-machines.md").read_text()
+    section = page.split("\n## One run across nodes: torchrun\n", 1)[1]
+    line = section.split("```sh\n", 1)[1].split("\n", 1)[0]
+    line = line.replace("29400", str(free_port())).replace("resnet56", "tiny")
+    line = line.replace("data/prepared", str(data)).replace("models/tiny/seed0", "ddp/models/tiny")
+    argv = shlex.split(line.replace("metrics/tiny/seed0", "ddp/metrics/tiny"))
+    argv[0] = str(Path(sys.executable).parent / "torchrun")
+    return [argv, argv]  # every node runs the same command
+
+
+def _torchrun_one_node(data: Path) -> list[list[str]]:
+    cmd = [str(Path(sys.executable).parent / "torchrun"), "--standalone", "--nproc_per_node=2"]
+    cmd += ["-m", "resnetlab", "train", "--variant", "tiny", "--data", str(data)]
+    return [[*cmd, "--out", "ddp/models/tiny", "--metrics", "ddp/metrics/tiny"]]
+
+
 @pytest.mark.slow
-def test_ddp_with_two_cpu_processes_matches_the_global_batch(tiny_prepared, workdir):
-    """torchrun, 2 processes, gloo: gradients are averaged over the global batch.
+@pytest.mark.parametrize("launch", [_torchrun_one_node, _torchrun_two_nodes], ids=["1x2", "2x1"])
+def test_ddp_with_two_cpu_processes_matches_the_global_batch(tiny_prepared, workdir, launch):
+    """torchrun, 2 processes, gloo: gradients are averaged over the global batch; on one node
+    (`--standalone`), and on two nodes joined by c10d's rendezvous on 127.0.0.1.
 
     On the CPU each process normalises BatchNorm over its own half (PyTorch's SyncBatchNorm is
     GPU-only), so DDP cannot be bit-identical to one process; it must be far closer to the
@@ -399,13 +423,14 @@ def test_ddp_with_two_cpu_processes_matches_the_global_batch(tiny_prepared, work
     train(half, tiny_prepared, workdir / "half")
 
     (workdir / "params.yaml").write_text(yaml.safe_dump(base))
-    torchrun = Path(sys.executable).parent / "torchrun"
-    cmd = [str(torchrun), "--standalone", "--nproc_per_node=2", "-m", "resnetlab", "train"]
-    cmd += ["--variant", "tiny", "--data", str(tiny_prepared)]
-    cmd += ["--out", "ddp/models/tiny", "--metrics", "ddp/metrics/tiny"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    res = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True, timeout=300)
-    assert res.returncode == 0, res.stderr[-3000:]
+    nodes = [
+        subprocess.Popen(cmd, cwd=workdir, env=env, stderr=subprocess.PIPE, text=True)
+        for cmd in launch(tiny_prepared)
+    ]
+    for node in nodes:
+        _, err = node.communicate(timeout=300)
+        assert node.returncode == 0, err[-3000:]
 
     def final(root: str) -> torch.Tensor:
         # The last epoch's weights (the checkpoint), not the best-on-val pick, which may differ.
@@ -418,7 +443,8 @@ def test_ddp_with_two_cpu_processes_matches_the_global_batch(tiny_prepared, work
     start = flat(build_model("resnet_v1", depth=8).state_dict())
     single, ddp, one_half = final("single"), final("ddp"), final("half")
     moved = (single - start).norm()
-    # Measured here: moved 0.42, DDP to single 0.067, half-batch run to single 0.67.
+    # Measured here: moved 0.42, DDP to single 0.067, half-batch run to single 0.67, the same
+    # on one node and on two.
     assert (ddp - single).norm() < 0.3 * moved
     assert (ddp - single).norm() < 0.25 * (one_half - single).norm()
     summary = json.loads((workdir / "ddp/metrics/tiny/train.json").read_text())
