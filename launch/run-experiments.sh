@@ -4,13 +4,14 @@
 #
 #   launch/run-experiments.sh [dvc exp run options]
 #   launch/run-experiments.sh -n r56 -S 'run_variants=[resnet56]'
-#   launch/run-experiments.sh -S 'run_variants=[resnet20]' -S 'variants.resnet20.lr=0.05,0.1,0.2'
+#   launch/run-experiments.sh -S 'run_variants=[resnet20]' -S 'train.lr=0.05,0.1,0.2'
 #
 # The options are `dvc exp run`'s; a grid (`-S 'key=a,b,c'`) queues one experiment per point.
 # Every experiment goes through DVC's queue, RESNETLAB_JOBS (default 1) at a time; the script
 # waits for them, then pushes those that succeeded (`dvc exp push origin <names>`: the git refs
-# to the git remote `origin`, the outputs to the default DVC remote) and exits 1 if any failed. Before running it pulls the prepared data from the DVC remote, if it is there, so the
-# archive is not downloaded again on every machine.
+# to the git remote `origin`, the outputs to the default DVC remote) and exits 1 if any failed.
+# Before running it pulls the prepared data from the DVC remote, if it is there, so the archive
+# is not downloaded again on every machine.
 #
 # The environment decides where runs are recorded: MLFLOW_TRACKING_URI names the shared MLflow
 # server (e.g. http://mlflow.internal:5000), and every machine records into it.
