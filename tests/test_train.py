@@ -259,6 +259,18 @@ def test_the_checkpoint_cadence_is_time_since_the_last_write_and_the_last_epoch(
     assert all(every.due(epoch, 9) for epoch in range(1, 10))
 
 
+def test_a_checkpoint_resumes_on_the_kind_of_device_that_wrote_it(tiny_prepared):
+    """CUDA epochs drop their last partial batch, CPU ones keep it: a checkpoint's schedule
+    counts the steps of one, so the other does not resume it. CPU fingerprints are those of
+    before, so CPU checkpoints written then still resume."""
+    from resnetlab.train.trainer import data_fingerprint, run_fingerprint
+
+    variant = parse_params(make_params()).variant("tiny")
+    cpu = run_fingerprint(variant, tiny_prepared, drop_last=False)
+    assert cpu == f"{variant.fingerprint()}-{data_fingerprint(tiny_prepared)}"
+    assert run_fingerprint(variant, tiny_prepared, drop_last=True) != cpu
+
+
 def test_the_checkpoint_cadence_does_not_stop_a_run_resuming():
     def fingerprint(**train) -> str:
         return parse_params(make_params(**train)).variant("tiny").fingerprint()

@@ -82,6 +82,14 @@ def data_fingerprint(data_dir: Path) -> str:
     return hashlib.sha256((Path(data_dir) / "meta.json").read_bytes()).hexdigest()[:16]
 
 
+def run_fingerprint(variant: Variant, data_dir: Path, drop_last: bool) -> str:
+    """What a checkpoint must match to be resumed: the config (`Variant.fingerprint`), the
+    prepared data, and whether epochs drop their last partial batch (CUDA): a checkpoint from
+    the CPU has another number of steps per epoch, which its schedule's state holds."""
+    key = f"{variant.fingerprint()}-{data_fingerprint(data_dir)}"
+    return f"{key}-full-batches" if drop_last else key
+
+
 def _mismatch(exc: BaseException) -> str:
     """The first specific line of a `load_state_dict` error (torch's runs to a hundred lines:
     a header, then one line per tensor)."""
@@ -110,7 +118,12 @@ class Trainer:
         self.data_dir = Path(data_dir)
         self.data: Prepared = load_prepared(data_dir, splits=("train", "val"))
         check_batch_fits(variant, len(self.data.labels["train"]))  # global batch vs the split
-        self.fingerprint = f"{variant.fingerprint()}-{data_fingerprint(data_dir)}"
+        # On CUDA every step has the same shape: the last partial batch (45,000 % 128 = 72
+        # images) would recompile a compiled model and cannot replay a captured graph. Its
+        # images are reshuffled into the next epoch's batches. On the CPU the batches stay as
+        # they were, and with them every CPU result the docs record.
+        self.drop_last = self.device.type == "cuda"
+        self.fingerprint = run_fingerprint(variant, data_dir, self.drop_last)
         saved = checkpoint.resumable(self.checkpoint_path, self.fingerprint)
 
         sync_batchnorm = self.dist.enabled and self.device.type == "cuda"
@@ -119,11 +132,6 @@ class Trainer:
         model.to(self.device)
         if cfg.channels_last:
             model.to(memory_format=torch.channels_last)
-        # On CUDA every step has the same shape: the last partial batch (45,000 % 128 = 72
-        # images) would recompile a compiled model and cannot replay a captured graph. Its
-        # images are reshuffled into the next epoch's batches. On the CPU the batches stay as
-        # they were, and with them every CPU result the docs record.
-        self.drop_last = self.device.type == "cuda"
         self.steps = loop.steps_per_epoch(
             len(self.data.labels["train"]), cfg.batch_size, self.dist.world, self.drop_last
         )
