@@ -85,6 +85,9 @@ def running_training(url: str, experiment: str) -> bool:
     return any(r.info.status == "RUNNING" for r in c.search_runs([exp.experiment_id], query))
 
 
+STARTED: list[subprocess.Popen[str]] = []  # every machine's command, stopped at the end
+
+
 class Machine:
     """A clone of the git remote at `root`, with its own DVC cache, and the environment a
     machine of the study has."""
@@ -95,7 +98,7 @@ class Machine:
 
     def run(self, cmd: str, **env: str) -> subprocess.Popen[str]:
         log = (self.root.parent / f"{self.root.name}.log").open("a")
-        return subprocess.Popen(
+        proc = subprocess.Popen(
             ["bash", "-c", cmd],
             cwd=self.root if self.root.exists() else self.root.parent,
             env={**self.env, **env},
@@ -104,6 +107,9 @@ class Machine:
             text=True,
             start_new_session=True,
         )
+        log.close()
+        STARTED.append(proc)
+        return proc
 
     def log(self) -> str:
         return (self.root.parent / f"{self.root.name}.log").read_text()
@@ -140,7 +146,9 @@ def study(tiny_archive, tmp_path_factory: pytest.TempPathFactory):
         assert server.poll() is None, (tmp / "server.log").read_text()[-3000:]
         yield run_study(tmp, url, archive, md5)
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
+        for proc in [*STARTED, server]:  # after a failure, nothing is left running
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL if proc is not server else signal.SIGTERM)
         server.wait(timeout=30)
 
 
