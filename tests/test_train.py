@@ -17,6 +17,7 @@ import torch
 import yaml
 
 from resnetlab.cli import main
+from resnetlab.core.errors import ConfigError
 from resnetlab.core.params import parse_params
 from resnetlab.pipeline import train as train_stage
 from resnetlab.train import checkpoint
@@ -569,3 +570,37 @@ def test_cuda_graphs_only_for_a_compiled_model_on_cuda_and_auto_not_under_ddp():
     for setting in ("auto", True):
         assert not use_cuda_graphs(setting, cuda, compiled=False, distributed=False)
         assert not use_cuda_graphs(setting, cpu, compiled=True, distributed=False)
+
+
+def test_the_head_has_one_output_per_class_of_the_prepared_data(tiny_prepared, workdir):
+    """The number of classes comes from the prepared data's meta.json, not from CIFAR-10: a
+    3-class folder trains a 3-way head, and the model file, evaluate and predict's scores follow
+    it. A variant that names another count is refused in one line."""
+    from resnetlab.data.prepared import Prepared, load_prepared, save_prepared
+    from resnetlab.evaluate.classifier import load_classifier
+    from resnetlab.pipeline.evaluate import evaluate_variant
+
+    ten = load_prepared(tiny_prepared)
+    three = workdir / "three"
+    classes = ("cat", "dog", "ship")
+    labels = {split: y % 3 for split, y in ten.labels.items()}
+    save_prepared(Prepared(ten.images, labels, classes, ten.mean, ten.std), three)
+    meta = json.loads((three / "meta.json").read_text())
+    assert meta["classes"] == list(classes) and len(meta["class_counts"]["train"]) == 3
+
+    train(make_params(epochs=1), three, workdir)
+    model_dir = workdir / "models/tiny"
+    classifier, record = load_classifier(model_dir / "model.pt")
+    assert record.classes == classes
+    assert classifier(torch.rand(2, 3, 32, 32)).shape == (2, 3)
+    report = evaluate_variant("tiny", three, model_dir, workdir / "metrics/tiny/eval")
+    assert 0 <= report.accuracy <= 1
+    per_class = (workdir / "metrics/tiny/eval/per_class.csv").read_text()
+    assert all(name in per_class for name in classes) and "airplane" not in per_class
+
+    with pytest.raises(ConfigError, match=r"^resnet_v1.num_classes: 10 is not allowed; the da"):
+        train(
+            make_params({"model": {"name": "resnet_v1", "depth": 8, "num_classes": 10}}),
+            three,
+            workdir,
+        )

@@ -152,7 +152,8 @@ def save_prepared(prepared: Prepared, out_dir: Path) -> None:
         "std": list(prepared.std),
         "counts": {s: len(prepared.labels[s]) for s in SPLITS},
         "class_counts": {
-            s: np.bincount(prepared.labels[s], minlength=NUM_CLASSES).tolist() for s in SPLITS
+            s: np.bincount(prepared.labels[s], minlength=len(prepared.classes)).tolist()
+            for s in SPLITS
         },
     }
 

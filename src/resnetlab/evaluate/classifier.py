@@ -13,7 +13,7 @@ from torch import nn
 
 from resnetlab.core.errors import ResnetlabError
 from resnetlab.core.records import ModelRecord
-from resnetlab.models import build_model
+from resnetlab.models import build_model_for
 
 
 class Classifier(nn.Module):
@@ -34,7 +34,7 @@ def build_network(record: ModelRecord, path: Path | str = "model file") -> nn.Mo
     spec = record.variant.model.to_dict()
     name = spec.pop("name")
     spec.pop("pretrained", None)  # the saved weights replace any pretrained ones
-    net = build_model(name, **spec)
+    net = build_model_for(name, spec, record.classes)  # one output per class it was trained on
     missing, unexpected = net.load_state_dict(record.state_dict, strict=False)
     if missing or unexpected:
         what = []

@@ -4,11 +4,12 @@ A variant in ``params.yaml`` names a model and its arguments and nothing else::
 
     model = build_model("resnet_v1", depth=56, shortcut="A")
 
-Every model takes ``num_classes`` (default 10) and 3x32x32 input. CIFAR nets (``plain``,
-``resnet_v1``, ``resnet_v2``) take ``depth`` (required) and an integer ``width`` multiplier of
-their 16/32/64 filters; ``resnet18/34/50`` take a ``width`` multiplier (int or float) of their
-64/128/256/512 filters; all but ``resnet50_imagenet`` and ``plain18`` take
-``zero_init_residual``. ``plain18`` is ``resnet18`` without its shortcuts. Convolutions
+Every model takes ``num_classes`` (default 10) and 3x32x32 input; training and loading a model
+file set ``num_classes`` from the data's classes (``build_model_for``), never from the variant.
+CIFAR nets (``plain``, ``resnet_v1``, ``resnet_v2``) take ``depth`` (required) and an integer
+``width`` multiplier of their 16/32/64 filters; ``resnet18/34/50`` take a ``width`` multiplier
+(int or float) of their 64/128/256/512 filters; all but ``resnet50_imagenet`` and ``plain18``
+take ``zero_init_residual``. ``plain18`` is ``resnet18`` without its shortcuts. Convolutions
 use He (kaiming normal) initialisation. Unknown names, unknown arguments and invalid values
 raise :class:`resnetlab.core.errors.ConfigError` saying what is allowed.
 
@@ -65,17 +66,26 @@ Notes on the table:
   but ``depth=20`` and ``depth=110`` are bottleneck nets too; the paper's pre-act ResNet-110
   (1.7M) has basic blocks and needs ``block=basic``.
 - ``resnet50_imagenet`` is torchvision's ResNet-50 (7x7 stride-2 stem, max-pool) with a new
-  10-way head; it up-samples the input to ``input_size`` (default 224) inside the model.
+  head, one output per class; it up-samples the input to ``input_size`` (default 224) inside
+  the model.
 """
 
 # Importing the builder modules registers their models.
 from resnetlab.models import cifar, imagenet_resnets  # noqa: F401
 from resnetlab.models.registry import (
     build_model,
+    build_model_for,
     count_parameters,
     list_models,
     model_depth,
     register_model,
 )
 
-__all__ = ["build_model", "count_parameters", "list_models", "model_depth", "register_model"]
+__all__ = [
+    "build_model",
+    "build_model_for",
+    "count_parameters",
+    "list_models",
+    "model_depth",
+    "register_model",
+]

@@ -14,7 +14,7 @@ argument as ``<model>.<arg>``, the key shape of :mod:`resnetlab.core.config`'s m
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -24,6 +24,7 @@ from resnetlab.core.errors import ConfigError, invalid
 
 __all__ = [
     "build_model",
+    "build_model_for",
     "check_bool",
     "check_choice",
     "check_positive_int",
@@ -121,6 +122,19 @@ def build_model(name: str, **kwargs: Any) -> nn.Module:
             f"accepted: {_describe_arguments(entry.builder)}"
         )
     return entry.builder(**kwargs)
+
+
+def build_model_for(name: str, args: dict[str, Any], classes: Sequence[str]) -> nn.Module:
+    """`build_model(name, **args)` with a head of one output per class of `classes`: the data's
+    (a prepared folder's `meta.json`, a model file's record) decide the number of outputs, not
+    the variant. `args` may name `num_classes` only if it agrees."""
+    declared = args.get("num_classes", len(classes))
+    if declared != len(classes):
+        raise ConfigError(
+            f"{name}.num_classes: {declared!r} is not allowed; the data has {len(classes)} "
+            "classes, which set it: leave it out"
+        )
+    return build_model(name, **{**args, "num_classes": len(classes)})
 
 
 def model_depth(name: str, kwargs: dict[str, Any]) -> int:

@@ -44,7 +44,7 @@ from resnetlab.data.augment import alternating_flips
 from resnetlab.data.normalize import Normalizer, normalization_problem
 from resnetlab.data.prepared import Prepared, load_prepared
 from resnetlab.evaluate.scoring import loss_and_accuracy, predict_logits
-from resnetlab.models import build_model, count_parameters, model_depth
+from resnetlab.models import build_model_for, count_parameters, model_depth
 from resnetlab.train import checkpoint, distributed, loop, schedule
 from resnetlab.train.events import (
     Checkpointed,
@@ -112,11 +112,12 @@ class Trainer:
         self.placement = place(cfg.device, parallel_aware=not distributed.launched())
         self.dist, self.device = distributed.init(self.placement.device)
 
-        torch.manual_seed(cfg.seed)
-        model = build_model(variant.model.name, **variant.model.args)  # validates the spec
-        self.parameters = count_parameters(model)
         self.data_dir = Path(data_dir)
         self.data: Prepared = load_prepared(data_dir, splits=("train", "val"))
+        torch.manual_seed(cfg.seed)
+        # One output per class of the prepared data (validates the spec too).
+        model = build_model_for(variant.model.name, dict(variant.model.args), self.data.classes)
+        self.parameters = count_parameters(model)
         check_batch_fits(variant, len(self.data.labels["train"]))  # global batch vs the split
         # On CUDA every step has the same shape: the last partial batch (45,000 % 128 = 72
         # images) would recompile a compiled model and cannot replay a captured graph. Its
