@@ -80,8 +80,8 @@ def sync(device: torch.device) -> None:
 
 def bench_model(args: argparse.Namespace) -> torch.nn.Module:
     """A fresh `--model`, built with `--depth` unless it is 0 (models without a depth argument,
-    e.g. resnet18)."""
-    return build_model(args.model, **({"depth": args.depth} if args.depth else {}))
+    e.g. resnet18), with CIFAR-10's 10 outputs: the benchmarks' images are CIFAR-10's."""
+    return build_model(args.model, num_classes=10, **({"depth": args.depth} if args.depth else {}))
 
 
 def bench_model_name(args: argparse.Namespace) -> str:

@@ -213,7 +213,8 @@ def model_logging(rounds: int, model: str, depth: int) -> dict[str, list[float]]
     from resnetlab.evaluate.classifier import Classifier
     from resnetlab.models import build_model
 
-    net = Classifier(build_model(model, depth=depth), [0.5] * 3, [0.25] * 3).eval()
+    net = build_model(model, depth=depth, num_classes=10)
+    net = Classifier(net, [0.5] * 3, [0.25] * 3).eval()
     example = np.random.default_rng(0).random((4, 3, 32, 32), dtype=np.float32)
     with torch.no_grad():
         signature = infer_signature(example, net(torch.from_numpy(example)).numpy())

@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # 2. A/B over training passes.
     torch.manual_seed(0)
-    model = build_model("resnet_v1", depth=20)
+    model = build_model("resnet_v1", depth=20, num_classes=10)
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     x = torch.rand(args.batches, 128, 3, 32, 32)
     y = torch.randint(0, 10, (args.batches, 128))

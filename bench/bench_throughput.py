@@ -62,7 +62,7 @@ from bench_data_pipeline import (
 from resnetlab.core.allocator import keep_freed_memory
 from resnetlab.core.config import AugmentConfig, DataConfig, TrainConfig
 from resnetlab.core.device import autocast_dtype, resolve_device, use_compile
-from resnetlab.data.cifar10 import TRAIN_SIZE as CIFAR10_TRAIN_SIZE
+from resnetlab.data.datasets import CIFAR10
 from resnetlab.data.normalize import Normalizer
 from resnetlab.train import loop, schedule
 
@@ -197,7 +197,7 @@ def make_rows(
 def full_run_steps(batch_size: int) -> int:
     """Optimiser steps of a full run of the shipped ResNet-20 recipe at `batch_size`: its epochs
     over the training split (50k minus the validation images); what `compile: auto` weighs."""
-    split = CIFAR10_TRAIN_SIZE - DataConfig().val_size
+    split = CIFAR10.train_size - DataConfig().val_size
     return TrainConfig().epochs * loop.steps_per_epoch(split, batch_size, 1)
 
 

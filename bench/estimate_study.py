@@ -36,7 +36,7 @@ from bench_data_pipeline import sync
 
 from resnetlab.core.device import autocast_dtype, resolve_device, use_compile, use_cuda_graphs
 from resnetlab.core.params import load_params
-from resnetlab.data.cifar10 import TRAIN_SIZE as CIFAR10_TRAIN_SIZE
+from resnetlab.data.datasets import CIFAR10
 from resnetlab.data.normalize import Normalizer
 from resnetlab.models import build_model
 from resnetlab.train import loop, schedule
@@ -47,6 +47,7 @@ def network(variant: Any) -> nn.Module:
     the same speed and FLOPs)."""
     model_args = dict(variant.model.args)
     model_args.pop("pretrained", None)
+    model_args.setdefault("num_classes", CIFAR10.num_classes)  # the benchmark's labels
     return build_model(variant.model.name, **model_args)
 
 
@@ -179,7 +180,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
         torch.set_num_threads(args.threads)
     params = load_params(args.params)
     names = args.variants.split(",") if args.variants else list(params.variants)
-    n_train = params.data.subset or CIFAR10_TRAIN_SIZE - params.data.val_size
+    n_train = params.data.subset or CIFAR10.train_size - params.data.val_size
     print(f"torch {torch.__version__}, python {platform.python_version()}, {platform.machine()}")
     if args.flops:
         rows = flops_table(params, names, n_train, args.assume_tflops)

@@ -1,4 +1,5 @@
-"""Tiny CIFAR-10 archives in the real layout (python batches, protocol-2 pickles), for tests."""
+"""Tiny CIFAR-10 and CIFAR-100 archives in the real layouts (python batches, protocol-2 pickles),
+for tests."""
 
 from __future__ import annotations
 
@@ -57,5 +58,52 @@ def make_archive(
     with tarfile.open(fileobj=raw, mode="w") as tar:
         for name, blob in members.items():
             _add(tar, name, blob)
+    path.write_bytes(gzip.compress(raw.getvalue(), mtime=0))
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+CIFAR100_COARSE = [f"super{c:02d}" for c in range(20)]
+CIFAR100_FINE = [f"fine{c:03d}" for c in range(100)]
+
+
+def make_cifar100_archive(path: Path, train_size: int = 1000, test_size: int = 200) -> str:
+    """Write a CIFAR-100-format .tar.gz at `path` (`cifar-100-python/{meta,train,test}`, fine
+    and coarse labels: fine class f belongs to superclass f // 5); returns its md5. Each fine
+    class has its own mean colour, as in `make_batch`."""
+    rng = np.random.default_rng(100)
+
+    def split(n: int, name: bytes) -> bytes:
+        fine = np.arange(n) % 100
+        rng.shuffle(fine)
+        base = np.stack([fine * 2, (fine % 10) * 25, (fine // 10) * 25], 1).astype(np.int16)
+        pixels = np.repeat(base, 1024, axis=1) + rng.integers(-8, 9, size=(n, 3072))
+        batch = {
+            b"batch_label": name,
+            b"filenames": [f"img{i}.png".encode() for i in range(n)],
+            b"fine_labels": fine.tolist(),
+            b"coarse_labels": (fine // 5).tolist(),
+            b"data": np.clip(pixels, 0, 255).astype(np.uint8),
+        }
+        return pickle.dumps(batch, protocol=2)
+
+    members = {
+        "meta": pickle.dumps(
+            {
+                b"fine_label_names": [c.encode() for c in CIFAR100_FINE],
+                b"coarse_label_names": [c.encode() for c in CIFAR100_COARSE],
+            },
+            protocol=2,
+        ),
+        "train": split(train_size, b"training batch 1 of 1"),
+        "test": split(test_size, b"testing batch 1 of 1"),
+    }
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w") as tar:
+        for name, blob in members.items():
+            info = tarfile.TarInfo(f"cifar-100-python/{name}")
+            info.size = len(blob)
+            info.mtime = 1244073600
+            tar.addfile(info, io.BytesIO(blob))
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(gzip.compress(raw.getvalue(), mtime=0))
     return hashlib.md5(path.read_bytes()).hexdigest()

@@ -40,10 +40,13 @@ def tiny_archive(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
 def tiny_prepared(tiny_archive, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Prepared arrays from the tiny archive: 250 train, 50 val, 100 test."""
     from resnetlab.data.archive import read_archive
+    from resnetlab.data.datasets import CIFAR10
     from resnetlab.data.prepared import prepare, save_prepared
 
     out = tmp_path_factory.mktemp("prepared")
-    save_prepared(prepare(read_archive(tiny_archive[0]), val_size=50, subset=0, seed=0), out)
+    save_prepared(
+        prepare(read_archive(tiny_archive[0], CIFAR10), val_size=50, subset=0, seed=0), out
+    )
     return out
 
 

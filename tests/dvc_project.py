@@ -46,6 +46,8 @@ class DvcProject:
         shutil.copy(REPO / ".dvcignore", root / ".dvcignore")
         # The published numbers compare reports against, and the top-level plots' template.
         shutil.copy(REPO / "published.yaml", root / "published.yaml")
+        # The folder dataset's default folder, a dependency of prepare whatever the dataset.
+        shutil.copytree(REPO / "data" / "images", root / "data" / "images")
         shutil.copytree(REPO / ".dvc" / "plots", root / ".dvc" / "plots")
         # ... and the page `dvc plots show` fills, which holds the charting libraries.
         self.dvc("config", "plots.html_template", "plots/offline.html")

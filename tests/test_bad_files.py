@@ -300,13 +300,14 @@ def test_a_logged_model_whose_program_is_nested_200k_deep_is_refused(tmp_path, c
     from PIL import Image
 
     from resnetlab.cli import main
-    from resnetlab.data.cifar10 import CLASSES
+    from resnetlab.data.datasets import CIFAR10_CLASSES as CLASSES
     from resnetlab.evaluate.classifier import Classifier
     from resnetlab.models import build_model
     from resnetlab.tracking import model_io
 
     torch.manual_seed(0)
-    clf = Classifier(build_model("resnet_v1", depth=8), (0.5,) * 3, (0.25,) * 3).eval()
+    net = build_model("resnet_v1", depth=8, num_classes=10)
+    clf = Classifier(net, (0.5,) * 3, (0.25,) * 3).eval()
     folder = tmp_path / "model"
     example = np.random.default_rng(0).random((2, 3, 32, 32), dtype=np.float32)
     model_io.save_model_artifact(clf, folder, example, CLASSES)

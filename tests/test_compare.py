@@ -361,21 +361,29 @@ def test_cli_compare_draws_and_logs_to_mlflow(fake_run, tmp_path: Path, monkeypa
 PUBLISHED = """
 sources:
   paper: {cite: "A. Author. A Paper. 2015"}
+  other: {cite: "B. Author. Another Paper. 2016"}
 results:
-  # plain8 measures 71, 72, 73 % test accuracy: mean 72, std 1, standard error 0.577.
-  - {variant: plain8, source: paper, where: Table 1, metric: test_accuracy, value: 72.5, epochs: 3}
-  - {variant: resnet8, source: paper, metric: test_accuracy, value: 70.0, epochs: 3}
-  - {variant: resnet14, source: paper, metric: test_error, value: 10.0, pm: 0.5, epochs: 3}
-  - {variant: resnet14, source: paper, where: longer, metric: test_error, value: 16.2, epochs: 9}
-  - {variant: gone, source: paper, metric: test_error, value: 1.0}
+  cifar10:
+    # plain8 measures 71, 72, 73 % test accuracy: mean 72, std 1, standard error 0.577.
+    - {variant: plain8, source: paper, where: Table 1, metric: test_accuracy, value: 72.5,
+       epochs: 3}
+    - {variant: resnet8, source: paper, metric: test_accuracy, value: 70.0, epochs: 3}
+    - {variant: resnet14, source: paper, metric: test_error, value: 10.0, pm: 0.5, epochs: 3}
+    - {variant: resnet14, source: paper, where: longer, metric: test_error, value: 16.2, epochs: 9}
+    - {variant: gone, source: paper, metric: test_error, value: 1.0}
+  # Another dataset's numbers for the same variants: never set against a CIFAR-10 run.
+  cifar100:
+    - {variant: resnet14, source: other, where: Table 2, metric: test_error, value: 16.0,
+       epochs: 3, train_images: 45000}
 claims:
-  - {name: order, statement: resnet14 beats plain8, source: paper, metric: test_error,
-     higher: plain8, lower: resnet14}
-  - {name: reversed, statement: plain8 beats resnet14, source: paper, metric: test_error,
-     higher: resnet14, lower: plain8}
-  - {name: degradation, statement: plain8 trains worse than resnet8, source: paper,
-     metric: final_train_error, higher: plain8, lower: resnet8}
-  - {name: missing, statement: x, source: paper, metric: test_error, higher: x, lower: plain8}
+  cifar10:
+    - {name: order, statement: resnet14 beats plain8, source: paper, metric: test_error,
+       higher: plain8, lower: resnet14}
+    - {name: reversed, statement: plain8 beats resnet14, source: paper, metric: test_error,
+       higher: resnet14, lower: plain8}
+    - {name: degradation, statement: plain8 trains worse than resnet8, source: paper,
+       metric: final_train_error, higher: plain8, lower: resnet8}
+    - {name: missing, statement: x, source: paper, metric: test_error, higher: x, lower: plain8}
 """
 
 
@@ -385,7 +393,7 @@ def test_published_vs_measured_verdicts_and_claims(fake_run, tmp_path: Path) -> 
     variants, metrics = fake_run
     path = tmp_path / "published.yaml"
     path.write_text(PUBLISHED)
-    data = published.load_published(path)
+    data = published.load_published(path).for_dataset("cifar10")
     runs = leaderboard.build_runs(variants, SEEDS, metrics)
     finals = published.final_train_errors(leaderboard.load_histories(variants, SEEDS, metrics))
     table = published.compare_published(data, runs, finals, train_images=45000, subset=0)
@@ -416,9 +424,10 @@ def test_published_vs_measured_verdicts_and_claims(fake_run, tmp_path: Path) -> 
     assert one["order"] == "holds (n = 1)"
 
     out = tmp_path / "reports"
-    written = published.write_report(table, published.check_claims(data, runs, finals), out)
+    written = published.write_report(table, published.check_claims(data, runs, finals), out, data)
     assert [p.name for p in written] == ["published_vs_measured.csv", "published_vs_measured.md"]
     md = (out / "published_vs_measured.md").read_text()
+    assert "Dataset: CIFAR-10 (`cifar10`)." in md
     assert "| plain8 | test_accuracy | 72.50 | 72.00 ± 1.00% (n = 3) | -0.50 | reproduced |" in md
     assert "A. Author. A Paper. 2015, Table 1" in md
     assert "**resnet14 beats plain8** (A. Author. A Paper. 2015): **holds**" in md
@@ -432,14 +441,146 @@ def test_published_file_errors_name_the_entry(tmp_path: Path) -> None:
     path = tmp_path / "published.yaml"
     with pytest.raises(ResnetlabError, match=r"published\.yaml: not found"):
         published.load_published(path)
-    path.write_text("sources: {a: {cite: x}}\nresults:\n  - {variant: v, source: b}\n")
-    with pytest.raises(ResnetlabError, match=r"results\[0\].source: 'b' is not a key of sources"):
+    head = "sources: {a: {cite: x}}\n"
+    path.write_text(head + "results:\n  cifar10:\n    - {variant: v, source: b}\n")
+    with pytest.raises(
+        ResnetlabError, match=r"results\.cifar10\[0\]\.source: 'b' is not a key of sources"
+    ):
         published.load_published(path)
-    path.write_text(
-        "sources: {a: {cite: x}}\nresults:\n  - {variant: v, source: a, metric: speed}\n"
+    path.write_text(head + "results:\n  cifar100:\n    - {variant: v, source: a, metric: speed}\n")
+    with pytest.raises(ResnetlabError, match=r"results\.cifar100\[0\]\.metric: 'speed'"):
+        published.load_published(path)
+    path.write_text(head + "claims:\n  cifar100:\n    - {name: c, source: a}\n")
+    with pytest.raises(ResnetlabError, match=r"claims\.cifar100\[0\]\.statement: None"):
+        published.load_published(path)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        # The flat list of the file's first format: whose dataset's numbers is unknown.
+        (
+            "results:\n  - {variant: v, source: a}\n",
+            "published.yaml: results: expected a mapping of dataset -> list "
+            "(e.g. cifar10: [...]), got list",
+        ),
+        (
+            "claims: [x]\n",
+            "published.yaml: claims: expected a mapping of dataset -> list "
+            "(e.g. cifar10: [...]), got list",
+        ),
+        (
+            "results:\n  cifar100: {variant: v, source: a}\n",
+            "published.yaml: results.cifar100: expected a list, got dict",
+        ),
+        (
+            "claims:\n  cifar100: yes\n",
+            "published.yaml: claims.cifar100: expected a list, got bool",
+        ),
+        (
+            "results:\n  cifar-100: []\n",
+            "published.yaml: results.cifar-100: not a dataset; expected one of cifar10, "
+            "cifar100, cifar100_coarse, folder",
+        ),
+        (
+            "results:\n  cifar100:\n    - resnet18\n",
+            "published.yaml: results.cifar100[0]: expected a mapping",
+        ),
+    ],
+)
+def test_malformed_dataset_section_is_a_one_line_error_naming_the_key(
+    tmp_path: Path, text: str, message: str
+) -> None:
+    from resnetlab.report import published
+
+    path = tmp_path / "published.yaml"
+    path.write_text("sources: {a: {cite: x}}\n" + text)
+    with pytest.raises(ResnetlabError) as err:
+        published.load_published(path)
+    assert str(err.value) == message
+
+
+def test_a_dataset_without_numbers_gets_an_empty_comparison_and_one_line(
+    fake_run, tmp_path: Path
+) -> None:
+    from resnetlab.report import published
+
+    variants, metrics = fake_run
+    path = tmp_path / "published.yaml"
+    path.write_text(PUBLISHED)
+    loaded = published.load_published(path)
+    assert not loaded.for_dataset("cifar100").empty
+    runs = leaderboard.build_runs(variants, SEEDS, metrics)
+    finals = published.final_train_errors(leaderboard.load_histories(variants, SEEDS, metrics))
+    for key in ("cifar100_coarse", "folder"):
+        numbers = loaded.for_dataset(key)
+        assert numbers.empty and numbers.dataset == key
+        table = published.compare_published(numbers, runs, finals, 45000, 0)
+        assert table.empty and list(table.columns) == list(published.REPORT_COLUMNS)
+        claims = published.check_claims(numbers, runs, finals)
+        assert claims == []
+        out = tmp_path / key
+        # Both files are written all the same: they are the stage's DVC outputs.
+        written = published.write_report(table, claims, out, numbers)
+        assert [p.name for p in written] == [
+            "published_vs_measured.csv",
+            "published_vs_measured.md",
+        ]
+        md = (out / "published_vs_measured.md").read_text().splitlines()
+        assert md[0] == "# Published vs measured"
+        (note,) = [line for line in md[1:] if line]
+        assert note.startswith("No published numbers exist for ") and f"(`{key}`)" in note
+        csv = pd.read_csv(out / "published_vs_measured.csv")
+        assert csv.empty and list(csv.columns) == list(published.REPORT_COLUMNS)
+    assert published.no_numbers_line("folder") == (
+        "No published numbers exist for image folder (`folder`) in published.yaml: "
+        "nothing to compare."
     )
-    with pytest.raises(ResnetlabError, match=r"results\[0\].metric: 'speed'"):
-        published.load_published(path)
+    # A file without a word of CIFAR-10 leaves CIFAR-10 without numbers too.
+    path.write_text("sources: {}\nresults: {cifar100: []}\n")
+    assert published.load_published(path).for_dataset("cifar10").empty
+
+
+def test_shipped_cifar100_rows_load() -> None:
+    from resnetlab.report import published
+
+    root = Path(__file__).resolve().parents[1]
+    shipped = published.load_published(root / "published.yaml")
+    rows = {r.variant: r for r in shipped.for_dataset("cifar100").results}
+    got = {v: (r.source, r.where, r.metric, r.value, r.pm) for v, r in rows.items()}
+    assert got == {
+        "resnet18": ("devries2017", "Table 1", "test_error", 22.46, 0.31),
+        "resnet18_cutout8": ("devries2017", "Table 1", "test_error", 21.96, 0.24),
+        "preact_resnet164": ("he2016", "Table 3", "test_error", 24.33, None),
+        "preact_resnet1001": ("he2016", "Table 3", "test_error", 22.71, None),
+    }
+    assert {(r.epochs, r.train_images) for r in rows.values() if r.source == "devries2017"} == {
+        (200, 50000)
+    }
+    assert {(r.epochs, r.train_images) for r in rows.values() if r.source == "he2016"} == {
+        (182, 45000)
+    }
+    assert not any(r.differs for r in rows.values())  # each variant is the source's network
+    # The variants are the sources' networks and recipes: DeVries & Taylor's 8x8 Cutout on
+    # CIFAR-100, He et al.'s pre-activation bottleneck nets.
+    from resnetlab.core.params import load_params
+
+    params = load_params(root / "params.yaml")
+    cutout8 = params.variant("resnet18_cutout8").train
+    assert cutout8.augment.cutout_size == 8 and cutout8.epochs == 200
+    assert params.variant("resnet18_cutout").train.augment.cutout_size == 16
+    for variant, depth in (("preact_resnet164", 164), ("preact_resnet1001", 1001)):
+        model = params.variant(variant).model
+        assert (model.name, dict(model.args)) == (
+            "resnet_v2",
+            {"depth": depth, "block": "bottleneck"},
+        )
+    # CIFAR-10's rows and claims stay CIFAR-10's alone.
+    cifar10 = shipped.for_dataset("cifar10")
+    assert len(cifar10.results) == 18 and len(cifar10.claims) == 5
+    assert shipped.for_dataset("cifar100").claims == ()
+    for key in ("cifar100_coarse", "folder"):
+        assert shipped.for_dataset(key).empty
 
 
 def test_shipped_published_file_names_shipped_variants() -> None:
@@ -449,7 +590,78 @@ def test_shipped_published_file_names_shipped_variants() -> None:
     root = Path(__file__).resolve().parents[1]
     data = published.load_published(root / "published.yaml")
     declared = set(load_params(root / "params.yaml").variants)
-    named = {r.variant for r in data.results}
-    named |= {v for c in data.claims for v in (c.higher, c.lower)}
+    results = [r for rows in data.results.values() for r in rows]
+    named = {r.variant for r in results}
+    named |= {v for claims in data.claims.values() for c in claims for v in (c.higher, c.lower)}
     assert named <= declared, sorted(named - declared)
-    assert all(r.epochs for r in data.results)  # every number carries its budget
+    assert all(r.epochs for r in results)  # every number carries its budget
+
+
+def write_prepared_meta(folder: Path, dataset: str, train_images: int) -> None:
+    """What compare reads of the prepared data: meta.json and the train labels' .npy header."""
+    folder.mkdir(parents=True, exist_ok=True)
+    meta = {
+        "dataset": dataset,
+        "classes": ["cat", "dog"],
+        "mean": [0.5, 0.5, 0.5],
+        "std": [0.25, 0.25, 0.25],
+        "counts": {"train": train_images, "val": 10, "test": 10},
+    }
+    (folder / "meta.json").write_text(json.dumps(meta))
+    np.save(folder / "train_labels.npy", np.zeros(train_images, dtype=np.int64))
+
+
+def test_cli_compare_uses_the_published_numbers_of_the_prepared_datas_dataset(
+    fake_run, tmp_path: Path, monkeypatch
+) -> None:
+    from resnetlab.pipeline import compare
+
+    _, metrics = fake_run
+    params_path = tmp_path / "params.yaml"
+    params_path.write_text(yaml.safe_dump(make_params(FAKE)))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "published.yaml").write_text(PUBLISHED)
+    data, out = tmp_path / "prepared", tmp_path / "reports"
+    argv = ["compare", "--params", str(params_path), "--metrics", str(metrics)]
+    argv += ["--out", str(out), "--published", "published.yaml", "--data", str(data)]
+    report_csv, report_md = out / "published_vs_measured.csv", out / "published_vs_measured.md"
+
+    # Prepared from CIFAR-100: CIFAR-10's rows and claims do not apply, CIFAR-100's does, and
+    # the training budget is the prepared train split's size (500 images, not 45k).
+    write_prepared_meta(data, "cifar100", 500)
+    assert compare.prepared_dataset(data) == ("cifar100", 500)
+    assert main(argv) == 0
+    report = pd.read_csv(report_csv)
+    assert report["variant"].tolist() == ["resnet14"]
+    (verdict,) = report["verdict"]
+    assert verdict == "not comparable: 500 training images, source 45000"
+    assert report["source"].tolist() == ["B. Author. Another Paper. 2016"]
+    md = report_md.read_text()
+    assert "Dataset: CIFAR-100 (`cifar100`)." in md and "plain8" not in md
+    assert "## Claims" in md and "- (none)" in md
+
+    # A dataset the file gives nothing: both reports written, the Markdown saying so in a line.
+    write_prepared_meta(data, "cifar100_coarse", 500)
+    assert main(argv) == 0
+    assert pd.read_csv(report_csv).empty
+    assert report_md.read_text() == (
+        "# Published vs measured\n\nNo published numbers exist for CIFAR-100 (20 superclasses) "
+        "(`cifar100_coarse`) in published.yaml: nothing to compare.\n"
+    )
+
+    # CIFAR-10's own numbers for a CIFAR-10 folder; one written before meta.json named its
+    # dataset is CIFAR-10's.
+    meta = json.loads((data / "meta.json").read_text())
+    del meta["dataset"]
+    (data / "meta.json").write_text(json.dumps(meta))
+    assert main(argv) == 0
+    report = pd.read_csv(report_csv)
+    assert set(report["variant"]) >= {"plain8", "resnet8", "claim: order"}
+    assert "Dataset: CIFAR-10 (`cifar10`)." in report_md.read_text()
+
+    # Without prepared data the report has no dataset: a one-line error, nothing replaced.
+    before = report_md.read_text()
+    (data / "train_labels.npy").unlink()
+    assert main(argv) == 1
+    assert report_md.read_text() == before

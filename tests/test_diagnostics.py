@@ -27,7 +27,8 @@ def _first_layer_norms(name: str, seed: int = 0) -> dict[int, float]:
     norms = {}
     for depth in DEPTHS:
         torch.manual_seed(seed)
-        norms[depth] = first_layer_grad_norm(build_model(name, depth=depth), batch)
+        model = build_model(name, depth=depth, num_classes=10)
+        norms[depth] = first_layer_grad_norm(model, batch)
     return norms
 
 
@@ -70,7 +71,7 @@ def test_plain_gradients_explode_with_depth_residual_ones_stay_put() -> None:
 def _tiny_model() -> nn.Module:
     torch.manual_seed(0)
     # Option B puts a projection conv beside the main path, to check the input-to-output order.
-    return build_model("resnet_v1", depth=8, shortcut="B")
+    return build_model("resnet_v1", depth=8, shortcut="B", num_classes=10)
 
 
 def test_gradient_norms_cover_every_weight_in_execution_order() -> None:

@@ -27,8 +27,10 @@ import pytest
 from resnetlab.cli import main
 from resnetlab.core.errors import ResnetlabError
 from resnetlab.data import download
-from resnetlab.data.cifar10 import ARCHIVE_NAME
+from resnetlab.data.datasets import CIFAR10
 from resnetlab.data.download import Limits, fetch_archive
+
+ARCHIVE_NAME = CIFAR10.archive_name
 
 
 def write_params(tmp_path: Path, url: str, md5: str) -> Path:
@@ -69,7 +71,7 @@ def test_file_url_and_plain_path(tiny_archive, tmp_path, progress):
     archive, md5 = tiny_archive
     for i, url in enumerate([archive.as_uri(), str(archive)]):
         out = tmp_path / f"raw{i}"
-        got = fetch_archive(url, md5, out, progress=progress)
+        got = fetch_archive(url, md5, out, CIFAR10, progress=progress)
         assert got == out / ARCHIVE_NAME
         assert got.read_bytes() == archive.read_bytes()
         assert only_archive(out) == [ARCHIVE_NAME]
@@ -112,7 +114,7 @@ def test_unreachable_url_names_it_and_suggests_a_mirror(tiny_archive, tmp_path, 
 def test_md5_mismatch_keeps_nothing_and_spares_a_good_archive(tiny_archive, tmp_path, capsys):
     archive, md5 = tiny_archive
     out = tmp_path / "raw"
-    fetch_archive(str(archive), md5, out)
+    fetch_archive(str(archive), md5, out, CIFAR10)
     good = (out / ARCHIVE_NAME).read_bytes()
 
     # A new url/md5 pair whose download turns out corrupt: the error names both checksums.
@@ -120,7 +122,7 @@ def test_md5_mismatch_keeps_nothing_and_spares_a_good_archive(tiny_archive, tmp_
     other.write_bytes(archive.read_bytes() + b"tampered")
     wanted = "1" * 32
     with pytest.raises(ResnetlabError, match=f"expected {wanted}, got [0-9a-f]{{32}}"):
-        fetch_archive(str(other), wanted, out)
+        fetch_archive(str(other), wanted, out, CIFAR10)
     assert only_archive(out) == [ARCHIVE_NAME]
     assert (out / ARCHIVE_NAME).read_bytes() == good
 
@@ -138,7 +140,7 @@ def test_truncated_download_leaves_no_partial_file(tiny_archive, tmp_path):
     truncated.write_bytes(archive.read_bytes()[:1000])
     out = tmp_path / "raw"
     with pytest.raises(ResnetlabError, match="md5 mismatch"):
-        fetch_archive(truncated.as_uri(), md5, out)
+        fetch_archive(truncated.as_uri(), md5, out, CIFAR10)
     assert only_archive(out) == []
 
 
@@ -147,15 +149,15 @@ def test_stale_temporary_from_a_killed_run_is_removed(tiny_archive, tmp_path):
     out = tmp_path / "raw"
     out.mkdir()
     (out / f".{ARCHIVE_NAME}.abc123.tmp").write_bytes(b"half a download")
-    fetch_archive(str(archive), md5, out)
+    fetch_archive(str(archive), md5, out, CIFAR10)
     assert only_archive(out) == [ARCHIVE_NAME]
 
 
 def test_missing_local_file_and_bad_scheme(tmp_path):
     with pytest.raises(ResnetlabError, match=r"cannot read .*nope\.tar\.gz"):
-        fetch_archive(str(tmp_path / "nope.tar.gz"), "0" * 32, tmp_path / "raw")
+        fetch_archive(str(tmp_path / "nope.tar.gz"), "0" * 32, tmp_path / "raw", CIFAR10)
     with pytest.raises(ResnetlabError, match="unsupported scheme 'ftp'"):
-        fetch_archive("ftp://example.invalid/x.tar.gz", "0" * 32, tmp_path / "raw")
+        fetch_archive("ftp://example.invalid/x.tar.gz", "0" * 32, tmp_path / "raw", CIFAR10)
 
 
 def test_disk_full_is_reported(tiny_archive, tmp_path, monkeypatch):
@@ -170,7 +172,7 @@ def test_disk_full_is_reported(tiny_archive, tmp_path, monkeypatch):
 
     monkeypatch.setattr(os, "fsync", full)
     with pytest.raises(ResnetlabError, match=r"disk full while writing it .* archive needs 1 MiB"):
-        fetch_archive(str(archive), md5, tmp_path / "raw")
+        fetch_archive(str(archive), md5, tmp_path / "raw", CIFAR10)
     monkeypatch.setattr(os, "fsync", real_fsync)
     assert only_archive(tmp_path / "raw") == []
 
@@ -357,7 +359,7 @@ def test_endless_local_source_is_capped(url, tmp_path, capsys, monkeypatch):
 def test_official_md5_caps_at_the_official_size(tmp_path):
     # With the official checksum the exact size is known: one byte more is refused.
     with pytest.raises(ResnetlabError, match=r"has more than 170,498,071 bytes; the official"):
-        fetch_archive("/dev/zero", download.OFFICIAL_MD5, tmp_path / "raw")
+        fetch_archive("/dev/zero", CIFAR10.md5, tmp_path / "raw", CIFAR10)
     assert only_archive(tmp_path / "raw") == []
 
 

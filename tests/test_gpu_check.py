@@ -59,7 +59,7 @@ def test_the_training_flop_count_behind_the_gpu_estimate() -> None:
         weight = module.weight
         macs += output[0].numel() * weight[0].numel()  # per image: outputs x inputs per output
 
-    model = build_model(variant.model.name, **variant.model.args)
+    model = build_model(variant.model.name, num_classes=10, **variant.model.args)
     for module in model.modules():
         if isinstance(module, nn.Conv2d | nn.Linear):
             module.register_forward_hook(count)

@@ -140,7 +140,7 @@ def test_16_bit_greyscale_png_keeps_its_grey(tmp_path):
     path = tmp_path / "grey16.png"
     Image.fromarray(np.full((48, 40), 32768, np.uint16)).save(path)
     assert Image.open(path).mode == "I;16"  # really stored with 16 bits
-    x = load_image(path)
+    x = load_image(path, size=32)
     assert x.shape == (3, 32, 32) and x.dtype == np.float32
     np.testing.assert_allclose(x, 32768 / 65535, atol=1e-4)
 
@@ -150,7 +150,7 @@ def test_float_tiff_in_unit_range_is_taken_as_given(tmp_path, value, expected):
     path = tmp_path / "grey.tif"
     Image.fromarray(np.full((40, 40), value, np.float32)).save(path)
     assert Image.open(path).mode == "F"
-    np.testing.assert_allclose(load_image(path), expected, atol=1e-6)
+    np.testing.assert_allclose(load_image(path, size=32), expected, atol=1e-6)
 
 
 def test_float_tiff_beyond_one_is_scaled_by_its_maximum(tmp_path):
@@ -158,7 +158,7 @@ def test_float_tiff_beyond_one_is_scaled_by_its_maximum(tmp_path):
     values[:, 20:] = 200.0  # right half twice as bright as the left
     path = tmp_path / "hdr.tif"
     Image.fromarray(values).save(path)
-    x = load_image(path)
+    x = load_image(path, size=32)
     np.testing.assert_allclose(x[:, :, :14], 0.5, atol=1e-6)
     np.testing.assert_allclose(x[:, :, -14:], 1.0, atol=1e-6)
 
@@ -195,7 +195,7 @@ def test_image_above_the_pixel_budget_is_refused_from_its_header(
     png_header_only(path, width, height)
     start = time.monotonic()
     with pytest.raises(ResnetlabError) as err:
-        load_image(path)
+        load_image(path, size=32)
     assert time.monotonic() - start < 1.0
     assert str(err.value) == (
         f"{path}: {size}, above the budget of {MAX_PIXELS / 1e6:g} megapixels; not decoded "
@@ -207,4 +207,4 @@ def test_image_above_the_pixel_budget_is_refused_from_its_header(
 def test_image_just_within_the_budget_is_decoded(tmp_path):
     path = tmp_path / "wide.png"
     Image.new("L", (10_000, 100), 128).save(path)  # 1 megapixel
-    np.testing.assert_allclose(load_image(path), 128 / 255, atol=1e-6)
+    np.testing.assert_allclose(load_image(path, size=32), 128 / 255, atol=1e-6)

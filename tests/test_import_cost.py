@@ -45,9 +45,9 @@ def test_model_stages_import_torch_alone_and_torchvision_only_for_its_models():
         "import resnetlab.cli, resnetlab.pipeline.train, resnetlab.pipeline.evaluate\n"
         "mark('imported')\n"
         "from resnetlab.models import build_model\n"
-        "build_model('resnet_v1', depth=8)\n"
+        "build_model('resnet_v1', depth=8, num_classes=10)\n"
         "mark('cifar model')\n"
-        "build_model('resnet18', width=0.125)\n"
+        "build_model('resnet18', width=0.125, num_classes=10)\n"
         "mark('torchvision model')\n"
     )
     # MLflow, pandas and the rest load when a stage records or writes, not on import.

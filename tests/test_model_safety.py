@@ -26,7 +26,7 @@ import yaml
 from model_files import ARCHIVE, predict_uri, program_edit, random_image, rewrite_archive
 
 from resnetlab.cli import main
-from resnetlab.data.cifar10 import CLASSES as CIFAR10_CLASSES
+from resnetlab.data.datasets import CIFAR10_CLASSES
 from resnetlab.evaluate.classifier import Classifier
 from resnetlab.models import build_model
 from resnetlab.tracking import logged_model, model_io
@@ -36,7 +36,8 @@ from resnetlab.tracking import logged_model, model_io
 def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Classifier]:
     """A model folder exactly as the train stage logs it, and the eager model it came from."""
     torch.manual_seed(0)
-    clf = Classifier(build_model("resnet_v1", depth=8), (0.49, 0.48, 0.45), (0.25, 0.24, 0.26))
+    net = build_model("resnet_v1", depth=8, num_classes=10)
+    clf = Classifier(net, (0.49, 0.48, 0.45), (0.25, 0.24, 0.26))
     folder = tmp_path_factory.mktemp("logged") / "model"
     # Batch of 4: torch.export makes the batch dimension dynamic only when the example's is > 1.
     example = np.random.default_rng(0).random((4, 3, 32, 32), dtype=np.float32)
@@ -67,7 +68,7 @@ def _copy(exported: tuple[Path, Classifier], tmp_path: Path) -> Path:
 
 def test_the_logged_format_loads_and_predicts_like_the_eager_model(exported, image, capsys):
     folder, clf = exported
-    model, classes = logged_model.load(folder)
+    model, classes, _ = logged_model.load(folder)
     assert classes == list(CIFAR10_CLASSES)
     x = torch.rand(3, 3, 32, 32)
     with torch.no_grad():

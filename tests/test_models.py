@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 import re
 import urllib.error
@@ -105,8 +106,9 @@ def docstring_table() -> dict[tuple[str, str], dict[str, str]]:
 
 def build_meta(name: str, **kwargs: object) -> nn.Module:
     # Meta tensors have shapes but no storage: counting 19M parameters costs no memory or init.
+    # The golden counts and the table are for 10 classes (CIFAR-10's) unless kwargs say others.
     with torch.device("meta"):
-        return build_model(name, **kwargs)
+        return build_model(name, **{"num_classes": 10, **kwargs})
 
 
 def stages(model: nn.Module) -> list[nn.Sequential]:
@@ -262,7 +264,7 @@ def test_unknown_argument_lists_the_accepted_ones() -> None:
         build_model("resnet18", depht=18)
     message = str(info.value)
     assert message.startswith("resnet18.depht: unknown argument; accepted: ")
-    for accepted in ("num_classes=10", "width=1", "zero_init_residual=False"):
+    for accepted in ("num_classes (required)", "width=1", "zero_init_residual=False"):
         assert accepted in message
     # plain has no shortcut to choose.
     with pytest.raises(ConfigError, match=r"^plain\.shortcut: unknown argument; accepted: "):
@@ -277,6 +279,23 @@ def test_missing_depth_is_reported() -> None:
         match=r"^resnet_v1\.depth: missing required argument; accepted: depth \(required\)",
     ):
         build_model("resnet_v1")
+
+
+@pytest.mark.parametrize(("name", "kwargs"), [("resnet_v1", {"depth": 20}), ("resnet18", {})])
+def test_missing_num_classes_is_reported(name: str, kwargs: dict[str, object]) -> None:
+    # No model assumes CIFAR-10's 10 classes: the number comes from the data, always.
+    with pytest.raises(
+        ConfigError,
+        match=rf"^{name}\.num_classes: missing required argument; it is the data's number of ",
+    ):
+        build_model(name, **kwargs)
+
+
+def test_every_builder_requires_num_classes_by_keyword() -> None:
+    for name in list_models():
+        param = inspect.signature(registry_module._REGISTRY[name].builder).parameters["num_classes"]
+        assert param.kind is inspect.Parameter.KEYWORD_ONLY, name
+        assert param.default is inspect.Parameter.empty, name
 
 
 def test_model_depth() -> None:
@@ -353,8 +372,8 @@ def test_plain_has_the_parameters_of_its_resnet_twin() -> None:
     for depth in (20, 32, 44, 56, 110):
         assert GOLDEN[("plain", f"depth={depth}")] == GOLDEN[("resnet_v1", f"depth={depth}")]
     # Also on real tensors, not only on the meta device.
-    assert count_parameters(build_model("plain", depth=20)) == count_parameters(
-        build_model("resnet_v1", depth=20, shortcut="A")
+    assert count_parameters(build_model("plain", depth=20, num_classes=10)) == count_parameters(
+        build_model("resnet_v1", depth=20, shortcut="A", num_classes=10)
     )
 
 
@@ -388,6 +407,24 @@ def test_forward_shape(name: str, kwargs: dict[str, object]) -> None:
     assert torch.isfinite(out).all()
 
 
+@pytest.mark.parametrize("side", [16, 64])
+@pytest.mark.parametrize(
+    ("name", "kwargs"),
+    [("resnet_v1", {"depth": 20}), ("resnet18", {"width": 1 / 16})],
+    ids=["resnet20", "resnet18"],
+)
+def test_fully_convolutional_nets_take_other_input_sizes(
+    name: str, kwargs: dict[str, object], side: int
+) -> None:
+    # Designed for 32x32 (CIFAR), but global average pooling makes any size above the total
+    # stride (4 for the CIFAR nets, 8 for the adapted ResNets) work: data.image_size is free.
+    torch.manual_seed(0)
+    model = build_model(name, num_classes=5, **kwargs)
+    out = model(torch.randn(2, 3, side, side))
+    assert out.shape == (2, 5)
+    assert torch.isfinite(out).all()
+
+
 @pytest.mark.parametrize(
     ("name", "kwargs"),
     [
@@ -399,7 +436,7 @@ def test_forward_shape(name: str, kwargs: dict[str, object]) -> None:
 )
 def test_channels_last_matches_contiguous(name: str, kwargs: dict[str, object]) -> None:
     torch.manual_seed(0)
-    model = build_model(name, **kwargs).eval()
+    model = build_model(name, num_classes=10, **kwargs).eval()
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         expected = model(x)
@@ -430,7 +467,7 @@ def test_torch_compile(backend: str) -> None:
     if backend == "inductor" and (reason := _inductor_unavailable()):
         pytest.skip(reason)
     torch.manual_seed(0)
-    model = build_model("resnet_v1", depth=8, shortcut="A").eval()
+    model = build_model("resnet_v1", depth=8, shortcut="A", num_classes=10).eval()
     x = torch.randn(2, 3, 32, 32)
     try:
         compiled = torch.compile(model, backend=backend, fullgraph=True)
@@ -444,8 +481,8 @@ def test_torch_compile(backend: str) -> None:
 
 
 def test_option_a_shortcut_is_parameter_free_and_option_b_projects() -> None:
-    model_a = build_model("resnet_v1", depth=20, shortcut="A")
-    model_b = build_model("resnet_v1", depth=20, shortcut="B")
+    model_a = build_model("resnet_v1", depth=20, shortcut="A", num_classes=10)
+    model_b = build_model("resnet_v1", depth=20, shortcut="B", num_classes=10)
     shortcuts_a = [block.shortcut for stage in stages(model_a) for block in stage]
     shortcuts_b = [block.shortcut for stage in stages(model_b) for block in stage]
     assert sum(isinstance(s, ZeroPadShortcut) for s in shortcuts_a) == 2
@@ -492,15 +529,19 @@ def _last_residual_weights(model: nn.Module) -> list[torch.Tensor]:
     ],
 )
 def test_zero_init_residual(name: str, kwargs: dict[str, object]) -> None:
-    default = _last_residual_weights(build_model(name, **kwargs))
+    default = _last_residual_weights(build_model(name, num_classes=10, **kwargs))
     assert default and all(w.abs().sum() > 0 for w in default)
-    zeroed = _last_residual_weights(build_model(name, zero_init_residual=True, **kwargs))
+    zeroed = _last_residual_weights(
+        build_model(name, num_classes=10, zero_init_residual=True, **kwargs)
+    )
     assert len(zeroed) == len(default)
     assert all(not w.any() for w in zeroed)
 
 
 def test_zero_init_makes_preact_blocks_the_identity() -> None:
-    model = build_model("resnet_v2", depth=20, block="bottleneck", zero_init_residual=True)
+    model = build_model(
+        "resnet_v2", depth=20, block="bottleneck", zero_init_residual=True, num_classes=10
+    )
     block = model.layer2[1]  # not a transition block: identity shortcut
     x = torch.randn(2, 128, 16, 16)
     torch.testing.assert_close(block(x), x)
@@ -508,7 +549,7 @@ def test_zero_init_makes_preact_blocks_the_identity() -> None:
 
 def test_he_initialisation() -> None:
     torch.manual_seed(0)
-    model = build_model("resnet_v1", depth=20)
+    model = build_model("resnet_v1", depth=20, num_classes=10)
     conv = model.layer3[1].conv1  # 64 -> 64 channels, 3x3
     expected_std = (2 / (64 * 9)) ** 0.5  # kaiming normal, fan_out, ReLU gain
     assert conv.weight.std().item() == pytest.approx(expected_std, rel=0.03)
@@ -548,7 +589,7 @@ def test_weights_file_is_the_one_torchvision_expects(hub_dir: OfflineHub) -> Non
 
 def test_pretrained_offline_error_names_file_and_folder(hub_dir: OfflineHub) -> None:
     with pytest.raises(ResnetlabError) as info:
-        build_model("resnet50_imagenet", pretrained=True)
+        build_model("resnet50_imagenet", pretrained=True, num_classes=10)
     assert not isinstance(info.value, ConfigError)
     message = str(info.value)
     assert IMAGENET_FILE in message
@@ -576,7 +617,7 @@ def test_pretrained_loads_cached_weights(hub_dir: OfflineHub) -> None:
 
 def test_freeze_backbone_trains_only_the_head() -> None:
     torch.manual_seed(0)
-    model = build_model("resnet50_imagenet", freeze_backbone=True, input_size=32)
+    model = build_model("resnet50_imagenet", freeze_backbone=True, input_size=32, num_classes=10)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable == {"resnet.fc.weight", "resnet.fc.bias"}
     assert count_parameters(model) == GOLDEN[("resnet50_imagenet", "(defaults)")]
@@ -596,7 +637,7 @@ def test_freeze_backbone_keeps_sync_batchnorm_in_eval_mode_too() -> None:
     """DDP on CUDA converts the BatchNorm layers to SyncBatchNorm, which is not a BatchNorm2d:
     the frozen backbone's statistics must stay frozen there too (was: SyncBatchNorm layers in
     training mode, updating the ImageNet running statistics)."""
-    model = build_model("resnet50_imagenet", freeze_backbone=True, input_size=32)
+    model = build_model("resnet50_imagenet", freeze_backbone=True, input_size=32, num_classes=10)
     model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.train()
     syncs = [m for m in model.modules() if isinstance(m, nn.SyncBatchNorm)]
@@ -605,11 +646,11 @@ def test_freeze_backbone_keeps_sync_batchnorm_in_eval_mode_too() -> None:
 
 
 def test_input_is_upsampled_to_input_size() -> None:
-    model = build_model("resnet50_imagenet", input_size=64).eval()
+    model = build_model("resnet50_imagenet", input_size=64, num_classes=10).eval()
     seen: list[torch.Size] = []
     model.resnet.conv1.register_forward_pre_hook(lambda _m, args: seen.append(args[0].shape))
     with torch.no_grad():
         out = model(torch.randn(2, 3, 32, 32))
     assert seen == [torch.Size([2, 3, 64, 64])]
     assert out.shape == (2, 10)
-    assert build_model("resnet50_imagenet").input_size == 224
+    assert build_model("resnet50_imagenet", num_classes=10).input_size == 224

@@ -23,13 +23,16 @@ TINY_PUBLISHED = """
 sources:
   tiny: {cite: "Reference numbers for the tiny variants"}
 results:
-  - {variant: resnet8, source: tiny, where: Table 1, metric: test_accuracy, value: 10.0, epochs: 2}
-  - {variant: plain8, source: tiny, metric: test_error, value: 90.0, epochs: 182}
+  cifar10:
+    - {variant: resnet8, source: tiny, where: Table 1, metric: test_accuracy, value: 10.0,
+       epochs: 2}
+    - {variant: plain8, source: tiny, metric: test_error, value: 90.0, epochs: 182}
 claims:
-  - {name: degradation, statement: plain8 ends training with a higher training error than resnet8,
-     source: tiny, metric: final_train_error, higher: plain8, lower: resnet8}
-  - {name: depth, statement: resnet8 has a lower test error than plain8, source: tiny,
-     metric: test_error, higher: plain8, lower: resnet8}
+  cifar10:
+    - {name: degradation, statement: plain8 ends training with a higher training error than
+       resnet8, source: tiny, metric: final_train_error, higher: plain8, lower: resnet8}
+    - {name: depth, statement: resnet8 has a lower test error than plain8, source: tiny,
+       metric: test_error, higher: plain8, lower: resnet8}
 """
 
 

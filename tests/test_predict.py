@@ -19,7 +19,7 @@ from PIL import Image
 from resnetlab.cli import main
 from resnetlab.core.params import parse_params
 from resnetlab.core.records import ModelRecord
-from resnetlab.data.cifar10 import CLASSES as CIFAR10_CLASSES
+from resnetlab.data.datasets import CIFAR10_CLASSES
 from resnetlab.evaluate.classifier import load_classifier
 from resnetlab.evaluate.images import load_image
 from resnetlab.models import build_model
@@ -34,7 +34,7 @@ PAIR = re.compile(r"(\w+) (\d+\.\d)%")
 def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """`<tmp>/models/tiny/seed0/model.pt`, saved the way the train stage saves it."""
     torch.manual_seed(0)
-    net = build_model("resnet_v1", depth=8)
+    net = build_model("resnet_v1", depth=8, num_classes=10)
     # An untrained net's softmax is nearly uniform (all classes ~10%), so the order of the top
     # classes would hinge on float noise; a larger last layer spreads the probabilities.
     with torch.no_grad():
@@ -98,10 +98,10 @@ def predict_cli(capsys, *argv: str) -> tuple[int, str, str]:
 
 
 def test_load_image_converts_and_resizes(images) -> None:
-    png = load_image(images["png"])
+    png = load_image(images["png"], size=32)
     assert png.shape == (3, 32, 32) and png.dtype == np.float32
     assert png.min() >= 0.0 and png.max() <= 1.0
-    grey = load_image(images["jpg"])
+    grey = load_image(images["jpg"], size=32)
     assert grey.shape == (3, 32, 32)
     # A greyscale image becomes RGB with three equal channels.
     assert np.array_equal(grey[0], grey[1]) and np.array_equal(grey[1], grey[2])
@@ -112,8 +112,8 @@ def test_load_image_rgba_and_palette(tmp_path: Path) -> None:
     Image.new("RGBA", (64, 64), (255, 0, 0, 128)).save(rgba)
     pal = tmp_path / "pal.gif"
     Image.new("RGB", (10, 10), (0, 0, 255)).convert("P").save(pal)
-    assert np.allclose(load_image(rgba)[:, 0, 0], [1.0, 0.0, 0.0])
-    assert np.allclose(load_image(pal)[:, 5, 5], [0.0, 0.0, 1.0])
+    assert np.allclose(load_image(rgba, size=32)[:, 0, 0], [1.0, 0.0, 0.0])
+    assert np.allclose(load_image(pal, size=32)[:, 5, 5], [0.0, 0.0, 1.0])
 
 
 def test_load_image_applies_exif_orientation(tmp_path: Path) -> None:
@@ -123,7 +123,7 @@ def test_load_image_applies_exif_orientation(tmp_path: Path) -> None:
     exif[0x0112] = 3  # Orientation: stored upside down (rotate 180 to view)
     path = tmp_path / "rotated.jpg"
     img.save(path, exif=exif, quality=95)
-    upright = load_image(path)
+    upright = load_image(path, size=32)
     assert upright[2, 16, 2] > 0.9 and upright[0, 16, 2] < 0.1  # blue now on the left
     assert upright[0, 16, 29] > 0.9 and upright[2, 16, 29] < 0.1
 
@@ -141,7 +141,7 @@ def test_predict_variant(models_dir, images, capsys) -> None:
     # The printed classes are the model's top classes on the same preprocessing.
     clf, _ = load_classifier(models_dir / "tiny" / "seed0" / "model.pt")
     with torch.no_grad():
-        logits = clf(torch.from_numpy(np.stack([load_image(p) for p in _good(images)])))
+        logits = clf(torch.from_numpy(np.stack([load_image(p, size=32) for p in _good(images)])))
     expected = logits.topk(3, dim=1).indices.tolist()
     for top, idx in zip(results.values(), expected, strict=True):
         assert [c for c, _ in top] == [CIFAR10_CLASSES[i] for i in idx]

@@ -19,6 +19,7 @@ from resnetlab.cli import main
 from resnetlab.core.errors import ResnetlabError
 from resnetlab.data import archive as archive_reader
 from resnetlab.data.archive import UnsafePickleError, read_archive, safe_unpickle
+from resnetlab.data.datasets import CIFAR10
 from resnetlab.data.prepared import channel_stats, load_prepared, prepare, split_indices
 
 
@@ -68,7 +69,7 @@ def test_malformed_batch_names_the_file_and_the_problem(tmp_path, batch, message
     archive = tmp_path / "cifar-10-python.tar.gz"
     make_archive(archive, override={"data_batch_2": pickle.dumps(batch, protocol=2)})
     with pytest.raises(ResnetlabError, match="data_batch_2") as info:
-        read_archive(archive)
+        read_archive(archive, CIFAR10)
     assert message in str(info.value)
 
 
@@ -76,34 +77,34 @@ def test_not_an_archive(tmp_path):
     bad = tmp_path / "cifar-10-python.tar.gz"
     bad.write_bytes(b"not gzip")
     with pytest.raises(ResnetlabError, match=r"not a readable \.tar\.gz"):
-        read_archive(bad)
+        read_archive(bad, CIFAR10)
 
 
 def test_truncated_padded_and_oversized_archives(tmp_path, monkeypatch):
     archive = tmp_path / "cifar-10-python.tar.gz"
     make_archive(archive)
     blob = archive.read_bytes()
-    reference = read_archive(archive)
+    reference = read_archive(archive, CIFAR10)
 
     archive.write_bytes(blob[: len(blob) // 2])
     with pytest.raises(ResnetlabError, match=r"not a readable \.tar\.gz .*end-of-stream"):
-        read_archive(archive)
+        read_archive(archive, CIFAR10)
     archive.write_bytes(blob[:-4])  # the gzip trailer's size field is missing
     with pytest.raises(ResnetlabError, match=r"not a readable \.tar\.gz"):
-        read_archive(archive)
+        read_archive(archive, CIFAR10)
     archive.write_bytes(blob[:-8] + b"\0" * 8)  # wrong CRC
     with pytest.raises(ResnetlabError, match=r"not a readable \.tar\.gz"):
-        read_archive(archive)
+        read_archive(archive, CIFAR10)
 
     archive.write_bytes(blob + b"\0" * 100)  # zero padding after the member, as gzip allows
-    assert np.array_equal(read_archive(archive).train_images, reference.train_images)
+    assert np.array_equal(read_archive(archive, CIFAR10).train_images, reference.train_images)
 
     archive.write_bytes(blob)
     monkeypatch.setattr(
         archive_reader, "MAX_TAR_BYTES", 100_000
     )  # the tiny archive inflates to ~1 MB
     with pytest.raises(ResnetlabError, match="decompresses to more than 100,000 bytes"):
-        read_archive(archive)
+        read_archive(archive, CIFAR10)
 
 
 def test_channel_stats_equal_the_float64_formula():
@@ -128,7 +129,7 @@ def test_channel_stats_equal_the_float64_formula():
 
 
 def test_read_archive_layout(tiny_archive):
-    raw = read_archive(tiny_archive[0])
+    raw = read_archive(tiny_archive[0], CIFAR10)
     assert raw.train_images.shape == (300, 32, 32, 3) and raw.train_images.dtype == np.uint8
     assert raw.test_images.shape == (100, 32, 32, 3)
     assert raw.train_labels.dtype == np.int64 and set(raw.train_labels) == set(range(10))
@@ -144,35 +145,35 @@ def test_pixels_are_decoded_as_rgb_planes(tmp_path):
     batch = pickle.dumps({b"data": data, b"labels": list(range(10))}, protocol=2)
     archive = tmp_path / "a.tar.gz"
     make_archive(archive, override={"data_batch_1": batch})
-    img = read_archive(archive).train_images[0]
+    img = read_archive(archive, CIFAR10).train_images[0]
     assert img[0, 0, 0] == 11 and img[1, 1, 1] == 22 and img[31, 31, 2] == 33
 
 
 def test_split_is_stratified_disjoint_and_seeded():
     labels = np.repeat(np.arange(10), 100)
-    train, val = split_indices(labels, val_size=200, subset=0, seed=0)
+    train, val = split_indices(labels, val_size=200, subset=0, seed=0, num_classes=10)
     assert len(train) == 800 and len(val) == 200
     assert not set(train) & set(val)
     assert np.bincount(labels[val], minlength=10).tolist() == [20] * 10
-    again = split_indices(labels, val_size=200, subset=0, seed=0)
-    other = split_indices(labels, val_size=200, subset=0, seed=1)
+    again = split_indices(labels, val_size=200, subset=0, seed=0, num_classes=10)
+    other = split_indices(labels, val_size=200, subset=0, seed=1, num_classes=10)
     assert np.array_equal(val, again[1])
     assert not np.array_equal(val, other[1])
 
 
 def test_subset_is_class_balanced_and_exact():
     labels = np.repeat(np.arange(10), 100)
-    train, val = split_indices(labels, val_size=100, subset=205, seed=3)
+    train, val = split_indices(labels, val_size=100, subset=205, seed=3, num_classes=10)
     assert len(train) == 205 and len(val) == 100
     counts = np.bincount(labels[train], minlength=10)
     assert counts.max() - counts.min() <= 1
     assert not set(train) & set(val)
     with pytest.raises(ResnetlabError, match=r"data\.subset=5000 exceeds"):
-        split_indices(labels, val_size=100, subset=5000, seed=3)
+        split_indices(labels, val_size=100, subset=5000, seed=3, num_classes=10)
 
 
 def test_test_set_is_stored_untouched(tiny_archive):
-    raw = read_archive(tiny_archive[0])
+    raw = read_archive(tiny_archive[0], CIFAR10)
     prepared = prepare(raw, val_size=50, subset=100, seed=0)
     assert np.array_equal(prepared.images["test"], raw.test_images)
     assert np.array_equal(prepared.labels["test"], raw.test_labels)

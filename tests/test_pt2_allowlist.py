@@ -30,7 +30,7 @@ import pytest
 import torch
 from model_files import ARCHIVE, predict_uri, program_edit, random_image, rewrite_archive
 
-from resnetlab.data.cifar10 import CLASSES as CIFAR10_CLASSES
+from resnetlab.data.datasets import CIFAR10_CLASSES
 from resnetlab.evaluate.classifier import Classifier
 from resnetlab.models import build_model, list_models
 from resnetlab.tracking import logged_model, model_io, pt2_ops
@@ -60,7 +60,7 @@ def exports(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     for name, variants in EXPORTS.items():
         for args in variants:
             torch.manual_seed(0)
-            net = build_model(name, **args)
+            net = build_model(name, num_classes=len(CIFAR10_CLASSES), **args)
             clf = Classifier(net, (0.49, 0.48, 0.45), (0.25, 0.24, 0.26)).eval()
             key = f"{name}({', '.join(f'{k}={v!r}' for k, v in args.items())})"
             folders[key] = root / str(len(folders))

@@ -183,7 +183,7 @@ def test_history_missing_column(tmp_path: Path) -> None:
 
 def model_record(v: Variant) -> ModelRecord:
     torch.manual_seed(0)
-    net = build_model("resnet_v1", depth=8)
+    net = build_model("resnet_v1", depth=8, num_classes=10)
     return ModelRecord(net.state_dict(), v, ("a",) * 10, (0.5,) * 3, (0.25,) * 3, 75290, 2, 0.5)
 
 

@@ -29,7 +29,7 @@ EVALUATE_WRITE = textwrap.dedent(
     import numpy as np
 
     from resnetlab.core.records import EvalReport
-    from resnetlab.data.cifar10 import CLASSES
+    from resnetlab.data.datasets import CIFAR10_CLASSES as CLASSES
     from resnetlab.evaluate import metrics
     from resnetlab.pipeline.evaluate import _write
 

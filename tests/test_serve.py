@@ -32,7 +32,7 @@ import torch
 import yaml
 
 from resnetlab.cli import main
-from resnetlab.data.cifar10 import CLASSES
+from resnetlab.data.datasets import CIFAR10_CLASSES as CLASSES
 from resnetlab.evaluate.classifier import Classifier
 from resnetlab.models import build_model
 from resnetlab.tracking import model_digest, model_io, training_run
@@ -60,7 +60,8 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Store]:
     root = tmp_path_factory.mktemp("serve")
     uri = f"sqlite:///{root / 'mlflow.db'}"
     torch.manual_seed(0)
-    clf = Classifier(build_model("resnet_v1", depth=8), (0.49, 0.48, 0.45), (0.25, 0.24, 0.26))
+    net = build_model("resnet_v1", depth=8, num_classes=10)
+    clf = Classifier(net, (0.49, 0.48, 0.45), (0.25, 0.24, 0.26))
     # Batch of 4: torch.export makes the batch dimension dynamic only when the example's is > 1.
     example = np.random.default_rng(0).random((4, 3, 32, 32), dtype=np.float32)
     with pytest.MonkeyPatch.context() as mp:
@@ -515,7 +516,7 @@ def _network(store: Store) -> torch.nn.Module:
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MLFLOW_TRACKING_URI", store.uri)
-        return logged_model.load(model_io.model_folder("models:/resnetlab-tiny/1"))[0]
+        return logged_model.load(model_io.model_folder("models:/resnetlab-tiny/1")).network
 
 
 def test_the_command_imports_nothing_heavy_until_it_runs() -> None:
@@ -623,7 +624,7 @@ def test_bad_and_oversized_requests_are_refused_in_one_line(store, tmp_path) -> 
         assert _refusal(port, b'{"inputs": ' + deep + b"}") == (400, {
             "error_code": "INVALID_PARAMETER_VALUE",
             "message": f"the request body nests 100001 levels deep; at most {MAX_JSON_DEPTH} "
-            "(images are N x 3 x 32 x 32 lists under 'inputs')",
+            "(images are N x 3 x S x S lists under 'inputs')",
         })  # fmt: skip
 
         status, answer = _post(port, _images(3))  # still serving

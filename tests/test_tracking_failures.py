@@ -27,7 +27,7 @@ from tracking_server import TrackingServer, free_port
 from resnetlab.cli import main
 from resnetlab.core.params import parse_params
 from resnetlab.core.records import History, ModelRecord, RunFile
-from resnetlab.data.cifar10 import CLASSES as CIFAR10_CLASSES
+from resnetlab.data.datasets import CIFAR10_CLASSES
 from resnetlab.models import build_model
 from resnetlab.tracking import store, training_run
 from resnetlab.train import checkpoint
@@ -225,7 +225,7 @@ def trained(workdir: Path) -> Path:
     write_params(workdir)
     variant = parse_params({"variants": VARIANT}).variant("tiny")
     ModelRecord(
-        state_dict=build_model("resnet_v1", depth=8).state_dict(),
+        state_dict=build_model("resnet_v1", depth=8, num_classes=10).state_dict(),
         variant=variant,
         classes=CIFAR10_CLASSES,
         mean=(0.5, 0.5, 0.5),

@@ -453,7 +453,7 @@ def test_ddp_with_two_cpu_processes_matches_the_global_batch(tiny_prepared, work
     from resnetlab.models import build_model
 
     torch.manual_seed(0)
-    start = flat(build_model("resnet_v1", depth=8).state_dict())
+    start = flat(build_model("resnet_v1", depth=8, num_classes=10).state_dict())
     single, ddp, one_half = final("single"), final("ddp"), final("half")
     moved = (single - start).norm()
     # Measured here: moved 0.42, DDP to single 0.067, half-batch run to single 0.67, the same
@@ -539,7 +539,8 @@ def test_an_epoch_augmented_before_its_first_step_trains_the_same_batches():
     images = torch.randint(0, 256, (300, 32, 32, 3), dtype=torch.uint8)
     labels = torch.randint(0, 10, (300,))
     normalize = Normalizer((0.5,) * 3, (0.25,) * 3, torch.device("cpu"), True)
-    start = build_model("resnet_v1", depth=8).to(memory_format=torch.channels_last)
+    start = build_model("resnet_v1", depth=8, num_classes=10)
+    start = start.to(memory_format=torch.channels_last)
 
     def epoch(augment: AugmentConfig, once: bool) -> tuple[dict, float]:
         cfg = TrainConfig(epochs=1, batch_size=64, lr=0.05, augment=augment)

@@ -190,7 +190,9 @@ def test_old_or_broken_predictions_name_the_file_and_the_fix(tmp_path: Path):
 def test_uploads_go_through_the_predict_path(app_project: Path, tmp_path: Path):
     model, record = load_classifier(app_project / "models/tiny/seed0/model.pt")
     files = upload_set()
-    results = data.classify_uploads(model, record.classes, [(n, b) for n, b, _ in files])
+    results = data.classify_uploads(
+        model, record.classes, record.image_size, [(n, b) for n, b, _ in files]
+    )
     assert [r.name for r in results] == [n for n, _, _ in files]
     (bad,) = [r for r in results if r.prediction is None]
     assert bad.name == "notes.png" and bad.error.startswith("notes.png: not an image")
@@ -198,7 +200,7 @@ def test_uploads_go_through_the_predict_path(app_project: Path, tmp_path: Path):
     good = [(n, b) for n, b, _ in files if n != "notes.png"]
     for name, blob in good:
         (tmp_path / name).write_bytes(blob)
-    arrays = [load_image(tmp_path / name) for name, _ in good]
+    arrays = [load_image(tmp_path / name, size=32) for name, _ in good]
     want = predict(model, record.classes, [n for n, _ in good], arrays, 5)
     assert [r.prediction for r in results if r.prediction is not None] == want
 

@@ -20,6 +20,7 @@ from PIL import Image
 
 from resnetlab.cli import main
 from resnetlab.data.archive import read_archive
+from resnetlab.data.datasets import CIFAR10
 
 pytestmark = pytest.mark.slow
 
@@ -46,7 +47,7 @@ def cifar_test_image(folder: Path, tiny_archive: tuple[Path, str]) -> tuple[Path
         archive, source = Path(assembled.stdout.strip()), "cifar10"
     else:
         archive, source = tiny_archive[0], "tiny"
-    data = read_archive(archive)
+    data = read_archive(archive, CIFAR10)
     label = data.classes[int(data.test_labels[0])]
     path = folder / f"{source}-test-0-{label}.png"
     Image.fromarray(data.test_images[0]).save(path)

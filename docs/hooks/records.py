@@ -87,9 +87,11 @@ def _final_train_error(folder: Path) -> dict[str, str]:
 
 
 def _claims(config: Any) -> dict[str, dict[str, str]]:
-    """published.yaml's claims by name: statement, metric, and the variants `higher`/`lower`."""
+    """published.yaml's claims by name, every dataset's (`claims: {<dataset>: [...]}`):
+    statement, metric, and the variants `higher`/`lower`."""
     published = yaml.safe_load((_root(config) / "published.yaml").read_text())
-    return {c["name"]: c for c in published.get("claims", [])}
+    by_dataset = published.get("claims") or {}
+    return {c["name"]: c for claims in by_dataset.values() for c in claims or []}
 
 
 def _final_train_errors(folder: Path) -> dict[str, float]:

@@ -16,7 +16,10 @@ from resnetlab.core.errors import ResnetlabError
 # runs: torch, torchvision, scikit-learn and MLflow take seconds to import, and a command needs
 # few of them.
 COMMANDS = {
-    "download": ("pipeline", "fetch cifar-10-python.tar.gz from data.url and check data.md5"),
+    "download": (
+        "pipeline",
+        "fetch the dataset's archive (data.dataset, data.url) and check data.md5",
+    ),
     "prepare": ("pipeline", "split the archive into train/val/test arrays under --out"),
     "train": ("pipeline", "train one variant (resumes an interrupted run)"),
     "evaluate": ("pipeline", "evaluate a trained variant on the test set"),
@@ -51,7 +54,8 @@ def command_module(name: str) -> str:
 def build_parser(stage: str | None = None) -> argparse.ArgumentParser:
     """The parser; `stage`'s own arguments are added (importing its module) when given."""
     parser = argparse.ArgumentParser(
-        prog="resnetlab", description="Residual networks on CIFAR-10: the pipeline's stages."
+        prog="resnetlab",
+        description="Residual networks on CIFAR-10, CIFAR-100 or your own images: the stages.",
     )
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")

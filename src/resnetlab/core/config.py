@@ -3,7 +3,8 @@ themselves (`core.params` reads the file into them).
 
 Layout of `params.yaml`::
 
-    data:      {url, md5, val_size, seed, subset}
+    data:      {dataset, url, md5, path, image_size, val_size, val_fraction, test_fraction,
+                seed, subset}
     seeds:     [0, 1, 2]                   # training seeds: every variant trains once per seed
     run_variants: [plain20, resnet20, ...] # the variants the pipeline runs (default: all)
     mlflow:    {experiment}
@@ -32,7 +33,7 @@ from typing import Any, Literal
 
 from resnetlab.core.depths import BASIC_DEPTHS, MAX_DEPTH_RULE, basic_blocks, too_deep
 from resnetlab.core.errors import ConfigError, invalid
-from resnetlab.data.cifar10 import OFFICIAL_MD5, OFFICIAL_URL, TRAIN_SIZE
+from resnetlab.data.datasets import CIFAR10, DATASETS, DEFAULT, PickleArchive
 
 # A variant names a DVC stage (train@<name>), a params key DVC looks up with dots as separators
 # (variants.<name>) and folders: DVC's own rule for stage names (no punctuation but '_' and '-').
@@ -42,6 +43,9 @@ VARIANT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 # Every seed: torch.manual_seed takes < 2**64, the per-epoch seed is seed * 1_000_003 + epoch,
 # and scikit-learn's random_state (the split's data.seed) takes < 2**32. One bound for all.
 MAX_SEED = 2**32 - 1
+# The largest data.image_size: a prepared 224 x 224 dataset already holds 150 KB per image, and
+# everything is kept in memory.
+MAX_IMAGE_SIZE = 512
 SEED_RULE = f"an integer in 0..{MAX_SEED} (2**32 - 1)"
 
 
@@ -51,25 +55,71 @@ def is_seed(value: object) -> bool:
 
 @dataclass(frozen=True)
 class DataConfig:
-    url: str = OFFICIAL_URL
-    md5: str = OFFICIAL_MD5
-    val_size: int = 5000  # images held out of the 50k training set (He et al.: 45k/5k)
+    dataset: str = DEFAULT  # a key of data.datasets.DATASETS
+    # An archive dataset's source: "" = its official archive; else a mirror (URL or path) and
+    # that copy's md5.
+    url: str = ""
+    md5: str = ""
+    path: str = "data/images"  # folder dataset: one sub-folder per class
+    # folder dataset: the side its images are resized to at prepare; by default the side the
+    # CIFAR nets were designed for
+    image_size: int = CIFAR10.image_size
+    val_size: int = 5000  # archive: images held out of the training set (He et al.: 45k/5k)
+    val_fraction: float = 0.1  # folder without val/: each class's share held out for validation
+    test_fraction: float = 0.2  # folder without test/: each class's share held out for testing
     seed: int = 0  # seeds the validation split and the subset
     subset: int = 0  # training images kept after the split, balanced per class; 0 = all
 
+    @property
+    def source(self) -> PickleArchive | None:
+        """The archive dataset selected, or None for a folder."""
+        found = DATASETS.get(self.dataset)
+        return found if isinstance(found, PickleArchive) else None
+
+    def archive_source(self) -> tuple[str, str]:
+        """The archive's (url, md5): the mirror given, else the official archive."""
+        archive = self.source
+        assert archive is not None, "archive_source of a folder dataset"
+        return (self.url, self.md5) if self.url else (archive.url, archive.md5)
+
     def validate(self) -> None:
-        require(bool(self.url), "data.url", self.url, "a non-empty URL or path")
+        require(self.dataset in DATASETS, "data.dataset", self.dataset, ", ".join(DATASETS))
         require(
-            re.fullmatch(r"[0-9a-f]{32}", self.md5) is not None,
+            self.md5 == "" or re.fullmatch(r"[0-9a-f]{32}", self.md5) is not None,
             "data.md5",
             self.md5,
-            "32 lowercase hex digits",
+            "32 lowercase hex digits, or empty for the official archive's",
         )
         require(
-            0 < self.val_size < TRAIN_SIZE,
+            not self.url or bool(self.md5),
+            "data.md5",
+            self.md5,
+            f"the md5 of the mirror at data.url={self.url!r} (32 lowercase hex digits)",
+        )
+        require(bool(self.path.strip()), "data.path", self.path, "a folder of class folders")
+        require(
+            isinstance(self.image_size, int) and 8 <= self.image_size <= MAX_IMAGE_SIZE,
+            "data.image_size",
+            self.image_size,
+            f"an integer in 8..{MAX_IMAGE_SIZE} pixels",
+        )
+        archive = self.source
+        train_size = archive.train_size if archive else None
+        require(
+            0 < self.val_size < (train_size or 2**31),
             "data.val_size",
             self.val_size,
-            f"an integer in 1..{TRAIN_SIZE - 1}",
+            f"an integer in 1..{train_size - 1}" if train_size else "a positive integer",
+        )
+        for key in ("val_fraction", "test_fraction"):
+            value = getattr(self, key)
+            require(0 < value < 1, f"data.{key}", value, "a fraction in (0, 1)")
+        require(
+            self.val_fraction + self.test_fraction < 1,
+            "data.test_fraction",
+            self.test_fraction,
+            f"a fraction below {1 - self.val_fraction:g} (1 - data.val_fraction: some images "
+            "must be left to train on)",
         )
         require(is_seed(self.seed), "data.seed", self.seed, SEED_RULE)
         require(self.subset >= 0, "data.subset", self.subset, "0 (all) or a positive integer")
@@ -85,7 +135,7 @@ class MlflowConfig:
 
 @dataclass(frozen=True)
 class AugmentConfig:
-    crop_padding: int = 4  # pixels of zero padding before the random 32x32 crop; 0 = no crop
+    crop_padding: int = 4  # pixels of zero padding before the random crop (same size); 0 = no crop
     # Horizontal flip. true: each image mirrored with probability 1/2 in every epoch.
     # alternate: mirrored at random in the first epoch, then in each epoch exactly when it was
     # not in the one before, so every image is seen both ways every two epochs (the alternating
@@ -115,7 +165,10 @@ class AugmentConfig:
             "an integer in 0..16",
         )
         require(
-            0 <= self.cutout_size <= 32, f"{prefix}.cutout_size", self.cutout_size, "0..32 pixels"
+            0 <= self.cutout_size <= MAX_IMAGE_SIZE,
+            f"{prefix}.cutout_size",
+            self.cutout_size,
+            f"0..{MAX_IMAGE_SIZE} pixels",
         )
         require(self.cutout_count >= 1, f"{prefix}.cutout_count", self.cutout_count, "an int >= 1")
 

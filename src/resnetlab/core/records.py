@@ -43,6 +43,7 @@ from resnetlab.core.errors import ConfigError, ResnetlabError, first_line
 from resnetlab.core.jsonio import UnreadableJson, read_json
 from resnetlab.core.layout import SEED_FOLDER
 from resnetlab.core.params import variant_from_dict
+from resnetlab.data.datasets import LEGACY_IMAGE_SIZE
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -337,6 +338,9 @@ class ModelRecord:
     parameters: int
     best_epoch: int
     best_val_accuracy: float
+    # The side of the square images it takes: the prepared data's. Files written before it was
+    # recorded are CIFAR-10 models.
+    image_size: int = LEGACY_IMAGE_SIZE
 
     STAGE: ClassVar[str] = "train@<variant>"
 
@@ -353,6 +357,7 @@ class ModelRecord:
             "parameters": self.parameters,
             "best_epoch": self.best_epoch,
             "best_val_accuracy": self.best_val_accuracy,
+            "image_size": self.image_size,
         }
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         write_atomic(Path(path), lambda fh: torch.save(blob, fh))
@@ -388,6 +393,9 @@ class ModelRecord:
         stats = _triple(blob["mean"]) and _triple(blob["std"])
         if not stats:
             raise _fail(path, "fields 'mean'/'std' are not three finite numbers", stage)
+        size = blob.get("image_size", LEGACY_IMAGE_SIZE)
+        if not (isinstance(size, int) and not isinstance(size, bool) and 0 < size <= 4096):
+            raise _fail(path, f"field 'image_size' is {size!r}, not a side in pixels", stage)
         return cls(
             state_dict=dict(state),
             variant=variant,
@@ -397,6 +405,7 @@ class ModelRecord:
             parameters=int(blob.get("parameters", 0)),
             best_epoch=int(blob.get("best_epoch", 0)),
             best_val_accuracy=float(blob.get("best_val_accuracy", math.nan)),
+            image_size=size,
         )
 
 

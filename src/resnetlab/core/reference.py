@@ -20,26 +20,55 @@ from typing import Any, Literal, get_args, get_origin
 from resnetlab.core import config
 from resnetlab.core.config import SEED_RULE
 from resnetlab.core.depths import BASIC_DEPTHS, MAX_DEPTH
-from resnetlab.data.cifar10 import TRAIN_SIZE
+from resnetlab.data.datasets import DATASETS
 
 # key: (meaning, unit or "", allowed values where the type does not say them, or "")
 MEANINGS: dict[str, tuple[str, str, str]] = {
-    "data.url": (
-        "Where the CIFAR-10 archive is fetched from: the official URL, or a mirror "
-        "(http(s)://, file:// or a plain path) when offline",
+    "data.dataset": (
+        "The data every stage works on: the CIFAR archives, or a folder of your own images "
+        "(docs/datasets.md)",
         "",
-        "a non-empty URL or path",
+        ", ".join(DATASETS),
+    ),
+    "data.url": (
+        "Where an archive dataset is fetched from: empty = its official archive; else a mirror "
+        "(http(s)://, file:// or a plain path), e.g. when offline",
+        "",
+        "empty, or a URL or path",
     ),
     "data.md5": (
-        "The archive's checksum; nothing is kept that does not match",
+        "The archive's checksum; nothing is kept that does not match. Empty = the official "
+        "archive's; required with a mirror",
         "",
-        "32 lowercase hex digits",
+        "empty, or 32 lowercase hex digits",
+    ),
+    "data.path": (
+        "Folder dataset: the folder of class folders (optionally under train/, val/, test/); "
+        "a DVC dependency of prepare",
+        "",
+        "a folder",
+    ),
+    "data.image_size": (
+        "Folder dataset: the square side its images are resized to at prepare "
+        "(the CIFAR nets were designed for 32; ImageNet transfer: 64 and up)",
+        "pixels",
+        f"8..{config.MAX_IMAGE_SIZE}",
     ),
     "data.val_size": (
-        "Training images held out as the validation split, for model selection "
-        "(He et al.: 45k train / 5k val)",
+        "Archive dataset: training images held out as the validation split, for model "
+        "selection (He et al.: 45k train / 5k val)",
         "images",
-        f"1..{TRAIN_SIZE - 1}",
+        "1 .. the archive's training images - 1",
+    ),
+    "data.val_fraction": (
+        "Folder dataset without val/: each class's share of images held out for validation",
+        "",
+        "(0, 1)",
+    ),
+    "data.test_fraction": (
+        "Folder dataset without test/: each class's share of images held out as the test set",
+        "",
+        "(0, 1), with val_fraction + test_fraction < 1",
     ),
     "data.seed": ("Seeds the validation split and the subset", "", SEED_RULE),
     "data.subset": (
@@ -107,7 +136,7 @@ MEANINGS: dict[str, tuple[str, str, str]] = {
     "train.warmup_lr": ("The lr at the first step of the warm-up", "", "> 0"),
     "train.label_smoothing": ("Label smoothing of the cross-entropy", "", "[0, 1)"),
     "train.augment.crop_padding": (
-        "Zero padding before the random 32 x 32 crop; 0 = no crop",
+        "Zero padding before the random crop back to the image's size; 0 = no crop",
         "pixels",
         "0..16",
     ),
@@ -118,9 +147,10 @@ MEANINGS: dict[str, tuple[str, str, str]] = {
         "",
     ),
     "train.augment.cutout_size": (
-        "Side of each square Cutout hole (DeVries & Taylor: 16); 0 = off",
+        "Side of each square Cutout hole (DeVries & Taylor: 16 on CIFAR-10, 8 on CIFAR-100); "
+        "0 = off",
         "pixels",
-        "0..32",
+        f"0..{config.MAX_IMAGE_SIZE}",
     ),
     "train.augment.cutout_count": ("Cutout holes per image", "holes", ">= 1"),
     "train.augment.rotation": (

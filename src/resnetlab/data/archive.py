@@ -1,4 +1,4 @@
-"""Read the CIFAR-10 python archive safely, without extracting it.
+"""Read a CIFAR python archive (CIFAR-10, CIFAR-100) safely, without extracting it.
 
 The batches are pickles. A pickle can name any importable callable, so unpickling a tampered
 archive with `pickle.load` could run code; `_CifarUnpickler` admits only what a CIFAR batch holds
@@ -12,22 +12,14 @@ import logging
 import pickle
 import tarfile
 import zlib
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from resnetlab.core.errors import ResnetlabError
-from resnetlab.data.cifar10 import (
-    BATCH_DIR,
-    CHANNELS,
-    IMAGE_SIZE,
-    META,
-    NUM_CLASSES,
-    TEST_BATCH,
-    TRAIN_BATCHES,
-)
+from resnetlab.data.datasets import CHANNELS, PickleArchive
+from resnetlab.data.prepared import Raw
 
 log = logging.getLogger(__name__)
 
@@ -80,19 +72,8 @@ def safe_unpickle(blob: bytes, source: str) -> Any:
         raise ResnetlabError(f"{source}: not a readable CIFAR batch ({exc})") from None
 
 
-@dataclass(frozen=True)
-class Cifar10:
-    """The raw dataset as read from the archive, NHWC uint8."""
-
-    train_images: np.ndarray
-    train_labels: np.ndarray
-    test_images: np.ndarray
-    test_labels: np.ndarray
-    classes: tuple[str, ...]
-
-
-def read_archive(archive: Path) -> Cifar10:
-    """Read and validate every batch of a `cifar-10-python.tar.gz` without extracting it."""
+def read_archive(archive: Path, dataset: PickleArchive) -> Raw:
+    """Read and validate every batch of `dataset`'s archive without extracting it."""
     archive = Path(archive)
     try:
         tar = tarfile.open(fileobj=io.BytesIO(_gunzip(archive)))  # noqa: SIM115 - `with` below
@@ -100,12 +81,14 @@ def read_archive(archive: Path) -> Cifar10:
         raise ResnetlabError(f"{archive}: not a readable .tar.gz archive ({exc})") from None
     with tar:
 
-        def load(name: str) -> Any:
-            member = f"{BATCH_DIR}/{name}"
+        def load(name: str) -> tuple[Any, str]:
+            member = f"{dataset.member_dir}/{name}"
             try:
                 fh = tar.extractfile(member)
             except KeyError:
-                raise ResnetlabError(f"{archive}: missing {member}") from None
+                raise ResnetlabError(
+                    f"{archive}: missing {member} (is this the {dataset.name} archive?)"
+                ) from None
             except (OSError, tarfile.TarError, EOFError) as exc:
                 raise ResnetlabError(f"{archive}: cannot read {member} ({exc})") from None
             if fh is None:
@@ -114,21 +97,22 @@ def read_archive(archive: Path) -> Cifar10:
                 blob = fh.read()
             except (OSError, tarfile.TarError, EOFError) as exc:
                 raise ResnetlabError(f"{archive}: cannot read {member} ({exc})") from None
-            return safe_unpickle(blob, member)
+            return safe_unpickle(blob, member), member
 
-        meta = load(META)
-        classes = _class_names(meta, f"{BATCH_DIR}/{META}")
-        train = [_batch_arrays(load(n), f"{BATCH_DIR}/{n}") for n in TRAIN_BATCHES]
-        test_images, test_labels = _batch_arrays(load(TEST_BATCH), f"{BATCH_DIR}/{TEST_BATCH}")
+        classes = _class_names(*load(dataset.meta_member), dataset)
+        train = [_batch_arrays(*load(n), dataset) for n in dataset.train_members]
+        test_images, test_labels = _batch_arrays(*load(dataset.test_member), dataset)
     train_images = np.concatenate([x for x, _ in train])
     train_labels = np.concatenate([y for _, y in train])
-    missing = sorted(set(range(NUM_CLASSES)) - set(np.unique(train_labels).tolist()))
+    missing = sorted(set(range(dataset.num_classes)) - set(np.unique(train_labels).tolist()))
     if missing:
-        raise ResnetlabError(f"{archive}: the training batches have no images of classes {missing}")
-    return Cifar10(train_images, train_labels, test_images, test_labels, classes)
+        shown = ", ".join(map(str, missing[:10])) + (", ..." if len(missing) > 10 else "")
+        raise ResnetlabError(f"{archive}: the training batches have no images of classes {shown}")
+    return Raw(train_images, train_labels, test_images, test_labels, classes)
 
 
-# The real archive holds 184 MB; a bigger one is refused before it can fill the memory.
+# Each real archive holds about 184 MB of pixels (60,000 x 3,072 bytes); a bigger one is refused
+# before it can fill the memory.
 MAX_TAR_BYTES = 1 << 30
 
 
@@ -144,8 +128,8 @@ def _gunzip(archive: Path) -> bytes:
         size += len(parts[-1])
         if size > MAX_TAR_BYTES or inflate.unconsumed_tail:
             raise ResnetlabError(
-                f"{archive}: decompresses to more than {MAX_TAR_BYTES:,} bytes; the CIFAR-10 "
-                "archive holds about 184 MB"
+                f"{archive}: decompresses to more than {MAX_TAR_BYTES:,} bytes; each CIFAR "
+                "archive holds under 200 MB"
             )
         if not inflate.eof:
             raise EOFError("compressed file ended before the end-of-stream marker was reached")
@@ -162,32 +146,38 @@ def _get(d: Any, key: str, source: str) -> Any:
     raise ResnetlabError(f"{source}: no {key!r} entry")
 
 
-def _class_names(meta: Any, source: str) -> tuple[str, ...]:
-    names = _get(meta, "label_names", source)
-    if not isinstance(names, list) or len(names) != NUM_CLASSES:
-        raise ResnetlabError(f"{source}: label_names must list {NUM_CLASSES} names")
-    return tuple(n.decode() if isinstance(n, bytes) else str(n) for n in names)
+def _class_names(meta: Any, source: str, dataset: PickleArchive) -> tuple[str, ...]:
+    field, n = dataset.names_field, dataset.num_classes
+    names = _get(meta, field, source)
+    if not isinstance(names, list) or len(names) != n:
+        raise ResnetlabError(f"{source}: {field} must list {n} names")
+    decoded = tuple(n.decode() if isinstance(n, bytes) else str(n) for n in names)
+    if len(set(decoded)) != len(decoded) or not all(decoded):
+        raise ResnetlabError(f"{source}: {field} must list distinct, non-empty names")
+    return decoded
 
 
-def _batch_arrays(batch: Any, source: str) -> tuple[np.ndarray, np.ndarray]:
+def _batch_arrays(batch: Any, source: str, dataset: PickleArchive) -> tuple[np.ndarray, np.ndarray]:
+    side, n = dataset.image_size, dataset.num_classes
+    row = CHANNELS * side * side
     data = _get(batch, "data", source)
-    labels = _get(batch, "labels", source)
+    labels = _get(batch, dataset.labels_field, source)
     if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2:
         shape = getattr(data, "shape", None)
         dtype = getattr(data, "dtype", type(data).__name__)
-        raise ResnetlabError(f"{source}: data must be an N x 3072 uint8 array, got {shape} {dtype}")
-    if data.shape[1] != 3072:
-        raise ResnetlabError(f"{source}: data rows hold {data.shape[1]} values, expected 3072")
+        raise ResnetlabError(
+            f"{source}: data must be an N x {row} uint8 array, got {shape} {dtype}"
+        )
+    if data.shape[1] != row:
+        raise ResnetlabError(f"{source}: data rows hold {data.shape[1]} values, expected {row}")
     labels = np.asarray(labels)
     if labels.ndim != 1 or labels.dtype.kind not in "iu":
-        raise ResnetlabError(f"{source}: labels must be a list of integers")
+        raise ResnetlabError(f"{source}: {dataset.labels_field} must be a list of integers")
     if len(labels) != len(data):
         raise ResnetlabError(f"{source}: {len(labels)} labels for {len(data)} images")
-    bad = labels[(labels < 0) | (labels >= NUM_CLASSES)]
+    bad = labels[(labels < 0) | (labels >= n)]
     if bad.size:
-        raise ResnetlabError(f"{source}: label {int(bad[0])} is outside 0..{NUM_CLASSES - 1}")
-    # Rows are R, G, B planes of 32x32, row-major: reshape to NCHW, then transpose to NHWC.
-    images = np.ascontiguousarray(
-        data.reshape(-1, CHANNELS, IMAGE_SIZE, IMAGE_SIZE).transpose(0, 2, 3, 1)
-    )
+        raise ResnetlabError(f"{source}: label {int(bad[0])} is outside 0..{n - 1}")
+    # Rows are R, G, B planes of side x side, row-major: reshape to NCHW, then transpose to NHWC.
+    images = np.ascontiguousarray(data.reshape(-1, CHANNELS, side, side).transpose(0, 2, 3, 1))
     return images, labels.astype(np.int64)

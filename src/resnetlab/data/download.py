@@ -1,12 +1,13 @@
-"""Fetch the CIFAR-10 archive from a URL, a mirror, or a local path, and verify its md5.
+"""Fetch a dataset's archive (CIFAR-10, CIFAR-100) from a URL, a mirror, or a local path, and
+verify its md5.
 
 torchvision's `download_url` writes straight into the destination file, so an interrupted or
 corrupted download leaves a file that looks complete. Here the bytes go to a hidden temporary file
 in the destination folder and are renamed into place only after the md5 matches. (torchvision is
-not imported: it takes seconds, and the prepare stage imports this module for ARCHIVE_NAME.)
+not imported: it takes seconds.)
 
 A source is never trusted to end: the bytes read are capped (the official archive's exact size
-when data.md5 is the official one, else twice that), a transfer that stalls or crawls below a
+when data.md5 is the official one, else twice that size), a transfer that stalls or crawls below a
 minimum rate is stopped, and so is one that runs past an overall deadline. Every such failure,
 SIGTERM included, removes the temporary file.
 """
@@ -31,31 +32,32 @@ from tqdm import tqdm
 
 from resnetlab.core.atomic import cleanup_on_sigterm, remove_stale_temporaries, write_atomic
 from resnetlab.core.errors import ResnetlabError
-from resnetlab.data.cifar10 import ARCHIVE_NAME, OFFICIAL_MD5, OFFICIAL_SIZE
+from resnetlab.data.datasets import PickleArchive
 
 log = logging.getLogger(__name__)
 
 CHUNK = 1 << 20  # most bytes read per iteration
-# A mirror may repack the archive, but nothing CIFAR-10 holds needs twice the official size:
+# A mirror may repack the archive, but nothing the dataset holds needs twice the official size:
 # beyond that the source is endless (/dev/zero) or not the data set, and would fill the disk.
-MAX_MIRROR_BYTES = 2 * OFFICIAL_SIZE
+MIRROR_FACTOR = 2
 
 
 @dataclass(frozen=True)
 class Limits:
     """When a transfer is given up. The defaults are the production values; tests shrink them."""
 
-    max_bytes: int | None = None  # None: OFFICIAL_SIZE for the official md5, else MAX_MIRROR_BYTES
+    # None: the official archive's size for its md5, else MIRROR_FACTOR times that
+    max_bytes: int | None = None
     deadline_s: float = 2 * 3600.0  # the whole transfer (the official archive at >= 24 KB/s)
     # The minimum rate is averaged over this long, and a read waits at most this long for data
     # (so the deadline is checked at least this often).
     window_s: float = 60.0
     min_rate: float = 10_000.0  # bytes/s averaged over `window_s`
 
-    def cap(self, md5: str) -> int:
+    def cap(self, md5: str, dataset: PickleArchive) -> int:
         if self.max_bytes is not None:
             return self.max_bytes
-        return OFFICIAL_SIZE if md5 == OFFICIAL_MD5 else MAX_MIRROR_BYTES
+        return dataset.size if md5 == dataset.md5 else MIRROR_FACTOR * dataset.size
 
     def rule(self) -> str:
         """The minimum-progress rule, as error messages state it."""
@@ -69,11 +71,12 @@ def fetch_archive(
     url: str,
     md5: str,
     dest_dir: Path,
+    dataset: PickleArchive,
     *,
     progress: bool | None = None,
     limits: Limits | None = None,
 ) -> Path:
-    """Make `dest_dir/cifar-10-python.tar.gz` hold the archive at `url` with checksum `md5`.
+    """Make `dest_dir/<dataset.archive_name>` hold the archive at `url` with checksum `md5`.
 
     `url` is an http(s):// or file:// URL or a plain path. Nothing is fetched when the file is
     already there with the right md5. `progress=None` shows a bar only on a terminal. `limits`
@@ -82,18 +85,18 @@ def fetch_archive(
     limits = limits or DEFAULT_LIMITS
     dest_dir = Path(dest_dir)
     dest_dir.mkdir(parents=True, exist_ok=True)
-    dest = dest_dir / ARCHIVE_NAME
+    dest = dest_dir / dataset.archive_name
     remove_stale_temporaries(dest_dir)
     if dest.is_file() and _file_md5(dest) == md5:
         log.info("%s already present with md5 %s; nothing to fetch", dest, md5)
         return dest
     if progress is None:
         progress = sys.stderr.isatty()
-    cap = limits.cap(md5)
+    cap = limits.cap(md5, dataset)
 
     def fetch_verified(out: BinaryIO) -> None:
         # Raising here discards the temporary file: only a verified archive is renamed into place.
-        actual = _copy_with_md5(url, md5, src, out, total, progress, limits)
+        actual = _copy_with_md5(url, md5, dataset, src, out, total, progress, limits)
         if actual != md5:
             raise ResnetlabError(
                 f"md5 mismatch for {url}: expected {md5}, got {actual}. The file is corrupt or "
@@ -103,9 +106,10 @@ def fetch_archive(
     try:
         with cleanup_on_sigterm(), _open_source(url, limits.window_s) as (src, total):
             if total is not None and total > cap:
-                raise ResnetlabError(_too_large(url, f"has {total:,} bytes", cap, md5))
+                raise ResnetlabError(_too_large(url, f"has {total:,} bytes", cap, md5, dataset))
             log.info("fetching %s", url)
-            need = f"{total / 2**20:,.0f} MiB" if total is not None else "about 163 MiB"
+            size = total if total is not None else dataset.size
+            need = f"{'' if total else 'about '}{size / 2**20:,.0f} MiB"
             write_atomic(dest, fetch_verified, then=f"run again (the archive needs {need})")
     except SystemExit:
         log.error("download of %s terminated; the partial file was removed", url)
@@ -122,11 +126,11 @@ def _file_md5(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _too_large(url: str, what: str, cap: int, md5: str) -> str:
-    if md5 == OFFICIAL_MD5 and cap == OFFICIAL_SIZE:
-        why = f"the official archive (md5 {OFFICIAL_MD5}) has exactly {OFFICIAL_SIZE:,} bytes"
+def _too_large(url: str, what: str, cap: int, md5: str, dataset: PickleArchive) -> str:
+    if md5 == dataset.md5 and cap == dataset.size:
+        why = f"the official archive (md5 {dataset.md5}) has exactly {dataset.size:,} bytes"
     else:
-        twice = " (twice the official archive)" if cap == MAX_MIRROR_BYTES else ""
+        twice = " (twice the official archive)" if cap == MIRROR_FACTOR * dataset.size else ""
         why = f"the limit for a mirror is {cap:,} bytes{twice}"
     return f"{url} {what}; {why}. It is not this archive; nothing was kept."
 
@@ -150,7 +154,7 @@ def _open_source(url: str, timeout: float) -> Iterator[tuple[BinaryIO, int | Non
             raise ResnetlabError(
                 f"cannot reach {url}: {reason}. Without internet, use a mirror or a local copy: "
                 "set data.url to an http(s):// or file:// URL or a path, and data.md5 to its md5 "
-                "(e.g. dvc exp run -S data.url=/path/to/cifar-10-python.tar.gz -S data.md5=...)"
+                "(e.g. dvc exp run -S data.url=/path/to/the/archive.tar.gz -S data.md5=...)"
             ) from None
         except (TimeoutError, OSError, http.client.HTTPException) as exc:
             raise ResnetlabError(f"cannot reach {url}: {_reason(exc)}") from None
@@ -210,13 +214,14 @@ class _Pace:
 def _copy_with_md5(
     url: str,
     md5: str,
+    dataset: PickleArchive,
     src: BinaryIO,
     out: BinaryIO,
     total: int | None,
     progress: bool,
     limits: Limits,
 ) -> str:
-    cap = limits.cap(md5)
+    cap = limits.cap(md5, dataset)
     digest = hashlib.md5(usedforsecurity=False)
     # read1 returns whatever has arrived: a plain read(CHUNK) on a socket would wait for the
     # whole chunk, so a trickling server would never let the pace be checked.
@@ -248,7 +253,9 @@ def _copy_with_md5(
                 break
             done += len(chunk)
             if done > cap:
-                raise ResnetlabError(_too_large(url, f"has more than {cap:,} bytes", cap, md5))
+                raise ResnetlabError(
+                    _too_large(url, f"has more than {cap:,} bytes", cap, md5, dataset)
+                )
             out.write(chunk)
             digest.update(chunk)
             bar.update(len(chunk))

@@ -1,10 +1,12 @@
 """The prepared arrays: the stratified train/val split, the train split's channel statistics, and
 their files.
 
-Prepared layout (`data/prepared/`): `{train,val,test}_images.npy` (uint8, N x 32 x 32 x 3, NHWC),
-`{train,val,test}_labels.npy` (int64) and `meta.json` (class names, the train split's per-channel
-mean/std on the [0, 1] scale, counts). Plain `.npy` files load in a fraction of a second and are
-byte-identical for identical inputs (an `.npz` zip would embed timestamps).
+Prepared layout (`data/prepared/`): `{train,val,test}_images.npy` (uint8, N x S x S x 3, NHWC,
+S the dataset's image size), `{train,val,test}_labels.npy` (int64) and `meta.json` (the dataset's
+key, the class names, the train split's per-channel mean/std on the [0, 1] scale, counts). Every
+later stage takes the classes and the image size from here. Plain `.npy` files load in a
+fraction of a second and are byte-identical for identical inputs (an `.npz` zip would embed
+timestamps).
 """
 
 from __future__ import annotations
@@ -16,17 +18,13 @@ import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from resnetlab.core.atomic import replace_folder
 from resnetlab.core.errors import ResnetlabError, first_line
 from resnetlab.core.jsonio import UnreadableJson, read_json
-from resnetlab.data.cifar10 import IMAGE_SHAPE, NUM_CLASSES
-
-if TYPE_CHECKING:  # training loads prepared arrays and never reads the archive
-    from resnetlab.data.archive import Cifar10
+from resnetlab.data.datasets import CHANNELS, DEFAULT
 
 log = logging.getLogger(__name__)
 
@@ -38,18 +36,39 @@ PREPARED_FILES = (
 
 
 @dataclass(frozen=True)
+class Raw:
+    """A dataset as its reader hands it to `prepare`: NHWC uint8 images and int64 labels. A
+    dataset that fixes its validation split (a folder's `val/`) gives it; else `prepare` draws
+    it from the training images."""
+
+    train_images: np.ndarray
+    train_labels: np.ndarray
+    test_images: np.ndarray
+    test_labels: np.ndarray
+    classes: tuple[str, ...]
+    val_images: np.ndarray | None = None
+    val_labels: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
 class Prepared:
-    """Prepared arrays; splits not loaded are None (training never loads the test set)."""
+    """Prepared arrays; splits not loaded are absent (training never loads the test set)."""
 
     images: dict[str, np.ndarray]
     labels: dict[str, np.ndarray]
     classes: tuple[str, ...]
     mean: tuple[float, float, float]  # per channel, on the [0, 1] scale, train split only
     std: tuple[float, float, float]
+    dataset: str = DEFAULT  # the registry key it was prepared from
+
+    @property
+    def image_size(self) -> int:
+        """The side of the (square) images, from the arrays themselves."""
+        return int(next(iter(self.images.values())).shape[1])
 
 
 def split_indices(
-    labels: np.ndarray, val_size: int, subset: int, seed: int
+    labels: np.ndarray, val_size: int, subset: int, seed: int, num_classes: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """Stratified train/val split of `labels`, then an optional class-balanced train subset.
 
@@ -58,9 +77,9 @@ def split_indices(
     n = len(labels)
     if not 0 < val_size < n:
         raise ResnetlabError(f"data.val_size={val_size} must be between 1 and {n - 1}")
-    if val_size < NUM_CLASSES:
+    if val_size < num_classes:
         raise ResnetlabError(
-            f"data.val_size={val_size} must be at least {NUM_CLASSES} (one image per class)"
+            f"data.val_size={val_size} must be at least {num_classes} (one image per class)"
         )
     from sklearn.model_selection import train_test_split  # 1 s to import; only prepare needs it
 
@@ -68,17 +87,19 @@ def split_indices(
         np.arange(n), test_size=val_size, stratify=labels, random_state=seed, shuffle=True
     )
     if subset:
-        train_idx = _balanced_subset(train_idx, labels[train_idx], subset, seed)
+        train_idx = _balanced_subset(train_idx, labels[train_idx], subset, seed, num_classes)
     return np.sort(train_idx), np.sort(val_idx)
 
 
-def _balanced_subset(idx: np.ndarray, labels: np.ndarray, size: int, seed: int) -> np.ndarray:
+def _balanced_subset(
+    idx: np.ndarray, labels: np.ndarray, size: int, seed: int, num_classes: int
+) -> np.ndarray:
     if size > len(idx):
         raise ResnetlabError(
             f"data.subset={size} exceeds the {len(idx)} training images left after the split"
         )
-    # The first `size % 10` classes get one extra image, so the total is exactly `size`.
-    quota = [size // NUM_CLASSES + (c < size % NUM_CLASSES) for c in range(NUM_CLASSES)]
+    # The first `size % num_classes` classes get one extra image, so the total is exactly `size`.
+    quota = [size // num_classes + (c < size % num_classes) for c in range(num_classes)]
     rng = np.random.default_rng(seed)
     chosen = []
     for c, q in enumerate(quota):
@@ -127,26 +148,29 @@ def _float64_channel_stats(images: np.ndarray) -> tuple[tuple[float, ...], tuple
     return tuple(x.mean(0).round(6).tolist()), tuple(x.std(0).round(6).tolist())
 
 
-def prepare(raw: Cifar10, val_size: int, subset: int, seed: int) -> Prepared:
-    train_idx, val_idx = split_indices(raw.train_labels, val_size, subset, seed)
-    images = {
-        "train": raw.train_images[train_idx],
-        "val": raw.train_images[val_idx],
-        "test": raw.test_images,
-    }
-    labels = {
-        "train": raw.train_labels[train_idx],
-        "val": raw.train_labels[val_idx],
-        "test": raw.test_labels,
-    }
+def prepare(raw: Raw, val_size: int, subset: int, seed: int, dataset: str = DEFAULT) -> Prepared:
+    """The stored splits of `raw`: its own validation split if it has one, else a stratified
+    draw of `val_size` training images; then an optional class-balanced training subset."""
+    n = len(raw.classes)
+    if raw.val_images is None or raw.val_labels is None:
+        train_idx, val_idx = split_indices(raw.train_labels, val_size, subset, seed, n)
+        val_images, val_labels = raw.train_images[val_idx], raw.train_labels[val_idx]
+    else:
+        train_idx = np.arange(len(raw.train_labels))
+        if subset:
+            train_idx = np.sort(_balanced_subset(train_idx, raw.train_labels, subset, seed, n))
+        val_images, val_labels = raw.val_images, raw.val_labels
+    images = {"train": raw.train_images[train_idx], "val": val_images, "test": raw.test_images}
+    labels = {"train": raw.train_labels[train_idx], "val": val_labels, "test": raw.test_labels}
     mean, std = channel_stats(images["train"])
-    return Prepared(images, labels, raw.classes, mean, std)  # type: ignore[arg-type]
+    return Prepared(images, labels, raw.classes, mean, std, dataset)  # type: ignore[arg-type]
 
 
 def save_prepared(prepared: Prepared, out_dir: Path) -> None:
     """Write the arrays and `meta.json` to `out_dir` as one set: a stop part-way (SIGTERM, a full
     disk) leaves the previous set whole, never new arrays beside an old `meta.json`."""
     meta = {
+        "dataset": prepared.dataset,
         "classes": list(prepared.classes),
         "mean": list(prepared.mean),
         "std": list(prepared.std),
@@ -182,13 +206,16 @@ def load_prepared(data_dir: Path, splits: Iterable[str] = SPLITS) -> Prepared:
     for split in splits:
         if split not in SPLITS:
             raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
-    classes, mean, std = _read_meta(meta_path)
+    classes, mean, std, dataset = _read_meta(meta_path)
     headers = {}
+    shape = None  # every split's images share one shape: square, RGB
     for split in splits:  # every header first: nothing is allocated for a bad folder
         image_path, label_path = data_dir / f"{split}_images.npy", data_dir / f"{split}_labels.npy"
         n_images, *inner = _npy_header(image_path, IMAGE_DTYPE, 4)
-        if tuple(inner) != IMAGE_SHAPE:
-            raise _bad(image_path, f"images of shape {tuple(inner)}, expected {IMAGE_SHAPE}")
+        expected = shape or (inner[0], inner[0], CHANNELS)
+        if tuple(inner) != expected or not 0 < inner[0] <= MAX_IMAGE_SIDE:
+            raise _bad(image_path, f"images of shape {tuple(inner)}, expected {expected}")
+        shape = expected
         (n_labels,) = _npy_header(label_path, LABEL_DTYPE, 1)
         if n_images != n_labels:
             raise _bad(label_path, f"{n_labels} labels for the {n_images} images of {split}")
@@ -204,9 +231,17 @@ def load_prepared(data_dir: Path, splits: Iterable[str] = SPLITS) -> Prepared:
                 f"(one per class in meta.json)",
             )
         images[split] = _read_npy(image_path)
-    return Prepared(images, labels, classes, mean, std)  # type: ignore[arg-type]
+    return Prepared(images, labels, classes, mean, std, dataset)  # type: ignore[arg-type]
 
 
+def split_size(data_dir: Path, split: str) -> int:
+    """The number of images in `split` of the prepared data in `data_dir`, from its labels'
+    `.npy` header (checked as `load_prepared` checks it), without reading an array."""
+    (count,) = _npy_header(Path(data_dir) / f"{split}_labels.npy", LABEL_DTYPE, 1)
+    return int(count)
+
+
+MAX_IMAGE_SIDE = 4096  # pixels: far beyond data.image_size's bound, well short of an overflow
 IMAGE_DTYPE = np.dtype(np.uint8)
 LABEL_DTYPE = np.dtype(np.int64)
 MAX_META_BYTES = 1 << 20  # a meta.json of ours is well under 2 KB
@@ -221,8 +256,8 @@ def _is_number(x: object) -> bool:
     return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
 
 
-def _read_meta(path: Path) -> tuple[tuple[str, ...], tuple[float, ...], tuple[float, ...]]:
-    """`meta.json`'s classes, mean and std, checked (see `load_prepared`)."""
+def _read_meta(path: Path) -> tuple[tuple[str, ...], tuple[float, ...], tuple[float, ...], str]:
+    """`meta.json`'s classes, mean, std and dataset key, checked (see `load_prepared`)."""
     try:
         meta = read_json(path, MAX_META_BYTES)
     except FileNotFoundError:
@@ -248,7 +283,12 @@ def _read_meta(path: Path) -> tuple[tuple[str, ...], tuple[float, ...], tuple[fl
             raise _bad(path, f"{key!r} is {_short(value)}, expected 3 finite numbers")
     if not all(s > 0 for s in meta["std"]):
         raise _bad(path, f"'std' is {_short(meta['std'])}, expected 3 numbers > 0")
-    return tuple(classes), tuple(map(float, meta["mean"])), tuple(map(float, meta["std"]))
+    # Prepared folders written before the registry are CIFAR-10's, the default dataset.
+    dataset = meta.get("dataset", DEFAULT)
+    if not isinstance(dataset, str) or not dataset:
+        raise _bad(path, f"'dataset' is {_short(dataset)}, expected a dataset's key")
+    classes_t = tuple(classes)
+    return classes_t, tuple(map(float, meta["mean"])), tuple(map(float, meta["std"])), dataset
 
 
 def _short(value: object, limit: int = 60) -> str:

@@ -4,8 +4,14 @@ A variant in ``params.yaml`` names a model and its arguments and nothing else::
 
     model = build_model("resnet_v1", depth=56, shortcut="A")
 
-Every model takes ``num_classes`` (default 10) and 3x32x32 input; training and loading a model
-file set ``num_classes`` from the data's classes (``build_model_for``), never from the variant.
+Every model requires ``num_classes`` (keyword-only, no default: no model assumes CIFAR-10's 10
+classes); training and loading a model file set it from the data's classes
+(``build_model_for``), never from the variant. Inputs are RGB (3 channels) and square
+(``data.image_size``). The CIFAR nets and the CIFAR-adapted ``resnet18/34/50`` are fully
+convolutional with global average pooling: designed for 32x32 (CIFAR) images, they take any
+input of at least their total stride, 4 for the CIFAR nets and 8 for the adapted ResNets
+(smaller ones run too, but their last stages see mostly padding). ``resnet50_imagenet``
+resizes any input to its ``input_size`` (at least 32, the total stride of ImageNet's ResNet-50).
 CIFAR nets (``plain``, ``resnet_v1``, ``resnet_v2``) take ``depth`` (required) and an integer
 ``width`` multiplier of their 16/32/64 filters; ``resnet18/34/50`` take a ``width`` multiplier
 (int or float) of their 64/128/256/512 filters; all but ``resnet50_imagenet`` and ``plain18``
@@ -13,7 +19,8 @@ take ``zero_init_residual``. ``plain18`` is ``resnet18`` without its shortcuts. 
 use He (kaiming normal) initialisation. Unknown names, unknown arguments and invalid values
 raise :class:`resnetlab.core.errors.ConfigError` saying what is allowed.
 
-Variants (``num_classes=10``, ``width=1``; ``tests/test_models.py`` keeps this table true):
+Variants, with ``width=1`` and parameters counted for 10 classes, as on CIFAR-10
+(``tests/test_models.py`` keeps this table true):
 
 | model             | arguments              | depth | blocks per stage       | parameters |
 |-------------------|------------------------|-------|------------------------|------------|
@@ -66,8 +73,10 @@ Notes on the table:
   but ``depth=20`` and ``depth=110`` are bottleneck nets too; the paper's pre-act ResNet-110
   (1.7M) has basic blocks and needs ``block=basic``.
 - ``resnet50_imagenet`` is torchvision's ResNet-50 (7x7 stride-2 stem, max-pool) with a new
-  head, one output per class; it up-samples the input to ``input_size`` (default 224) inside
-  the model.
+  head, one output per class; it resizes the input (any size) to ``input_size`` (default 224)
+  inside the model.
+- With another number of classes only the classifier changes: ``features + 1`` parameters per
+  class (``features`` being the channels the global average pooling outputs).
 """
 
 # Importing the builder modules registers their models.

@@ -1,9 +1,15 @@
 """CIFAR networks: ``plain``, ``resnet_v1`` (He et al. 2015), ``resnet_v2`` (He et al. 2016).
 
 All three share the layout of He et al. 2015, section 4.2: a 3x3 convolution with 16 filters,
-three stages of 16/32/64 filters working on 32x32/16x16/8x8 maps (the first block of stages 2
-and 3 halves the map with stride 2), global average pooling and a linear classifier. ``width``
+three stages of 16/32/64 filters (the first block of stages 2 and 3 halves the map with stride
+2), global average pooling and a linear classifier of ``num_classes`` outputs. ``width``
 multiplies every filter count.
+
+Designed for CIFAR's 32x32 images, on which the stages work on 32x32/16x16/8x8 maps, the nets
+are fully convolutional up to the global average pooling, so they take any input size (the
+project's inputs are square, ``data.image_size``). Their total stride is 4 (the last stage
+works on maps a quarter of the input's side), so an input should be at least 4x4; smaller ones
+still run, but their last stages see mostly padding.
 """
 
 from __future__ import annotations
@@ -206,7 +212,8 @@ BlockFactory = Callable[[int, int, int], nn.Module]
 
 
 class CifarResNet(nn.Module):
-    """Stem, three stages of ``blocks_per_stage`` blocks, global average pool, linear.
+    """Stem, three stages of ``blocks_per_stage`` blocks, global average pool, linear with
+    ``num_classes`` outputs; any input size (total stride 4, see the module docstring).
 
     ``make_block(in_channels, planes, stride)`` builds one block whose output has
     ``planes * expansion`` channels. ``preact`` selects the v2 layout: the stem is a bare
@@ -220,7 +227,8 @@ class CifarResNet(nn.Module):
         blocks_per_stage: int,
         expansion: int,
         width: int = 1,
-        num_classes: int = 10,
+        *,
+        num_classes: int,
         preact: bool = False,
         zero_init_residual: bool = False,
     ) -> None:
@@ -276,7 +284,7 @@ def _basic_blocks(model: str, depth: object) -> int:
 
 @register_model("plain")
 def plain(
-    depth: int, width: int = 1, num_classes: int = 10, zero_init_residual: bool = False
+    depth: int, width: int = 1, *, num_classes: int, zero_init_residual: bool = False
 ) -> CifarResNet:
     """Plain net of depth 6n+2: the stacks of ``resnet_v1`` with the shortcuts removed.
 
@@ -307,7 +315,8 @@ def resnet_v1(
     depth: int,
     shortcut: str = "A",
     width: int = 1,
-    num_classes: int = 10,
+    *,
+    num_classes: int,
     zero_init_residual: bool = False,
 ) -> CifarResNet:
     """ResNet of depth 6n+2 with basic blocks (He et al. 2015, section 4.2).
@@ -335,7 +344,8 @@ def resnet_v2(
     depth: int,
     block: str | None = None,
     width: int = 1,
-    num_classes: int = 10,
+    *,
+    num_classes: int,
     zero_init_residual: bool = False,
 ) -> CifarResNet:
     """Pre-activation ResNet (He et al. 2016, "Identity Mappings in Deep Residual Networks").

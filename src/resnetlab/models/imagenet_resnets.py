@@ -1,10 +1,16 @@
-"""ImageNet-family ResNets on CIFAR: ``resnet18/34/50`` adapted to 32x32, and ``resnet50_imagenet``.
+"""ImageNet-family ResNets: CIFAR-adapted ``resnet18/34/50``, and ``resnet50_imagenet``.
 
 The adapted nets reuse torchvision's ``BasicBlock`` and ``Bottleneck`` and change only the stem:
-a 3x3 stride-1 convolution and no max-pool, so the four stages work on 32/16/8/4 maps instead
-of shrinking a 32x32 image to 1x1 (He et al. 2015 use the 7x7 stride-2 stem + max-pool for
-224x224 inputs). ``resnet50_imagenet`` is torchvision's unmodified ResNet-50 for transfer
-learning: the input is up-sampled inside the model to the size its ImageNet weights expect.
+a 3x3 stride-1 convolution and no max-pool, so their total stride is 8 instead of 32 (He et al.
+2015 use the 7x7 stride-2 stem + max-pool for 224x224 inputs). Designed for CIFAR's 32x32
+images, on which the four stages work on 32/16/8/4 maps instead of shrinking the image to 1x1,
+they are fully convolutional up to the global average pooling and so take any input size (the
+project's inputs are square, ``data.image_size``): the last stage works on maps an eighth of
+the input's side, so an input should be at least 8x8; smaller ones still run, but their last
+stages see mostly padding.
+``resnet50_imagenet`` is torchvision's unmodified ResNet-50 for transfer learning: the input,
+whatever its size, is resized inside the model to ``input_size``, by default the 224x224 its
+ImageNet weights expect. Every builder requires ``num_classes``, the size of the new head.
 """
 
 from __future__ import annotations
@@ -86,7 +92,8 @@ class PlainBasicBlock(nn.Module):
 
 
 class CifarAdaptedResNet(nn.Module):
-    """torchvision's ResNet layout with a 3x3 stride-1 stem and no max-pool.
+    """torchvision's ResNet layout with a 3x3 stride-1 stem and no max-pool: total stride 8,
+    any input size (see the module docstring), ``num_classes`` outputs.
 
     Module names follow torchvision (``conv1``, ``bn1``, ``layer1``..``layer4``, ``fc``).
     Down-sampling shortcuts are 1x1 projections + BN (option B), as in torchvision; a
@@ -98,7 +105,8 @@ class CifarAdaptedResNet(nn.Module):
         block: type[BasicBlock | Bottleneck | PlainBasicBlock],
         layers: list[int],
         stage_filters: tuple[int, ...],
-        num_classes: int = 10,
+        *,
+        num_classes: int,
         zero_init_residual: bool = False,
     ) -> None:
         from torchvision.models.resnet import BasicBlock, Bottleneck
@@ -174,32 +182,34 @@ def _adapted(
 
 @register_model("resnet18", depth=18)
 def resnet18(
-    num_classes: int = 10, width: float = 1, zero_init_residual: bool = False
+    *, num_classes: int, width: float = 1, zero_init_residual: bool = False
 ) -> CifarAdaptedResNet:
-    """ResNet-18 for 32x32 inputs: basic blocks 2-2-2-2 on 64/128/256/512 x ``width`` filters."""
+    """CIFAR-adapted ResNet-18 (any input size, designed for 32x32): basic blocks 2-2-2-2 on
+    64/128/256/512 x ``width`` filters."""
     return _adapted("resnet18", "BasicBlock", [2, 2, 2, 2], num_classes, width, zero_init_residual)
 
 
 @register_model("plain18", depth=18)
-def plain18(num_classes: int = 10, width: float = 1) -> CifarAdaptedResNet:
-    """ResNet-18 for 32x32 inputs without its shortcuts (and so without the three 1x1
+def plain18(*, num_classes: int, width: float = 1) -> CifarAdaptedResNet:
+    """CIFAR-adapted ResNet-18 without its shortcuts (and so without the three 1x1
     projections): the plain net to set against ``resnet18`` like for like."""
     return _adapted("plain18", PlainBasicBlock, [2, 2, 2, 2], num_classes, width, False)
 
 
 @register_model("resnet34", depth=34)
 def resnet34(
-    num_classes: int = 10, width: float = 1, zero_init_residual: bool = False
+    *, num_classes: int, width: float = 1, zero_init_residual: bool = False
 ) -> CifarAdaptedResNet:
-    """ResNet-34 for 32x32 inputs: basic blocks 3-4-6-3."""
+    """CIFAR-adapted ResNet-34 (any input size, designed for 32x32): basic blocks 3-4-6-3."""
     return _adapted("resnet34", "BasicBlock", [3, 4, 6, 3], num_classes, width, zero_init_residual)
 
 
 @register_model("resnet50", depth=50)
 def resnet50(
-    num_classes: int = 10, width: float = 1, zero_init_residual: bool = False
+    *, num_classes: int, width: float = 1, zero_init_residual: bool = False
 ) -> CifarAdaptedResNet:
-    """ResNet-50 for 32x32 inputs: bottleneck blocks 3-4-6-3, stages output 4x the filters."""
+    """CIFAR-adapted ResNet-50 (any input size, designed for 32x32): bottleneck blocks 3-4-6-3,
+    stages output 4x the filters."""
     return _adapted("resnet50", "Bottleneck", [3, 4, 6, 3], num_classes, width, zero_init_residual)
 
 
@@ -240,17 +250,18 @@ def _load_pretrained_resnet50() -> ResNet:
 
 
 class ImageNetTransferResNet50(nn.Module):
-    """torchvision's ResNet-50 with a new ``num_classes`` head, fed up-sampled CIFAR images.
+    """torchvision's ResNet-50 with a new ``num_classes`` head, fed images resized to its size.
 
-    The 32x32 input is bilinearly resized to ``input_size`` inside the model, so the data
-    pipeline stays the same for every variant. With ``freeze_backbone`` only the head is
+    The input, whatever its size, is bilinearly resized to ``input_size`` inside the model, so
+    the data pipeline stays the same for every variant. With ``freeze_backbone`` only the head is
     trainable and the backbone's BatchNorm layers stay in eval mode even in ``train()``: a
     frozen feature extractor should also keep its (ImageNet) running statistics.
     """
 
     def __init__(
         self,
-        num_classes: int = 10,
+        *,
+        num_classes: int,
         pretrained: bool = False,
         freeze_backbone: bool = False,
         input_size: int = 224,
@@ -287,7 +298,8 @@ class ImageNetTransferResNet50(nn.Module):
 
 @register_model("resnet50_imagenet", depth=50)
 def resnet50_imagenet(
-    num_classes: int = 10,
+    *,
+    num_classes: int,
     pretrained: bool = False,
     freeze_backbone: bool = False,
     input_size: int = 224,
@@ -296,7 +308,8 @@ def resnet50_imagenet(
 
     ``pretrained=True`` loads :data:`IMAGENET_WEIGHTS` through torchvision's weights API (cached
     in the torch hub folder); offline and uncached, it raises :class:`ResnetlabError` naming the
-    file and the folder to put it in. ``input_size`` must be at least 32, the stride of the net.
+    file and the folder to put it in. ``input_size`` (what any input is resized to) must be at
+    least 32, the total stride of ImageNet's ResNet-50.
     """
     name = "resnet50_imagenet"
     return ImageNetTransferResNet50(

@@ -9,6 +9,11 @@ argument as ``<model>.<arg>``, the key shape of :mod:`resnetlab.core.config`'s m
     resnet_v1.width: 0 is not allowed; expected an integer >= 1
     resnet_v1.foo: unknown argument; accepted: depth (required), shortcut='A', ...
     resnet_v1.depth: missing required argument; accepted: depth (required), shortcut='A', ...
+    resnet_v1.num_classes: missing required argument; it is the data's number of classes (...)
+
+Every builder takes ``num_classes`` as a required keyword-only argument: no model assumes a
+dataset's class count (training and loading a model file pass the data's, through
+:func:`build_model_for`).
 """
 
 from __future__ import annotations
@@ -97,6 +102,8 @@ def build_model(name: str, **kwargs: Any) -> nn.Module:
 
     Raises :class:`ConfigError` for an unknown name (listing the registered ones), an unknown or
     missing argument (listing the accepted ones) or an invalid value (saying what is allowed).
+    Every builder requires ``num_classes``, which no model assumes: it is the data's number of
+    classes (:func:`build_model_for` sets it from them).
     """
     entry = _entry(name)
     params = inspect.signature(entry.builder).parameters
@@ -114,12 +121,18 @@ def build_model(name: str, **kwargs: Any) -> nn.Module:
         if p.default is inspect.Parameter.empty
         and p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
         and p.name not in kwargs
+        and p.name != "num_classes"  # reported on its own below: it comes from the data
     ]
     if missing:
         raise ConfigError(
             f"{', '.join(f'{name}.{arg}' for arg in missing)}: "
             f"missing required argument{'s' if len(missing) > 1 else ''}; "
             f"accepted: {_describe_arguments(entry.builder)}"
+        )
+    if "num_classes" in params and "num_classes" not in kwargs:
+        raise ConfigError(
+            f"{name}.num_classes: missing required argument; it is the data's number of classes "
+            "(build_model_for sets it from the data's classes)"
         )
     return entry.builder(**kwargs)
 

@@ -6,9 +6,14 @@ behind dvc.yaml's top-level plots), every figure of the pipeline (`report.figure
 (`report.published`), also logged to MLflow: into the parent run of the DVC experiment (or
 `dvc repro`) it runs under, each run's own figures into its training run.
 
+The measured-vs-published report takes the published numbers of the dataset the prepared data was
+made from (`meta.json`'s `dataset`) and compares the sources' training budgets with the prepared
+training split's size (its labels' `.npy` header): nothing else of the prepared data is read.
+
 The only stage that draws, so editing a figure re-runs nothing else. Params read: `run_variants`
-and `seeds` (which runs to compare), `data.val_size`, `data.subset` (the training budget the report
-compares with the sources'), `mlflow.experiment`. An unreachable tracking store stops it at start.
+and `seeds` (which runs to compare), `data.subset` (whether the runs trained on a subset, which
+the report never compares with a source), `mlflow.experiment`. An unreachable tracking store
+stops it at start.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from pathlib import Path
 from resnetlab.core.layout import RUN_FILE, run_folder
 from resnetlab.core.params import load_params
 from resnetlab.core.records import RecordError, RunFile, run_key
-from resnetlab.data import cifar10
+from resnetlab.data import prepared
 from resnetlab.report import figures, leaderboard, published
 
 log = logging.getLogger(__name__)
@@ -46,6 +51,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         type=Path,
         help="published numbers with their citations (published.yaml); without it, no report",
     )
+    p.add_argument(
+        "--data",
+        type=Path,
+        default=Path("data/prepared"),
+        help="the prepared data (read with --published only: meta.json's dataset picks the "
+        "published numbers, the train split's size is the runs' training budget)",
+    )
     p.add_argument("--out", type=Path, required=True, help="folder for the reports")
 
 
@@ -67,7 +79,10 @@ def run(args: argparse.Namespace) -> None:
     curves = leaderboard.mean_curves(histories)
     confusions = {v: figures.pooled_confusion(v, seeds, args.metrics) for v in variants}
     gradients = figures.load_gradient_profile(args.gradients) if args.gradients else None
-    sources = published.load_published(args.published) if args.published else None
+    numbers, train_images = None, 0
+    if args.published:
+        dataset, train_images = prepared_dataset(args.data)
+        numbers = published.load_published(args.published).for_dataset(dataset)
 
     files = leaderboard.write_leaderboard(board, args.out, runs, curves)
     files.append(leaderboard.write_mean(means, args.out))
@@ -78,19 +93,29 @@ def run(args: argparse.Namespace) -> None:
     per_variant = figures.write_variant_figures(by_variant, confusions, args.out / FIGURES)
     for line in leaderboard.leaderboard_markdown(board).splitlines():
         log.info("%s", line)
-    if sources is not None:
-        data = params.data
-        train_images = data.subset or cifar10.TRAIN_SIZE - data.val_size
+    if numbers is not None:
+        subset = params.data.subset
         finals = published.final_train_errors(histories)
-        table = published.compare_published(sources, runs, finals, train_images, data.subset)
-        claims = published.check_claims(sources, runs, finals)
-        files += published.write_report(table, claims, args.out)
+        table = published.compare_published(numbers, runs, finals, train_images, subset)
+        claims = published.check_claims(numbers, runs, finals)
+        files += published.write_report(table, claims, args.out, numbers)
+        if numbers.empty:
+            log.info("%s", published.no_numbers_line(numbers.dataset))
         for check in claims:
             log.info("claim %s: %s (%s)", check.claim.name, check.verdict, check.detail)
 
     logged = _runs_of(per_variant, seeds, args.models)
     group = lineage.lineage(args.params)
     results.log_comparison(params.mlflow.experiment, group, board, files, variant_files=logged)
+
+
+def prepared_dataset(folder: Path) -> tuple[str, int]:
+    """The key of the dataset the prepared data under `folder` was made from, and the number of
+    its training images: `meta.json` and the train labels' `.npy` header (checked as
+    `load_prepared` checks them), no array. A missing or bad file raises a one-line
+    ResnetlabError naming it."""
+    key = prepared.load_prepared(folder, splits=()).dataset
+    return key, prepared.split_size(folder, "train")
 
 
 def _runs_of(

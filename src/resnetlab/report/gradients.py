@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from resnetlab.data.cifar10 import CHANNELS, IMAGE_SIZE
+from resnetlab.data.datasets import CHANNELS, CIFAR10
 from resnetlab.models import build_model
 
 __all__ = ["first_layer_grad_norm", "gradient_norms", "gradient_profiles"]
@@ -25,6 +25,9 @@ __all__ = ["first_layer_grad_norm", "gradient_norms", "gradient_profiles"]
 # The profile contrasts plain and residual nets of He et al.'s CIFAR depths.
 GRADIENT_MODELS = ("plain", "resnet_v1")
 GRADIENT_BATCH = 32  # images in the one random batch the gradients are taken on
+# The experiment is He et al.'s argument about CIFAR-10's nets, whatever data.dataset trains:
+# a random batch shaped like CIFAR-10's images and labels.
+GRADIENT_DATA = CIFAR10
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 
@@ -113,13 +116,14 @@ def gradient_profiles(
     """Per-layer gradient norms (input -> output) of freshly initialised ``models`` at ``depths``,
     on one seeded random batch of CIFAR-shaped images; keys like ``"plain-20"``."""
     torch.manual_seed(seed)
-    x = torch.randn(GRADIENT_BATCH, CHANNELS, IMAGE_SIZE, IMAGE_SIZE)
-    y = torch.randint(0, 10, (GRADIENT_BATCH,))
+    side, classes = GRADIENT_DATA.image_size, GRADIENT_DATA.num_classes
+    x = torch.randn(GRADIENT_BATCH, CHANNELS, side, side)
+    y = torch.randint(0, classes, (GRADIENT_BATCH,))
     profiles = {}
     for depth in depths:
         for name in models:
             # Reseeded per model so each net's initial weights do not depend on the loop order.
             torch.manual_seed(seed)
-            model = build_model(name, depth=depth)
+            model = build_model(name, depth=depth, num_classes=classes)
             profiles[f"{name}-{depth}"] = gradient_norms(model, (x, y))
     return profiles

@@ -35,6 +35,11 @@ DPI = 120
 # Curves with at most this many points also mark each point, so that a short run (one epoch is
 # a single point, which a line alone would not draw at all) still shows its values.
 MARKER_MAX_POINTS = 15
+# A confusion matrix labels every cell and names every class up to this many classes (CIFAR-10's
+# 10, a folder's handful); CIFAR-100's 100 would need a 60-inch figure and 10,000 labels, so
+# beyond it the heatmap stands alone at a bounded size, its class names small.
+MAX_LABELLED_CLASSES = 20
+MAX_CONFUSION_SIDE = 16.0  # inches
 
 
 def _save(fig: Figure, path: Path) -> None:
@@ -94,7 +99,8 @@ def plot_confusion(
     normalize: bool = False,
     title: str = "",
 ) -> None:
-    """Heatmap of a confusion matrix (rows = actual, columns = predicted), every cell labelled.
+    """Heatmap of a confusion matrix (rows = actual, columns = predicted), every cell labelled
+    up to `MAX_LABELLED_CLASSES` classes.
 
     With ``normalize`` each row shows fractions of that actual class (2 decimals), which makes
     per-class recall readable on the diagonal even when classes have different supports.
@@ -105,7 +111,7 @@ def plot_confusion(
         raise ValueError(f"confusion matrix has shape {counts.shape}, expected ({n}, {n})")
     values = normalize_rows(counts) if normalize else counts.astype(np.float64)
 
-    side = max(4.0, 0.6 * n + 2.0)  # inches; keeps 10 rotated class names legible
+    side = min(max(4.0, 0.6 * n + 2.0), MAX_CONFUSION_SIDE)  # inches; room for rotated names
     fig = Figure(figsize=(side + 1.0, side))
     ax = fig.subplots()
     cmap = matplotlib.colormaps["Blues"]
@@ -113,16 +119,20 @@ def plot_confusion(
     image = ax.imshow(values, cmap=cmap, vmin=0.0, vmax=vmax, interpolation="nearest")
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
 
-    fontsize = 9 if n <= 10 else 7
-    for i in range(n):
+    labelled = n <= MAX_LABELLED_CLASSES
+    fontsize = 9 if n <= 12 else 7
+    for i in range(n if labelled else 0):
         for j in range(n):
             v = values[i, j]
             label = f"{v:.2f}" if normalize else f"{int(counts[i, j])}"
             color = text_color(cmap(image.norm(v)))
             ax.text(j, i, label, ha="center", va="center", color=color, fontsize=fontsize)
 
-    ax.set_xticks(range(n), labels=list(classes), rotation=45, ha="right", rotation_mode="anchor")
-    ax.set_yticks(range(n), labels=list(classes))
+    names = {"fontsize": 9 if labelled else max(3.0, 400 / n)}  # 4 pt for CIFAR-100's 100
+    ax.set_xticks(
+        range(n), labels=list(classes), rotation=45, ha="right", rotation_mode="anchor", **names
+    )
+    ax.set_yticks(range(n), labels=list(classes), **names)
     ax.set_xlabel("predicted")
     ax.set_ylabel("actual")
     ax.set_title(

@@ -2,7 +2,11 @@
 publishes, and claims (one variant's number above another's) checked from the measurements.
 
 The published numbers and their citations live in one data file (``published.yaml``, read by
-:func:`load_published`), never in code. Numbers are percentages there and here.
+:func:`load_published`), never in code. Numbers are percentages there and here. The citations
+are shared; the results and the claims are per dataset (a key of
+:data:`resnetlab.data.datasets.DATASETS`), and :meth:`PublishedFile.for_dataset` gives one
+dataset's: the compare stage takes those of the dataset the prepared data was made from. A
+dataset the file gives no numbers for gets an empty comparison, and the report says so.
 
 Verdicts for a published number ``p`` (with its own ± band ``b`` where given) against our mean
 ``m`` with sample std ``s`` over ``n`` seeds (standard error ``s / sqrt(n)``):
@@ -30,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from resnetlab.core.errors import ResnetlabError
+from resnetlab.data.datasets import DATASETS
 from resnetlab.report.stats import mean_std
 
 if TYPE_CHECKING:
@@ -90,10 +95,31 @@ class Claim:
 
 
 @dataclass(frozen=True)
-class PublishedFile:
+class PublishedNumbers:
+    """One dataset's published numbers and claims, with the file's citations."""
+
+    dataset: str  # a key of DATASETS
     sources: Mapping[str, str]  # key -> full citation
     results: tuple[Published, ...]
     claims: tuple[Claim, ...]
+
+    @property
+    def empty(self) -> bool:
+        """Whether the file gives this dataset nothing to compare with."""
+        return not self.results and not self.claims
+
+
+@dataclass(frozen=True)
+class PublishedFile:
+    sources: Mapping[str, str]  # key -> full citation
+    results: Mapping[str, tuple[Published, ...]]  # dataset key -> its published numbers
+    claims: Mapping[str, tuple[Claim, ...]]  # dataset key -> its claims
+
+    def for_dataset(self, dataset: str) -> PublishedNumbers:
+        """The numbers and claims of `dataset`; none (empty) where the file gives it none."""
+        return PublishedNumbers(
+            dataset, self.sources, self.results.get(dataset, ()), self.claims.get(dataset, ())
+        )
 
 
 def _field(entry: Mapping[str, Any], key: str, where: str, kind: type | tuple[type, ...]) -> Any:
@@ -103,8 +129,36 @@ def _field(entry: Mapping[str, Any], key: str, where: str, kind: type | tuple[ty
     return value
 
 
+def _sections(raw: Mapping[str, Any], key: str, name: str) -> dict[str, list]:
+    """`raw[key]` checked as a mapping of dataset key -> list of entries (absent: none)."""
+    value = raw.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise PublishedError(
+            f"{name}: {key}: expected a mapping of dataset -> list (e.g. cifar10: [...]), "
+            f"got {type(value).__name__}"
+        )
+    sections = {}
+    for dataset, entries in value.items():
+        if dataset not in DATASETS:
+            raise PublishedError(
+                f"{name}: {key}.{dataset}: not a dataset; expected one of {', '.join(DATASETS)}"
+            )
+        if entries is None:
+            entries = []
+        if not isinstance(entries, list):
+            raise PublishedError(
+                f"{name}: {key}.{dataset}: expected a list, got {type(entries).__name__}"
+            )
+        sections[dataset] = entries
+    return sections
+
+
 def load_published(path: Path) -> PublishedFile:
-    """Read and check the published-numbers file."""
+    """Read and check the published-numbers file: `sources` (key -> `cite`), and `results` and
+    `claims`, each a mapping of dataset key -> list (one dataset's:
+    :meth:`PublishedFile.for_dataset`)."""
     path = Path(path)
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
@@ -131,42 +185,48 @@ def load_published(path: Path) -> PublishedFile:
             raise PublishedError(f"{where}.metric: {metric!r}; expected {', '.join(METRICS)}")
         return metric
 
-    results = []
-    for i, entry in enumerate(raw.get("results") or []):
-        where = f"{path.name}: results[{i}]"
-        if not isinstance(entry, Mapping):
-            raise PublishedError(f"{where}: expected a mapping")
-        pm = entry.get("pm")
-        results.append(
-            Published(
-                variant=_field(entry, "variant", where, str),
-                source=source_of(entry, where),
-                where=str(entry.get("where", "")),
-                metric=metric_of(entry, where),
-                value=float(_field(entry, "value", where, (int, float))),
-                pm=None if pm is None else float(_field(entry, "pm", where, (int, float))),
-                epochs=entry.get("epochs"),
-                train_images=entry.get("train_images"),
-                differs=entry.get("differs"),
+    results: dict[str, tuple[Published, ...]] = {}
+    for dataset, entries in _sections(raw, "results", path.name).items():
+        rows = []
+        for i, entry in enumerate(entries):
+            where = f"{path.name}: results.{dataset}[{i}]"
+            if not isinstance(entry, Mapping):
+                raise PublishedError(f"{where}: expected a mapping")
+            pm = entry.get("pm")
+            rows.append(
+                Published(
+                    variant=_field(entry, "variant", where, str),
+                    source=source_of(entry, where),
+                    where=str(entry.get("where", "")),
+                    metric=metric_of(entry, where),
+                    value=float(_field(entry, "value", where, (int, float))),
+                    pm=None if pm is None else float(_field(entry, "pm", where, (int, float))),
+                    epochs=entry.get("epochs"),
+                    train_images=entry.get("train_images"),
+                    differs=entry.get("differs"),
+                )
             )
-        )
-    claims = []
-    for i, entry in enumerate(raw.get("claims") or []):
-        where = f"{path.name}: claims[{i}]"
-        if not isinstance(entry, Mapping):
-            raise PublishedError(f"{where}: expected a mapping")
-        claims.append(
-            Claim(
-                name=_field(entry, "name", where, str),
-                statement=_field(entry, "statement", where, str),
-                source=source_of(entry, where),
-                where=str(entry.get("where", "")),
-                metric=metric_of(entry, where),
-                higher=_field(entry, "higher", where, str),
-                lower=_field(entry, "lower", where, str),
+        results[dataset] = tuple(rows)
+    claims: dict[str, tuple[Claim, ...]] = {}
+    for dataset, entries in _sections(raw, "claims", path.name).items():
+        rows = []
+        for i, entry in enumerate(entries):
+            where = f"{path.name}: claims.{dataset}[{i}]"
+            if not isinstance(entry, Mapping):
+                raise PublishedError(f"{where}: expected a mapping")
+            rows.append(
+                Claim(
+                    name=_field(entry, "name", where, str),
+                    statement=_field(entry, "statement", where, str),
+                    source=source_of(entry, where),
+                    where=str(entry.get("where", "")),
+                    metric=metric_of(entry, where),
+                    higher=_field(entry, "higher", where, str),
+                    lower=_field(entry, "lower", where, str),
+                )
             )
-        )
-    return PublishedFile(sources, tuple(results), tuple(claims))
+        claims[dataset] = tuple(rows)
+    return PublishedFile(sources, results, claims)
 
 
 def final_train_errors(histories: Mapping[str, Mapping[int, pd.DataFrame]]) -> dict[str, list]:
@@ -201,7 +261,7 @@ def _budget_differences(
 
 
 def compare_published(
-    published: PublishedFile,
+    published: PublishedNumbers,
     runs: pd.DataFrame,
     finals: Mapping[str, Sequence[float]],
     train_images: int,
@@ -259,9 +319,9 @@ class ClaimCheck:
 
 
 def check_claims(
-    published: PublishedFile, runs: pd.DataFrame, finals: Mapping[str, Sequence[float]]
+    published: PublishedNumbers, runs: pd.DataFrame, finals: Mapping[str, Sequence[float]]
 ) -> list[ClaimCheck]:
-    """Each claim of the file, checked from our runs (see the module docstring)."""
+    """Each claim of the dataset, checked from our runs (see the module docstring)."""
     checks = []
     for claim in published.claims:
         cite = published.sources[claim.source]
@@ -299,14 +359,36 @@ def _pm(mean: float, std: float, n: int) -> str:
     return f"{mean:.2f} ± {std:.2f}% (n = {n})"
 
 
-def report_markdown(table: pd.DataFrame, claims: Sequence[ClaimCheck]) -> str:
-    """The report as Markdown: the table of published numbers, then the claims."""
-    lines = [
-        "# Published vs measured",
-        "",
+def dataset_name(key: str) -> str:
+    """`key` as people read it: "CIFAR-100 (`cifar100`)"; an unknown key as itself."""
+    dataset = DATASETS.get(key)
+    return f"{dataset.name} (`{key}`)" if dataset is not None else f"`{key}`"
+
+
+def no_numbers_line(key: str) -> str:
+    """The report's one line for a dataset the file gives no published numbers or claims."""
+    return (
+        f"No published numbers exist for {dataset_name(key)} in published.yaml: nothing to compare."
+    )
+
+
+def report_markdown(
+    table: pd.DataFrame, claims: Sequence[ClaimCheck], numbers: PublishedNumbers | None = None
+) -> str:
+    """The report as Markdown: the dataset `numbers` are for (when given), the table of
+    published numbers, then the claims; for a dataset without published numbers, one line
+    saying so."""
+    lines = ["# Published vs measured", ""]
+    if numbers is not None and numbers.empty:
+        return "\n".join([*lines, no_numbers_line(numbers.dataset)]) + "\n"
+    lines += [
         "Percentages; ours is the mean ± sample std over n training seeds. A verdict of "
         "reproduced means within 2 standard errors of our mean or within the published ± band.",
         "",
+    ]
+    if numbers is not None:
+        lines += [f"Dataset: {dataset_name(numbers.dataset)}.", ""]
+    lines += [
         "| variant | metric | published | measured | difference | verdict | source |",
         "|:---|:---|---:|---:|---:|:---|:---|",
     ]
@@ -335,9 +417,17 @@ def report_markdown(table: pd.DataFrame, claims: Sequence[ClaimCheck]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_report(table: pd.DataFrame, claims: Sequence[ClaimCheck], out_dir: Path) -> list[Path]:
+def write_report(
+    table: pd.DataFrame,
+    claims: Sequence[ClaimCheck],
+    out_dir: Path,
+    numbers: PublishedNumbers | None = None,
+) -> list[Path]:
     """`published_vs_measured.{csv,md}` under `out_dir`; the CSV also lists the claims (as rows
-    with `variant` = "claim: <name>"). Returns the paths."""
+    with `variant` = "claim: <name>"). `numbers`, the dataset's published numbers the table and
+    claims come from, names the dataset in the Markdown. Both files are written even for a
+    dataset without published numbers (the CSV then holds only its header). Returns the
+    paths."""
     import pandas as pd
 
     out_dir = Path(out_dir)
@@ -359,5 +449,5 @@ def write_report(table: pd.DataFrame, claims: Sequence[ClaimCheck], out_dir: Pat
     full = pd.concat(frames, ignore_index=True) if frames else table
     csv, md = out_dir / PUBLISHED_CSV, out_dir / PUBLISHED_MD
     full.to_csv(csv, index=False, float_format="%.4g")
-    md.write_text(report_markdown(table, claims))
+    md.write_text(report_markdown(table, claims, numbers))
     return [csv, md]

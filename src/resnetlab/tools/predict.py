@@ -1,7 +1,8 @@
 """`resnetlab predict (--variant NAME | --model-uri URI) IMAGE...`: classify image files.
 
-Any image PIL opens (PNG, JPEG, ...), of any size, is converted to RGB and resized to 32x32, like
-the CIFAR-10 images the models learnt from. Prints one line per image with its top-k classes, most
+Any image PIL opens (PNG, JPEG, ...), of any size, is converted to RGB and resized to the side
+of the images the model learnt from (its record's `image_size`: 32 for CIFAR), exactly as
+`prepare` reads a folder dataset. Prints one line per image with its top-k classes, most
 probable first: `cat.png: cat 91.2%, dog 6.0%, frog 1.1%`; with --json, a JSON list instead. A
 file that cannot be read as an image is reported on stderr, the others are still classified, and
 the exit status is 1.
@@ -9,8 +10,8 @@ the exit status is 1.
 --variant loads `<models-dir>/<NAME>/seed<K>/model.pt`, the train stage's output for training
 seed K (--seed; by default the lowest seed trained). --model-uri loads the model the train stage
 logged to MLflow (e.g. `models:/resnetlab-<variant>/<version>` or `runs:/<run id>/<variant>`);
-its class names come from the model's MLflow metadata (CIFAR-10's ten classes, in label order,
-for a model logged without them).
+its class names and input size come from the model's MLflow metadata (a model logged without
+them is a CIFAR-10 model).
 Only the format the train stage logs is loaded (pt2, no code paths; `tracking.logged_model`): a
 model folder that would unpickle or import its own code is refused before anything of it runs.
 """
@@ -82,13 +83,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    model, classes = _load(args)
+    model, classes, size = _load(args)
     arrays: list[np.ndarray] = []
     names: list[str] = []
     failed: list[tuple[str, str]] = []  # (path, why)
     for path in args.images:
         try:
-            arrays.append(load_image(path))
+            arrays.append(load_image(path, size=size))
             names.append(str(path))
         except ResnetlabError as exc:
             print(f"error: {exc}", file=sys.stderr)
@@ -122,12 +123,13 @@ def _model_file(models_dir: Path, variant: str, seed: int | None) -> Path:
     return (folder or run_folder(models_dir, variant, 0)) / MODEL_FILE
 
 
-def _load(args: argparse.Namespace) -> tuple[torch.nn.Module, Sequence[str]]:
+def _load(args: argparse.Namespace) -> tuple[torch.nn.Module, Sequence[str], int]:
+    """The model, its class names and the side of the images it takes."""
     if args.variant is not None:
         from resnetlab.evaluate.classifier import load_classifier
 
         model, record = load_classifier(_model_file(args.models_dir, args.variant, args.seed))
-        return model, list(record.classes)
+        return model, list(record.classes), record.image_size
     from resnetlab.tracking import logged_model
 
     # Never mlflow.pytorch.load_model: it unpickles and imports what a model folder brings.

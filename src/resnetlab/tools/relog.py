@@ -41,7 +41,7 @@ from resnetlab.core.records import (
     TrainSummary,
     run_key,
 )
-from resnetlab.data.cifar10 import CHANNELS, IMAGE_SIZE
+from resnetlab.data.datasets import CHANNELS
 from resnetlab.evaluate.classifier import classifier_of
 from resnetlab.tracking import lineage, run_context, store, training_run
 from resnetlab.train import checkpoint
@@ -111,7 +111,7 @@ def relog(variant: str, params: Path, out_dir: Path, metrics_dir: Path) -> str:
             run.log_history(history.rows)
             # The data is not needed: the model's input example is any batch of valid images.
             example = np.random.default_rng(0).random(
-                (4, CHANNELS, IMAGE_SIZE, IMAGE_SIZE), dtype=np.float32
+                (4, CHANNELS, record.image_size, record.image_size), dtype=np.float32
             )
             classifier = classifier_of(record)
             run.log_outputs(classifier, record, history, summary, metrics_dir, example)

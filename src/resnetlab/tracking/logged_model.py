@@ -37,17 +37,19 @@ import stat
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import yaml
 
 from resnetlab.core.errors import ResnetlabError, first_line
+from resnetlab.data.datasets import CIFAR10_CLASSES, LEGACY_IMAGE_SIZE
 from resnetlab.tracking import pt2_ops
 
 if TYPE_CHECKING:
     import torch
 
 MAX_MLMODEL_BYTES = 1 << 20
+MAX_IMAGE_SIDE = 4096  # pixels: far beyond data.image_size's bound
 MAX_ARCHIVE_BYTES = 1 << 30  # file and records alike; ResNet-50 exports to 95 MB
 MODEL_FILE = "data/model.pt2"
 
@@ -102,11 +104,20 @@ class UnsafeModelError(ResnetlabError):
     """The model folder is not in the one format we load; nothing of it was run."""
 
 
-def load(folder: Path) -> tuple[torch.nn.Module, list[str] | None]:
-    """The network in the MLflow model `folder` (as `model_io.save_model_artifact` saved it):
-    [0, 1] images in, logits out; and its class names when its metadata has them."""
+class LoadedModel(NamedTuple):
+    """A logged model's network ([0, 1] N x 3 x S x S images in, logits out), its class names
+    (None when its metadata has none) and S, the side of the images it takes."""
+
+    network: torch.nn.Module
+    classes: list[str] | None
+    image_size: int
+
+
+def load(folder: Path) -> LoadedModel:
+    """The network in the MLflow model `folder` (as `model_io.save_model_artifact` saved it),
+    with its class names and input size from its metadata."""
     folder = Path(folder)
-    classes = check_mlmodel(folder)
+    meta = check_mlmodel(folder)
     blob = _read_archive(folder)
     check_archive(blob, folder / MODEL_FILE)
     import torch
@@ -115,7 +126,7 @@ def load(folder: Path) -> tuple[torch.nn.Module, list[str] | None]:
         program = torch.export.load(io.BytesIO(blob))
         # check_guards=False: no guard function is generated (exec'd) from the archive; the
         # input checks the program's range constraints imply still run as a forward pre-hook.
-        return program.module(check_guards=False), classes
+        return LoadedModel(program.module(check_guards=False), meta.classes, meta.image_size)
     except Exception as exc:
         first = first_line(exc, 200)
         raise ResnetlabError(
@@ -123,8 +134,14 @@ def load(folder: Path) -> tuple[torch.nn.Module, list[str] | None]:
         ) from None
 
 
-def check_mlmodel(folder: Path) -> list[str] | None:
-    """Refuse anything but a pt2-format pytorch model without code; returns its class names."""
+class ModelMetadata(NamedTuple):
+    classes: list[str] | None
+    image_size: int
+
+
+def check_mlmodel(folder: Path) -> ModelMetadata:
+    """Refuse anything but a pt2-format pytorch model without code; returns its metadata: class
+    names, and the input's side (models logged before it was recorded are CIFAR-10's)."""
     path = folder / "MLmodel"
     try:
         spec = yaml.safe_load(read_regular(folder, "MLmodel", MAX_MLMODEL_BYTES).decode())
@@ -153,7 +170,10 @@ def check_mlmodel(folder: Path) -> list[str] | None:
         isinstance(classes, list) and all(isinstance(c, str) and len(c) < 200 for c in classes)
     ):
         raise UnsafeModelError(f"{path}: metadata.classes is not a list of names")
-    return classes
+    size = (spec.get("metadata") or {}).get("image_size", LEGACY_IMAGE_SIZE)
+    if not (isinstance(size, int) and not isinstance(size, bool) and 0 < size <= MAX_IMAGE_SIDE):
+        raise UnsafeModelError(f"{path}: metadata.image_size is not a side in 1..{MAX_IMAGE_SIDE}")
+    return ModelMetadata(classes, size)
 
 
 def read_regular(folder: Path, name: str, limit: int) -> bytes:
@@ -406,13 +426,12 @@ def _allowed(node: ast.AST, guard: bool) -> bool:
     return isinstance(node, _EXPRESSION_NODES)
 
 
-def load_uri(model_uri: str) -> tuple[torch.nn.Module, list[str]]:
+def load_uri(model_uri: str) -> LoadedModel:
     """`load` of the MLflow model at `model_uri` (`runs:/<id>/<variant>`, `models:/<name>/<v>`, a
-    local folder, ...) and its class names: the one way `resnetlab predict` and the web app load
-    a logged model. A model logged without class names in its metadata is taken to use CIFAR-10's
-    label order."""
-    from resnetlab.data.cifar10 import CLASSES
+    local folder, ...): the one way `resnetlab predict` and the web app load a logged model. A
+    model logged without class names in its metadata is taken to use CIFAR-10's label order
+    (every model logged before the names were recorded is a CIFAR-10 model)."""
     from resnetlab.tracking import model_io
 
-    model, classes = load(model_io.model_folder(model_uri))
-    return model, list(classes or CLASSES)
+    network, classes, size = load(model_io.model_folder(model_uri))
+    return LoadedModel(network, list(classes or CIFAR10_CLASSES), size)

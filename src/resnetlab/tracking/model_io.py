@@ -115,9 +115,10 @@ def save_model_artifact(
     """Save `model` as an MLflow model folder at `local`, in the one format
     `tracking.logged_model` loads back: pt2 (torch.export's program), no code paths, nothing
     pickled. Two flavors read that one program: `pytorch` (`mlflow.pytorch.load_model`: the
-    network, [0, 1] N x 3 x 32 x 32 images in, logits out) and `python_function`, whose loader is
-    `tracking.serving` (pyfunc and `mlflow models serve`: one row per image with the predicted
-    class, its probability and every class's probability; the output schema names the classes).
+    network, [0, 1] N x 3 x S x S images in, S the side of `input_example`'s, logits out) and
+    `python_function`, whose loader is `tracking.serving` (pyfunc and `mlflow models serve`:
+    one row per image with the predicted class, its probability and every class's
+    probability; the output schema names the classes).
     """
     import mlflow.pytorch
     import numpy as np
@@ -139,7 +140,8 @@ def save_model_artifact(
         str(local),
         signature=signature,
         input_example=input_example,
-        metadata={"classes": list(classes)},
+        # What serving, `predict` and the app read back: the class names, the input's side.
+        metadata={"classes": list(classes), "image_size": int(input_example.shape[-1])},
         # torch.export's program: loading it runs no pickled code and needs no resnetlab.
         serialization_format="pt2",
         # Explicit requirements skip MLflow's slow inference of them. The pyfunc loader is

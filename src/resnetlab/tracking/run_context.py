@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
-from resnetlab.data.cifar10 import KEY as DATASET_KEY
 from resnetlab.tracking.lineage import Lineage
 
 if TYPE_CHECKING:
@@ -28,7 +27,7 @@ class DatasetInfo:
 
     name: str
     digest: str
-    source: str  # the archive's URL or path
+    source: str  # the archive's URL, or the folder the data was read from
     splits: Mapping[str, int]
 
 
@@ -74,9 +73,14 @@ def dataset_of(data: Prepared, data_dir: Path, config: DataConfig | None) -> Dat
         digest.update(data.labels[split].tobytes())
     counts = json.loads(meta.read_text()).get("counts", {})
     splits = {s: int(counts.get(s, 0)) for s in ("train", "val", "test")}
-    source = config.url if config is not None else str(Path(data_dir).resolve())
+    if config is None:
+        source = str(Path(data_dir).resolve())
+    elif config.source is not None:
+        source = config.archive_source()[0]
+    else:
+        source = str(Path(config.path).resolve())
     name = (
-        DATASET_KEY if not config or not config.subset else f"{DATASET_KEY}-subset{config.subset}"
+        data.dataset if not config or not config.subset else f"{data.dataset}-subset{config.subset}"
     )
     return DatasetInfo(name, digest.hexdigest()[:16], source, splits)
 

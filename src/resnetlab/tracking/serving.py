@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from resnetlab.data.cifar10 import CHANNELS, IMAGE_SIZE
+from resnetlab.data.datasets import CHANNELS
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -25,12 +25,14 @@ MAX_IMAGES = 1024
 
 
 class ClassProbabilities:
-    """N x 3 x 32 x 32 float images in [0, 1] -> one row per image: `class` (the predicted
-    name), `probability` (its softmax probability) and one column per class name."""
+    """N x 3 x S x S float images in [0, 1] (S the model's `image_size`) -> one row per image:
+    `class` (the predicted name), `probability` (its softmax probability) and one column per
+    class name."""
 
-    def __init__(self, network: torch.nn.Module, classes: list[str]):
+    def __init__(self, network: torch.nn.Module, classes: list[str], image_size: int):
         self.network = network
         self.classes = classes
+        self.image_size = image_size
 
     def predict(self, model_input: Any, params: dict[str, Any] | None = None) -> pd.DataFrame:
         import numpy as np
@@ -43,14 +45,16 @@ class ClassProbabilities:
                 "several requests"
             )
         images = np.asarray(model_input, dtype=np.float32)
-        if images.ndim != 4 or images.shape[1:] != (CHANNELS, IMAGE_SIZE, IMAGE_SIZE):
-            raise refused(f"expected N x 3 x 32 x 32 images in [0, 1], got {images.shape}")
+        side = self.image_size
+        expected = f"N x {CHANNELS} x {side} x {side} images in [0, 1]"
+        if images.ndim != 4 or images.shape[1:] != (CHANNELS, side, side):
+            raise refused(f"expected {expected}, got {images.shape}")
         bad = ~np.isfinite(images) | (images < 0) | (images > 1)
         if bad.any():
             first = int(np.flatnonzero(bad.reshape(len(images), -1).any(1))[0])
             raise refused(
                 f"image {first} (of {len(images)}) has a pixel that is NaN, infinite or outside "
-                "[0, 1]; expected N x 3 x 32 x 32 images in [0, 1]"
+                f"[0, 1]; expected {expected}"
             )
         with torch.no_grad():
             logits = self.network(torch.from_numpy(images))
@@ -87,7 +91,7 @@ def _load_pyfunc(data_path: str, model_config: Any = None) -> ClassProbabilities
     from resnetlab.core.errors import ResnetlabError
     from resnetlab.tracking.logged_model import load
 
-    network, classes = load(Path(data_path).parent)
+    network, classes, image_size = load(Path(data_path).parent)
     if not classes:
         raise ResnetlabError(f"{Path(data_path).parent / 'MLmodel'}: no metadata.classes")
-    return ClassProbabilities(network, classes)
+    return ClassProbabilities(network, classes, image_size)

@@ -71,7 +71,7 @@ def guard(app: Any) -> Any:
                 400,
                 "INVALID_PARAMETER_VALUE",
                 f"the request body nests {depth} levels deep; at most {MAX_JSON_DEPTH} "
-                "(images are N x 3 x 32 x 32 lists under 'inputs')",
+                "(images are N x 3 x S x S lists under 'inputs')",
             )
             return
         replayed = False

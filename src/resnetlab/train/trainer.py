@@ -395,6 +395,7 @@ class Trainer:
             parameters=self.parameters,
             best_epoch=p.best_epoch,
             best_val_accuracy=p.best_val_accuracy,
+            image_size=self.data.image_size,
         )
 
     def summary(self) -> TrainSummary:

@@ -140,20 +140,22 @@ def logged_model_uris(project: Project) -> dict[str, str]:
 # --- models and uploads ---------------------------------------------------------------------
 
 
-def load_variant_model(project: Project, variant: str) -> tuple[torch.nn.Module, list[str]]:
-    """A trained variant's classifier ([0, 1] images in, logits out) and its class names."""
+def load_variant_model(project: Project, variant: str) -> tuple[torch.nn.Module, list[str], int]:
+    """A trained variant's classifier ([0, 1] images in, logits out), its class names and the
+    side of the images it takes."""
     from resnetlab.evaluate.classifier import load_classifier
 
     model, record = load_classifier(project.model_file(variant))
-    return model, list(record.classes)
+    return model, list(record.classes), record.image_size
 
 
-def load_uri_model(uri: str) -> tuple[torch.nn.Module, list[str]]:
-    """The model logged to MLflow at `uri` and its class names, as `resnetlab predict` loads it
-    (the safe loader: it never unpickles or imports a model's own code)."""
+def load_uri_model(uri: str) -> tuple[torch.nn.Module, list[str], int]:
+    """The model logged to MLflow at `uri`, its class names and input side, as `resnetlab
+    predict` loads it (the safe loader: it never unpickles or imports a model's own code)."""
     from resnetlab.tracking import logged_model
 
-    return logged_model.load_uri(uri)
+    network, classes, size = logged_model.load_uri(uri)
+    return network, list(classes or ()), size
 
 
 @dataclass(frozen=True)
@@ -169,13 +171,15 @@ class Upload:
 def classify_uploads(
     model: torch.nn.Module,
     classes: Sequence[str],
+    image_size: int,
     files: Sequence[tuple[str, bytes]],
     top_k: int = 5,
 ) -> list[Upload]:
-    """Classify uploaded `(name, bytes)` files in one batch, in upload order; a file that is not
-    an image gets its error instead, and the others are still classified.
+    """Classify uploaded `(name, bytes)` files in one batch, in upload order, each resized to
+    the model's `image_size`; a file that is not an image gets its error instead, and the others
+    are still classified.
 
-    Preprocessing is `resnetlab predict`'s own (`classify.load_image`, `classify.predict`).
+    Preprocessing is `resnetlab predict`'s own (`images.load_image`, `images.predict`).
     """
     from resnetlab.evaluate.images import load_image, predict
 
@@ -183,7 +187,7 @@ def classify_uploads(
     errors: dict[int, str] = {}
     for i, (name, data) in enumerate(files):
         try:
-            arrays[i] = load_image(io.BytesIO(data), name=name)
+            arrays[i] = load_image(io.BytesIO(data), name=name, size=image_size)
         except ResnetlabError as exc:
             errors[i] = str(exc)
     order = list(arrays)

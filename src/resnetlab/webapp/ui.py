@@ -27,7 +27,9 @@ if TYPE_CHECKING:
 
     from resnetlab.data.prepared import Prepared
 
-GRID_SCALE = 4  # CIFAR images are 32 x 32: shown at 128 px, pixels kept sharp
+# Test images are shown 128 px wide: small ones (CIFAR's 32 x 32) enlarged by a whole factor,
+# each pixel a sharp block rather than a blur.
+GRID_PX = 128
 # What Markdown and its extensions in Streamlit act on to load or link anything: links and images
 # (`[`, `]`, `!`), HTML and autolinks (`<`, `>`, `&`, `@`), code, emphasis (`*`, `_`), headings,
 # tables, strikethrough, `$math$` and `:red[...]`-style directives. `.`, `-`, `:` and
@@ -59,17 +61,19 @@ def _mtime(path: Path) -> int:
 
 
 @st.cache_resource(show_spinner="Loading the model…", max_entries=4)
-def _variant_model(root: str, variant: str, mtime_ns: int) -> tuple[torch.nn.Module, list[str]]:
+def _variant_model(
+    root: str, variant: str, mtime_ns: int
+) -> tuple[torch.nn.Module, list[str], int]:
     del mtime_ns  # only part of the cache key: a retrained model is loaded again
     return data.load_variant_model(Project(Path(root)), variant)
 
 
-def variant_model(proj: Project, variant: str) -> tuple[torch.nn.Module, list[str]]:
+def variant_model(proj: Project, variant: str) -> tuple[torch.nn.Module, list[str], int]:
     return _variant_model(str(proj.root), variant, _mtime(proj.model_file(variant)))
 
 
 @st.cache_resource(show_spinner="Loading the model from MLflow…", max_entries=4)
-def uri_model(uri: str) -> tuple[torch.nn.Module, list[str]]:
+def uri_model(uri: str) -> tuple[torch.nn.Module, list[str], int]:
     return data.load_uri_model(uri)
 
 
@@ -130,8 +134,10 @@ def warm_up() -> threading.Thread:
     return thread
 
 
-def enlarge(image: np.ndarray, factor: int = GRID_SCALE) -> np.ndarray:
-    """Nearest-neighbour upscaling: each pixel becomes a factor x factor block."""
+def enlarge(image: np.ndarray, width: int = GRID_PX) -> np.ndarray:
+    """Nearest-neighbour upscaling by the largest whole factor that keeps it within `width`
+    (at least 1): each pixel becomes a factor x factor block."""
+    factor = max(1, width // image.shape[1])
     return image.repeat(factor, axis=0).repeat(factor, axis=1)
 
 
@@ -146,7 +152,7 @@ def image_grid(
     st.image(
         [enlarge(images[int(r["index"])]) for r in shown],
         caption=[literal(data.caption(r, who)) for r in shown],  # class names: Markdown here
-        width=32 * GRID_SCALE,
+        width=GRID_PX,
     )
     if len(rows) > limit:
         st.caption(f"the first {limit} of {len(rows)}, most confident first")

@@ -9,15 +9,16 @@ from collections.abc import Callable
 import streamlit as st
 
 from resnetlab.core.errors import ResnetlabError
+from resnetlab.data.folder import IMAGE_EXTENSIONS
 from resnetlab.webapp import project as data
 from resnetlab.webapp import ui
 
 TOP_K = 5
-# What `classify.load_image` (PIL) reads; the browser's file dialog offers only these.
-IMAGE_TYPES = ["png", "jpg", "jpeg", "gif", "bmp", "webp", "tif", "tiff"]
+# What `images.load_image` (PIL) reads; the browser's file dialog offers only these.
+IMAGE_TYPES = sorted(e.lstrip(".") for e in IMAGE_EXTENSIONS)  # a folder dataset's, too
 TRAINED, LOGGED = "Trained variant", "MLflow model"
 
-ModelLoader = Callable[[], tuple[object, list[str]]]
+ModelLoader = Callable[[], tuple[object, list[str], int]]  # model, classes, image side
 
 # Top-k bars on a fixed 0-100% scale, so images compare at a glance. A plain Vega-Lite spec:
 # st.bar_chart builds it with Altair, whose schema validation costs ~50 ms a chart.
@@ -89,16 +90,15 @@ def show(upload: data.Upload) -> None:
 def classify(proj: data.Project, choice: tuple[str, ModelLoader], files: list) -> None:
     name, load = choice
     try:
-        model, classes = load()
+        model, classes, image_size = load()
     except (ResnetlabError, OSError) as exc:  # OSError: the model file vanished meanwhile
         about = str(exc) if str(exc).startswith(name) else f"{name}: {exc}"
         st.error(ui.literal(f"cannot load {about}"))
         return
     start = time.perf_counter()
     try:
-        results = data.classify_uploads(
-            model, classes, [(f.name, f.getvalue()) for f in files], TOP_K
-        )
+        uploads = [(f.name, f.getvalue()) for f in files]
+        results = data.classify_uploads(model, classes, image_size, uploads, TOP_K)
     except ResnetlabError as exc:  # e.g. an MLflow model whose outputs are not the classes
         st.error(ui.literal(f"{name}: {exc}"))
         return
