@@ -66,10 +66,15 @@ CIFAR100_COARSE = [f"super{c:02d}" for c in range(20)]
 CIFAR100_FINE = [f"fine{c:03d}" for c in range(100)]
 
 
-def make_cifar100_archive(path: Path, train_size: int = 1000, test_size: int = 200) -> str:
+def make_cifar100_archive(
+    path: Path,
+    train_size: int = 1000,
+    test_size: int = 200,
+    override: dict[str, bytes] | None = None,
+) -> str:
     """Write a CIFAR-100-format .tar.gz at `path` (`cifar-100-python/{meta,train,test}`, fine
     and coarse labels: fine class f belongs to superclass f // 5); returns its md5. Each fine
-    class has its own mean colour, as in `make_batch`."""
+    class has its own mean colour, as in `make_batch`; `override` replaces members' bytes."""
     rng = np.random.default_rng(100)
 
     def split(n: int, name: bytes) -> bytes:
@@ -97,6 +102,7 @@ def make_cifar100_archive(path: Path, train_size: int = 1000, test_size: int = 2
         "train": split(train_size, b"training batch 1 of 1"),
         "test": split(test_size, b"testing batch 1 of 1"),
     }
+    members.update(override or {})
     raw = io.BytesIO()
     with tarfile.open(fileobj=raw, mode="w") as tar:
         for name, blob in members.items():

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -122,6 +123,49 @@ def test_an_archive_of_another_dataset_is_refused_in_one_line(cifar100_archive, 
     )
     with pytest.raises(ResnetlabError, match="is this the CIFAR-10 archive"):
         read_archive(cifar100_archive[0], CIFAR10)
+
+
+class _CreatesFile:
+    """Unpickling this would call open(path, 'w'): a payload a tampered archive could carry."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_a_tampered_cifar100_archive_runs_nothing_and_writes_nothing(tmp_path, capsys):
+    from resnetlab.cli import main
+
+    victim = tmp_path / "pwned.txt"
+    payload = pickle.dumps({b"data": _CreatesFile(str(victim)), b"fine_labels": []}, protocol=2)
+    raw = tmp_path / "raw"
+    make_cifar100_archive(raw / CIFAR100.archive_name, override={"train": payload})
+    params = write_params(tmp_path / "params.yaml", {"dataset": "cifar100", "val_size": 100})
+    out = tmp_path / "prepared"
+    assert main(["prepare", "--params", str(params), "--raw", str(raw), "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "cifar-100-python/train: refusing to load io.open" in err and err.count("\n") == 1
+    assert not victim.exists() and not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("member", "batch", "message"),
+    [
+        ("train", {b"data": np.zeros((2, 3072), np.uint8), b"fine_labels": [0, 100]}, "label 100"),
+        ("train", {b"data": np.zeros((2, 3072), np.uint8), b"labels": [0, 1]}, "'fine_labels'"),
+        ("meta", {b"fine_label_names": [b"a"] * 100}, "fine_label_names must list distinct"),
+        ("meta", {b"coarse_label_names": []}, "no 'fine_label_names' entry"),
+    ],
+)
+def test_a_malformed_cifar100_member_is_named_with_its_problem(tmp_path, member, batch, message):
+    archive = tmp_path / CIFAR100.archive_name
+    make_cifar100_archive(archive, override={member: pickle.dumps(batch, protocol=2)})
+    with pytest.raises(ResnetlabError) as err:
+        read_archive(archive, CIFAR100)
+    assert f"cifar-100-python/{member}: " in str(err.value) and message in str(err.value)
+    assert "\n" not in str(err.value)
 
 
 def test_a_folder_dataset_downloads_nothing(tmp_path, caplog):

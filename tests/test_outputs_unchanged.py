@@ -14,7 +14,9 @@ within tolerance; timings and MLflow run ids not at all. One change to the files
 the run's metrics file moved from `metrics/<v>/seed<k>/eval.json` to `metrics/<v>/seed<k>.json`
 and, like train.json, holds its fields flat (no longer under the run's name); it gained the
 model's `val_accuracy` (train.json's `best_val_accuracy`), and compare writes
-`reports/mean.json`. The golden file was edited to match, every number in it unchanged.
+`reports/mean.json`. The prepared data's `meta.json` gained the dataset's key (`"dataset":
+"cifar10"`) when `data.dataset` arrived; with the key unset, the arrays and every number are
+those of before. The golden file was edited to match, every number in it unchanged.
 Regenerate (only after a change meant to alter outputs) with
 `RESNETLAB_UPDATE_GOLDEN=1 pytest tests/test_outputs_unchanged.py`.
 """
