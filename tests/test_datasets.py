@@ -20,6 +20,7 @@ from PIL import Image
 
 from resnetlab.core.errors import ConfigError, ResnetlabError
 from resnetlab.core.params import load_params
+from resnetlab.core.records import ModelRecord
 from resnetlab.data.archive import read_archive
 from resnetlab.data.datasets import CIFAR10, CIFAR100, DATASETS
 from resnetlab.data.datasets import CIFAR100_COARSE as COARSE
@@ -28,6 +29,7 @@ from resnetlab.data.prepared import load_prepared, prepare
 # A folder's classes, deliberately none of CIFAR-10's.
 FOLDER_CLASSES = ("fern", "lichen", "moss")
 COLOURS = {"fern": (40, 160, 60), "lichen": (200, 200, 90), "moss": (60, 90, 40)}
+VARIANTS = ("resnet8", "transfer")
 
 
 @pytest.fixture(scope="module")
@@ -191,7 +193,19 @@ def test_a_folder_and_cifar100_through_the_pipeline_app_and_serving(
     folder = make_folder(tmp_path / "my images")
     params = tiny_params(*tiny_archive)
     params["data"].update(dataset="folder", path=str(folder), image_size=16)
-    params["run_variants"] = ["resnet8"]
+    # ImageNet transfer's network too, its 1000-way head replaced by one output per folder class
+    # (the pretrained weights need a download, so random ones here, frozen: a linear probe, whose
+    # BatchNorm keeps its statistics, where training 50 random layers on 51 images diverges).
+    params["variants"]["transfer"] = {
+        "model": {
+            "name": "resnet50_imagenet",
+            "pretrained": False,
+            "freeze_backbone": True,
+            "input_size": 32,
+        },
+        "epochs": 1,
+    }
+    params["run_variants"] = ["resnet8", "transfer"]
     params["train"]["batch_size"] = 16  # a few batches of the 51 training images
     project = DvcProject(tmp_path / "proj", params)
     root = project.root
@@ -205,8 +219,11 @@ def test_a_folder_and_cifar100_through_the_pipeline_app_and_serving(
     counts = {s: np.bincount(y, minlength=3).tolist() for s, y in prepared.labels.items()}
     # 24 per class: 5 test (20%), 2 val (10%), the rest to train.
     assert counts == {"train": [17] * 3, "val": [2] * 3, "test": [5] * 3}
-    per_class = pd.read_csv(root / "metrics/resnet8/seed0/per_class.csv")
-    assert list(per_class.iloc[:3, 0]) == list(FOLDER_CLASSES)
+    for variant in ("resnet8", "transfer"):
+        per_class = pd.read_csv(root / f"metrics/{variant}/seed0/per_class.csv")
+        assert list(per_class.iloc[:3, 0]) == list(FOLDER_CLASSES)
+        record = ModelRecord.read(root / f"models/{variant}/seed0/model.pt")
+        assert record.classes == FOLDER_CLASSES and record.image_size == 16
     meta = json.loads((root / "data/prepared/meta.json").read_text())
     assert meta["dataset"] == "folder" and meta["class_counts"]["test"] == [5, 5, 5]
     project.commit("the folder, trained")
@@ -254,7 +271,7 @@ def test_a_folder_and_cifar100_through_the_pipeline_app_and_serving(
     # One more image: prepare and what follows it re-run; download and diagnose do not.
     Image.new("RGB", (30, 30), COLOURS["moss"]).save(folder / "moss" / "new.png")
     assert sorted(project.repro()) == sorted(
-        ["prepare", "train@resnet8-0", "evaluate@resnet8-0", "compare"]
+        ["prepare", "compare"] + [f"{s}@{v}-0" for s in ("train", "evaluate") for v in VARIANTS]
     )
     project.commit("one more image")
 
@@ -262,7 +279,7 @@ def test_a_folder_and_cifar100_through_the_pipeline_app_and_serving(
     archive, md5 = cifar100_archive
     project.dvc(
         "exp", "run", "-n", "c100", "-S", "data.dataset=cifar100", "-S", f"data.url={archive}",
-        "-S", f"data.md5={md5}", "-S", "data.val_size=100",
+        "-S", f"data.md5={md5}", "-S", "data.val_size=100", "-S", "run_variants=[resnet8]",
     )  # fmt: skip
     prepared = load_prepared(root / "data/prepared", splits=())
     assert prepared.dataset == "cifar100" and prepared.classes == tuple(CIFAR100_FINE)

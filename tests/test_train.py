@@ -361,7 +361,7 @@ def test_non_finite_or_zero_channel_stats_are_refused_before_training(
         ({}, {"lr": "fast"}, "train.lr: 'fast' is not allowed; expected a number"),
         ({"batch_size": 0}, {}, "variants.tiny.batch_size: 0 is not allowed"),
         ({}, {"optimizer": "rmsprop"}, "expected sgd, adamw"),
-        ({"augment": {"cutout_size": 40}}, {}, "variants.tiny.augment.cutout_size: 40"),
+        ({"augment": {"cutout_size": 600}}, {}, "variants.tiny.augment.cutout_size: 600"),
         ({"model": {"name": "resnet_v1", "depth": 9}}, {}, "resnet_v1.depth: 9 is not allowed"),
         ({"model": {"name": "resnet_v9"}}, {}, "resnet_v9"),
     ],
