@@ -3,15 +3,15 @@ folder`) and as a CIFAR-format archive of exactly the same images (`data.dataset
 `data.url`/`data.md5` pointing at it), so the two data paths can be compared on the same images.
 
     python bench/cifar_as_folder.py --archive cifar-10-python.tar.gz --out /tmp/c10 \\
-        --train-per-class 500 --test-per-class 200
+        --train-per-class 500 --test-per-class 200 --val-size 500
 
-writes `/tmp/c10/images/{train,test}/<class>/<n>.png` (the folder; its val split is drawn by
-`data.val_fraction`) and `/tmp/c10/cifar-10-python.tar.gz`, the first `--train-per-class` images
-of each class from the training batches and the first `--test-per-class` of each class from the
-test batch, in the archive's order. It then prepares both as the pipeline does and prints what it
-found: the folder's test split equals the archive's pixel for pixel, and its train + val images
-are the archive's training images, only split differently (each path draws its own val split).
-The last line is the archive's md5, for `-S data.md5=...`.
+takes the first `--train-per-class` images of each class from the training batches and the first
+`--test-per-class` of each class from the test batch, and writes
+`/tmp/c10/cifar-10-python.tar.gz`, those images class by class, and
+`/tmp/c10/images/{train,val,test}/<class>/<n>.png`, whose `val/` holds exactly the images the
+CIFAR path holds out with `data.val_size=<--val-size>` and `data.seed=0`. Both paths then
+prepare the same arrays in the same order. It prepares both as the pipeline does and prints
+whether they are identical, and last the archive's md5, for `-S data.md5=...`.
 """
 
 from __future__ import annotations
@@ -31,15 +31,16 @@ from PIL import Image
 from resnetlab.data.archive import read_archive
 from resnetlab.data.datasets import CHANNELS, CIFAR10
 from resnetlab.data.folder import read_folder
-from resnetlab.data.prepared import prepare
+from resnetlab.data.prepared import prepare, split_indices
 
 
 def first_per_class(labels: np.ndarray, per_class: int, classes: int) -> np.ndarray:
-    """Indices of the first `per_class` images of each class, in the archive's order."""
+    """Indices of the first `per_class` images of each class, class by class (the order a
+    folder's images are read in: by class, then file name)."""
     chosen = [np.flatnonzero(labels == c)[:per_class] for c in range(classes)]
     if any(len(c) < per_class for c in chosen):
         sys.exit(f"fewer than {per_class} images in some class")
-    return np.sort(np.concatenate(chosen))
+    return np.concatenate(chosen)
 
 
 def write_pngs(root: Path, images: np.ndarray, labels: np.ndarray, classes: tuple[str, ...]):
@@ -83,7 +84,7 @@ def main() -> None:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--train-per-class", type=int, default=500)
     p.add_argument("--test-per-class", type=int, default=200)
-    p.add_argument("--val-fraction", type=float, default=0.1, help="as data.val_fraction")
+    p.add_argument("--val-size", type=int, default=500, help="as data.val_size")
     args = p.parse_args()
 
     raw = read_archive(args.archive, CIFAR10)
@@ -92,39 +93,33 @@ def main() -> None:
     test = first_per_class(raw.test_labels, args.test_per_class, n)
     train_set = (raw.train_images[train], raw.train_labels[train])
     test_set = (raw.test_images[test], raw.test_labels[test])
-    images = args.out / "images"
-    write_pngs(images / "train", *train_set, raw.classes)
-    write_pngs(images / "test", *test_set, raw.classes)
+    args.out.mkdir(parents=True, exist_ok=True)
     md5 = write_archive(args.out / CIFAR10.archive_name, train_set, test_set, raw.classes)
+    # The CIFAR path's own validation draw, on the archive just written: the folder's val/.
+    fit, held = split_indices(train_set[1], args.val_size, 0, 0, n)
+    images = args.out / "images"
+    write_pngs(images / "train", train_set[0][fit], train_set[1][fit], raw.classes)
+    write_pngs(images / "val", train_set[0][held], train_set[1][held], raw.classes)
+    write_pngs(images / "test", *test_set, raw.classes)
 
     # Both paths, as `prepare` runs them.
-    val_size = round(len(train) * args.val_fraction)
     folder = read_folder(
-        images, image_size=CIFAR10.image_size, val_fraction=args.val_fraction, test_fraction=0.2,
-        seed=0,
-    )  # fmt: skip
+        images, image_size=CIFAR10.image_size, val_fraction=0.1, test_fraction=0.2, seed=0
+    )
     by_folder = prepare(folder, val_size=0, subset=0, seed=0, dataset="folder")
     archive = read_archive(args.out / CIFAR10.archive_name, CIFAR10)
-    by_archive = prepare(archive, val_size=val_size, subset=0, seed=0)
-
-    def pool(p) -> np.ndarray:  # train + val, as one sorted set of (label, pixels) rows
-        x = np.concatenate([p.images["train"], p.images["val"]]).reshape(-1, rows_of(CHANNELS))
-        y = np.concatenate([p.labels["train"], p.labels["val"]])
-        rows = np.concatenate([y[:, None].astype(np.uint8), x], axis=1)
-        return rows[np.lexsort(rows.T[::-1])]
+    by_archive = prepare(archive, val_size=args.val_size, subset=0, seed=0)
 
     same = by_folder.classes == raw.classes
     print(f"classes: {' '.join(by_folder.classes)} (the archive's: {same})")
     for name, prep in (("folder", by_folder), ("archive", by_archive)):
         counts = ", ".join(f"{s} {len(y)}" for s, y in prep.labels.items())
         print(f"{name:8s} {counts}; train mean {prep.mean} std {prep.std}")
-    same_test = all(
-        np.array_equal(by_folder.images["test"][by_folder.labels["test"] == c],
-                       by_archive.images["test"][by_archive.labels["test"] == c])
-        for c in range(n)
-    )  # fmt: skip
-    print(f"test split identical pixel for pixel: {same_test}")
-    print(f"train + val: the same images: {np.array_equal(pool(by_folder), pool(by_archive))}")
+    for split in by_folder.images:
+        same = np.array_equal(by_folder.images[split], by_archive.images[split]) and (
+            np.array_equal(by_folder.labels[split], by_archive.labels[split])
+        )
+        print(f"{split}: the same images and labels in the same order: {same}")
     print(f"folder: {images}\narchive: {args.out / CIFAR10.archive_name}\nmd5: {md5}")
 
 
