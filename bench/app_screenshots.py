@@ -163,17 +163,18 @@ def screenshot(chrome: Any, path: Path, max_height: int = 2200) -> None:
 
 
 def test_images(project: Path, folder: Path) -> tuple[list[Path], list[Path]]:
-    """The first 10 test images, and the first of each SHOWCASE class, as PNG files named
-    after their index and label."""
+    """The first 10 test images, and the first of each SHOWCASE class the data has, as PNG files
+    named after their dataset, index and label."""
     test = load_prepared(project / "data" / "prepared", splits=("test",))
     images, labels, classes = test.images["test"], test.labels["test"], test.classes
 
     def save(i: int) -> Path:
-        path = folder / f"cifar10-test-{i}-{classes[labels[i]]}.png"
+        path = folder / f"{test.dataset}-test-{i}-{classes[labels[i]]}.png"
         Image.fromarray(images[i]).save(path)
         return path
 
-    showcase = [next(i for i, y in enumerate(labels) if classes[y] == c) for c in SHOWCASE]
+    shown = [c for c in SHOWCASE if c in classes] or list(classes[:5])
+    showcase = [next(i for i, y in enumerate(labels) if classes[y] == c) for c in shown]
     return [save(i) for i in range(10)], [save(i) for i in showcase]
 
 
