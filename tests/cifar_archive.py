@@ -13,6 +13,17 @@ from typing import Any
 
 import numpy as np
 
+
+class CreatesFile:
+    """Unpickling this would call open(path, 'w'): a payload a tampered archive could carry."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
 

@@ -388,12 +388,12 @@ claims:
 
 
 def test_published_vs_measured_verdicts_and_claims(fake_run, tmp_path: Path) -> None:
-    from resnetlab.report import published
+    from resnetlab.report import published, published_file
 
     variants, metrics = fake_run
     path = tmp_path / "published.yaml"
     path.write_text(PUBLISHED)
-    data = published.load_published(path).for_dataset("cifar10")
+    data = published_file.load_published(path).for_dataset("cifar10")
     runs = leaderboard.build_runs(variants, SEEDS, metrics)
     finals = published.final_train_errors(leaderboard.load_histories(variants, SEEDS, metrics))
     table = published.compare_published(data, runs, finals, train_images=45000, subset=0)
@@ -436,23 +436,23 @@ def test_published_vs_measured_verdicts_and_claims(fake_run, tmp_path: Path) -> 
 
 
 def test_published_file_errors_name_the_entry(tmp_path: Path) -> None:
-    from resnetlab.report import published
+    from resnetlab.report import published_file
 
     path = tmp_path / "published.yaml"
     with pytest.raises(ResnetlabError, match=r"published\.yaml: not found"):
-        published.load_published(path)
+        published_file.load_published(path)
     head = "sources: {a: {cite: x}}\n"
     path.write_text(head + "results:\n  cifar10:\n    - {variant: v, source: b}\n")
     with pytest.raises(
         ResnetlabError, match=r"results\.cifar10\[0\]\.source: 'b' is not a key of sources"
     ):
-        published.load_published(path)
+        published_file.load_published(path)
     path.write_text(head + "results:\n  cifar100:\n    - {variant: v, source: a, metric: speed}\n")
     with pytest.raises(ResnetlabError, match=r"results\.cifar100\[0\]\.metric: 'speed'"):
-        published.load_published(path)
+        published_file.load_published(path)
     path.write_text(head + "claims:\n  cifar100:\n    - {name: c, source: a}\n")
     with pytest.raises(ResnetlabError, match=r"claims\.cifar100\[0\]\.statement: None"):
-        published.load_published(path)
+        published_file.load_published(path)
 
 
 @pytest.mark.parametrize(
@@ -491,24 +491,24 @@ def test_published_file_errors_name_the_entry(tmp_path: Path) -> None:
 def test_malformed_dataset_section_is_a_one_line_error_naming_the_key(
     tmp_path: Path, text: str, message: str
 ) -> None:
-    from resnetlab.report import published
+    from resnetlab.report import published_file
 
     path = tmp_path / "published.yaml"
     path.write_text("sources: {a: {cite: x}}\n" + text)
     with pytest.raises(ResnetlabError) as err:
-        published.load_published(path)
+        published_file.load_published(path)
     assert str(err.value) == message
 
 
 def test_a_dataset_without_numbers_gets_an_empty_comparison_and_one_line(
     fake_run, tmp_path: Path
 ) -> None:
-    from resnetlab.report import published
+    from resnetlab.report import published, published_file
 
     variants, metrics = fake_run
     path = tmp_path / "published.yaml"
     path.write_text(PUBLISHED)
-    loaded = published.load_published(path)
+    loaded = published_file.load_published(path)
     assert not loaded.for_dataset("cifar100").empty
     runs = leaderboard.build_runs(variants, SEEDS, metrics)
     finals = published.final_train_errors(leaderboard.load_histories(variants, SEEDS, metrics))
@@ -538,14 +538,14 @@ def test_a_dataset_without_numbers_gets_an_empty_comparison_and_one_line(
     )
     # A file without a word of CIFAR-10 leaves CIFAR-10 without numbers too.
     path.write_text("sources: {}\nresults: {cifar100: []}\n")
-    assert published.load_published(path).for_dataset("cifar10").empty
+    assert published_file.load_published(path).for_dataset("cifar10").empty
 
 
 def test_shipped_cifar100_rows_load() -> None:
-    from resnetlab.report import published
+    from resnetlab.report import published_file
 
     root = Path(__file__).resolve().parents[1]
-    shipped = published.load_published(root / "published.yaml")
+    shipped = published_file.load_published(root / "published.yaml")
     rows = {r.variant: r for r in shipped.for_dataset("cifar100").results}
     got = {v: (r.source, r.where, r.metric, r.value, r.pm) for v, r in rows.items()}
     assert got == {
@@ -585,10 +585,10 @@ def test_shipped_cifar100_rows_load() -> None:
 
 def test_shipped_published_file_names_shipped_variants() -> None:
     from resnetlab.core.params import load_params
-    from resnetlab.report import published
+    from resnetlab.report import published_file
 
     root = Path(__file__).resolve().parents[1]
-    data = published.load_published(root / "published.yaml")
+    data = published_file.load_published(root / "published.yaml")
     declared = set(load_params(root / "params.yaml").variants)
     results = [r for rows in data.results.values() for r in rows]
     named = {r.variant for r in results}

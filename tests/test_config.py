@@ -328,7 +328,7 @@ def test_flip_is_true_false_or_alternate():
 
 
 def test_shipped_params_run_every_variant_and_the_fast_recipe_keeps_resnet20():
-    from resnetlab.report.published import load_published
+    from resnetlab.report.published_file import load_published
 
     root = Path(__file__).resolve().parents[1]
     shipped = load_params(root / "params.yaml")

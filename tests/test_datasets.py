@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from cifar_archive import CIFAR100_COARSE, CIFAR100_FINE, make_cifar100_archive
+from cifar_archive import CIFAR100_COARSE, CIFAR100_FINE, CreatesFile, make_cifar100_archive
 from dvc_project import DvcProject, tiny_params
 from PIL import Image
 
@@ -127,21 +127,11 @@ def test_an_archive_of_another_dataset_is_refused_in_one_line(cifar100_archive, 
         read_archive(cifar100_archive[0], CIFAR10)
 
 
-class _CreatesFile:
-    """Unpickling this would call open(path, 'w'): a payload a tampered archive could carry."""
-
-    def __init__(self, path: str):
-        self.path = path
-
-    def __reduce__(self):
-        return (open, (self.path, "w"))
-
-
 def test_a_tampered_cifar100_archive_runs_nothing_and_writes_nothing(tmp_path, capsys):
     from resnetlab.cli import main
 
     victim = tmp_path / "pwned.txt"
-    payload = pickle.dumps({b"data": _CreatesFile(str(victim)), b"fine_labels": []}, protocol=2)
+    payload = pickle.dumps({b"data": CreatesFile(str(victim)), b"fine_labels": []}, protocol=2)
     raw = tmp_path / "raw"
     make_cifar100_archive(raw / CIFAR100.archive_name, override={"train": payload})
     params = write_params(tmp_path / "params.yaml", {"dataset": "cifar100", "val_size": 100})

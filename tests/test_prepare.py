@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from cifar_archive import make_archive
+from cifar_archive import CreatesFile, make_archive
 from conftest import SHARED_CIFAR
 
 from resnetlab.cli import main
@@ -23,19 +23,9 @@ from resnetlab.data.datasets import CIFAR10
 from resnetlab.data.prepared import channel_stats, load_prepared, prepare, split_indices
 
 
-class _CreatesFile:
-    """Unpickling this would call open(path, 'w'): a payload a tampered archive could carry."""
-
-    def __init__(self, path: str):
-        self.path = path
-
-    def __reduce__(self):
-        return (open, (self.path, "w"))
-
-
 def test_malicious_pickle_is_refused_and_runs_nothing(tmp_path, capsys):
     victim = tmp_path / "pwned.txt"
-    payload = pickle.dumps({b"data": _CreatesFile(str(victim)), b"labels": []}, protocol=2)
+    payload = pickle.dumps({b"data": CreatesFile(str(victim)), b"labels": []}, protocol=2)
     with pytest.raises(UnsafePickleError, match=r"refusing to load io\.open"):
         safe_unpickle(payload, "data_batch_1")
     assert not victim.exists()

@@ -27,7 +27,7 @@ from resnetlab.core.layout import RUN_FILE, run_folder
 from resnetlab.core.params import load_params
 from resnetlab.core.records import RecordError, RunFile, run_key
 from resnetlab.data import prepared
-from resnetlab.report import figures, leaderboard, published
+from resnetlab.report import figures, leaderboard, published, published_file
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ def run(args: argparse.Namespace) -> None:
     numbers, train_images = None, 0
     if args.published:
         dataset, train_images = prepared_dataset(args.data)
-        numbers = published.load_published(args.published).for_dataset(dataset)
+        numbers = published_file.load_published(args.published).for_dataset(dataset)
 
     files = leaderboard.write_leaderboard(board, args.out, runs, curves)
     files.append(leaderboard.write_mean(means, args.out))
