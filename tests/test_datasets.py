@@ -1,7 +1,7 @@
 """Datasets beyond CIFAR-10: the registry (`data.dataset`), CIFAR-100 from its archive format, and
 a user's image folder, through the real pipeline (`dvc repro`, `dvc exp run -S`), the model
-files, MLflow's logged model and its pyfunc (what `mlflow models serve` loads), `resnetlab
-predict` and the web app's pages."""
+files, MLflow's logged model served over HTTP (`resnetlab serve`, MLflow's scoring server),
+`resnetlab predict` and the web app's pages."""
 
 from __future__ import annotations
 
@@ -172,14 +172,58 @@ def test_a_folder_dataset_downloads_nothing(tmp_path, caplog):
 # --- the pipeline, end to end ------------------------------------------------------------------
 
 
+def serve_and_ask(project: DvcProject, uri: str, batches: list[np.ndarray]) -> list[dict]:
+    """Start `resnetlab serve` on `uri` in `project`, POST each batch to /invocations, stop it;
+    each answer's JSON, or {"status": <HTTP status>, "message": ...} for a refusal."""
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.error
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "resnetlab", "serve", "--model-uri", uri, "--port", str(port)]
+    log = project.root / "serve.log"
+    with log.open("w") as out:
+        server = subprocess.Popen(cmd, cwd=project.root, env=project.env, stdout=out, stderr=out)
+    url = f"http://127.0.0.1:{port}/invocations"
+
+    def ask(batch: np.ndarray) -> dict:
+        body = json.dumps({"inputs": batch.tolist()}).encode()
+        request = urllib.request.Request(url, body, {"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=60) as response:
+                return json.loads(response.read())
+        except urllib.error.HTTPError as exc:
+            return {"status": exc.code, "message": json.loads(exc.read()).get("message", "")}
+
+    try:
+        deadline = time.monotonic() + 120
+        while server.poll() is None and time.monotonic() < deadline:
+            try:
+                first = ask(batches[0])
+                break
+            except OSError:  # not listening yet
+                time.sleep(0.3)
+        else:
+            pytest.fail(f"`resnetlab serve` did not answer:\n{log.read_text()[-3000:]}")
+        return [first, *(ask(b) for b in batches[1:])]
+    finally:
+        server.terminate()
+        server.wait(30)
+
+
 @pytest.mark.slow
 def test_a_folder_and_cifar100_through_the_pipeline_app_and_serving(
     cifar100_archive, tiny_archive, tmp_path, monkeypatch, capsys
 ):
     """`dvc repro` on a user's image folder (outside the repository), then the folder's class
-    names everywhere: model file, per-class metrics, `resnetlab predict`, MLflow's pyfunc and the
-    app's pages; adding an image re-runs prepare and what follows, nothing else; then
-    `dvc exp run -S data.dataset=cifar100` on the same project."""
+    names everywhere: model file, per-class metrics, `resnetlab predict`, the registered model
+    served over HTTP and the app's pages; adding an image re-runs prepare and what follows,
+    nothing else; then `dvc exp run -S data.dataset=cifar100` on the same project."""
     folder = make_folder(tmp_path / "my images")
     params = tiny_params(*tiny_archive)
     params["data"].update(dataset="folder", path=str(folder), image_size=16)
@@ -228,17 +272,16 @@ def test_a_folder_and_cifar100_through_the_pipeline_app_and_serving(
     line = capsys.readouterr().out.strip()
     assert line.startswith(f"{sample}: ") and all(c in line for c in FOLDER_CLASSES)
 
-    # MLflow's pyfunc, as `mlflow models serve` loads it: the folder's class names, 16 px input.
-    import mlflow.pyfunc
-
-    run_id = json.loads((root / "models/resnet8/seed0/mlflow_run.json").read_text())["run_id"]
-    served = mlflow.pyfunc.load_model(f"runs:/{run_id}/resnet8")
-    answer = served.predict(np.random.default_rng(0).random((2, 3, 16, 16), dtype=np.float32))
-    assert list(answer.columns) == ["class", "probability", *FOLDER_CLASSES]
-    assert set(answer["class"]) <= set(FOLDER_CLASSES)
-    # MLflow enforces the signature's input shape, recorded from the prepared data, first.
-    with pytest.raises(Exception, match=r"expected shape \(-1, 3, 16, 16\)"):
-        served.predict(np.zeros((1, 3, 32, 32), dtype=np.float32))
+    # The registered model served over HTTP (`resnetlab serve`, MLflow's scoring server): the
+    # folder's class names, 16 px input; a 32 px one is refused by the recorded signature.
+    good = np.random.default_rng(0).random((2, 3, 16, 16)).round(4)
+    answers = serve_and_ask(
+        project, "models:/resnetlab-resnet8/1", [good, np.zeros((1, 3, 32, 32))]
+    )
+    rows = answers[0]["predictions"]
+    assert [list(row) for row in rows] == [["class", "probability", *FOLDER_CLASSES]] * 2
+    assert {row["class"] for row in rows} <= set(FOLDER_CLASSES)
+    assert answers[1]["status"] == 400 and "(-1, 3, 16, 16)" in answers[1]["message"]
 
     # The app's pages on this project: Classify answers with a folder class; the others render.
     from streamlit.testing.v1 import AppTest
