@@ -43,7 +43,7 @@ from resnetlab.core.errors import ConfigError, ResnetlabError, first_line
 from resnetlab.core.jsonio import UnreadableJson, read_json
 from resnetlab.core.layout import SEED_FOLDER
 from resnetlab.core.params import variant_from_dict
-from resnetlab.data.datasets import LEGACY_IMAGE_SIZE
+from resnetlab.data.datasets import LEGACY_IMAGE_SIZE, is_image_side
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -394,7 +394,7 @@ class ModelRecord:
         if not stats:
             raise _fail(path, "fields 'mean'/'std' are not three finite numbers", stage)
         size = blob.get("image_size", LEGACY_IMAGE_SIZE)
-        if not (isinstance(size, int) and not isinstance(size, bool) and 0 < size <= 4096):
+        if not is_image_side(size):
             raise _fail(path, f"field 'image_size' is {size!r}, not a side in pixels", stage)
         return cls(
             state_dict=dict(state),

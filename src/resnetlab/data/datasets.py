@@ -15,9 +15,16 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from resnetlab.core.errors import ResnetlabError
-
 CHANNELS = 3  # every dataset is stored as RGB, one uint8 per channel (NHWC)
+# The largest image side a prepared folder, a model file or a logged model may declare: far
+# beyond data.image_size's bound, well short of an overflow when it is multiplied out.
+MAX_IMAGE_SIDE = 4096
+
+
+def is_image_side(value: object) -> bool:
+    """Whether `value` can be an image's side in pixels: an int (not a bool) in
+    1..MAX_IMAGE_SIDE."""
+    return isinstance(value, int) and not isinstance(value, bool) and 0 < value <= MAX_IMAGE_SIDE
 
 
 @dataclass(frozen=True)
@@ -130,13 +137,3 @@ CIFAR10_CLASSES = (
     "truck",
 )
 LEGACY_IMAGE_SIZE = CIFAR10.image_size
-
-
-def get_dataset(key: str) -> Dataset:
-    """The registered dataset `key`; a ResnetlabError naming `data.dataset` and the choices."""
-    try:
-        return DATASETS[key]
-    except (KeyError, TypeError):
-        raise ResnetlabError(
-            f"data.dataset={key!r} is not a dataset; expected one of {', '.join(DATASETS)}"
-        ) from None

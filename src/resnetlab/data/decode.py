@@ -67,6 +67,8 @@ def decode_image(source: Path | BinaryIO, size: int, name: str | None = None) ->
         if upright.mode in WIDE_MODES:
             return _wide_greyscale(upright, size)
         # convert() first: palette, greyscale and RGBA images all become 3-channel RGB.
+        # Pillow's bilinear resize widens its kernel when shrinking, so a large photo is
+        # averaged down (antialiased) rather than sampled into aliasing noise.
         small = upright.convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
         pixels = np.asarray(small, dtype=np.float32)
     return pixels / np.float32(255.0)

@@ -24,7 +24,7 @@ import numpy as np
 from resnetlab.core.atomic import replace_folder
 from resnetlab.core.errors import ResnetlabError, first_line
 from resnetlab.core.jsonio import UnreadableJson, read_json
-from resnetlab.data.datasets import CHANNELS, DEFAULT
+from resnetlab.data.datasets import CHANNELS, DEFAULT, is_image_side
 
 log = logging.getLogger(__name__)
 
@@ -213,7 +213,7 @@ def load_prepared(data_dir: Path, splits: Iterable[str] = SPLITS) -> Prepared:
         image_path, label_path = data_dir / f"{split}_images.npy", data_dir / f"{split}_labels.npy"
         n_images, *inner = _npy_header(image_path, IMAGE_DTYPE, 4)
         expected = shape or (inner[0], inner[0], CHANNELS)
-        if tuple(inner) != expected or not 0 < inner[0] <= MAX_IMAGE_SIDE:
+        if tuple(inner) != expected or not is_image_side(inner[0]):
             raise _bad(image_path, f"images of shape {tuple(inner)}, expected {expected}")
         shape = expected
         (n_labels,) = _npy_header(label_path, LABEL_DTYPE, 1)
@@ -241,7 +241,6 @@ def split_size(data_dir: Path, split: str) -> int:
     return int(count)
 
 
-MAX_IMAGE_SIDE = 4096  # pixels: far beyond data.image_size's bound, well short of an overflow
 IMAGE_DTYPE = np.dtype(np.uint8)
 LABEL_DTYPE = np.dtype(np.int64)
 MAX_META_BYTES = 1 << 20  # a meta.json of ours is well under 2 KB
@@ -287,8 +286,7 @@ def _read_meta(path: Path) -> tuple[tuple[str, ...], tuple[float, ...], tuple[fl
     dataset = meta.get("dataset", DEFAULT)
     if not isinstance(dataset, str) or not dataset:
         raise _bad(path, f"'dataset' is {_short(dataset)}, expected a dataset's key")
-    classes_t = tuple(classes)
-    return classes_t, tuple(map(float, meta["mean"])), tuple(map(float, meta["std"])), dataset
+    return tuple(classes), tuple(map(float, meta["mean"])), tuple(map(float, meta["std"])), dataset
 
 
 def _short(value: object, limit: int = 60) -> str:

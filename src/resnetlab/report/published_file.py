@@ -8,15 +8,17 @@ dataset's. Every problem in the file is one line naming the key and what is allo
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 
 from resnetlab.core.errors import ResnetlabError
 from resnetlab.data.datasets import DATASETS
+
+T = TypeVar("T")
 
 # Metrics a published number or a claim may name: (leaderboard/run column, higher is better).
 # `final_train_error` is the training error of a run's last epoch (He et al.'s Fig. 6 curves).
@@ -146,45 +148,42 @@ def load_published(path: Path) -> PublishedFile:
             raise PublishedError(f"{where}.metric: {metric!r}; expected {', '.join(METRICS)}")
         return metric
 
-    results: dict[str, tuple[Published, ...]] = {}
-    for dataset, entries in _sections(raw, "results", path.name).items():
-        rows = []
-        for i, entry in enumerate(entries):
-            where = f"{path.name}: results.{dataset}[{i}]"
-            if not isinstance(entry, Mapping):
-                raise PublishedError(f"{where}: expected a mapping")
-            pm = entry.get("pm")
-            rows.append(
-                Published(
-                    variant=_field(entry, "variant", where, str),
-                    source=source_of(entry, where),
-                    where=str(entry.get("where", "")),
-                    metric=metric_of(entry, where),
-                    value=float(_field(entry, "value", where, (int, float))),
-                    pm=None if pm is None else float(_field(entry, "pm", where, (int, float))),
-                    epochs=entry.get("epochs"),
-                    train_images=entry.get("train_images"),
-                    differs=entry.get("differs"),
-                )
-            )
-        results[dataset] = tuple(rows)
-    claims: dict[str, tuple[Claim, ...]] = {}
-    for dataset, entries in _sections(raw, "claims", path.name).items():
-        rows = []
-        for i, entry in enumerate(entries):
-            where = f"{path.name}: claims.{dataset}[{i}]"
-            if not isinstance(entry, Mapping):
-                raise PublishedError(f"{where}: expected a mapping")
-            rows.append(
-                Claim(
-                    name=_field(entry, "name", where, str),
-                    statement=_field(entry, "statement", where, str),
-                    source=source_of(entry, where),
-                    where=str(entry.get("where", "")),
-                    metric=metric_of(entry, where),
-                    higher=_field(entry, "higher", where, str),
-                    lower=_field(entry, "lower", where, str),
-                )
-            )
-        claims[dataset] = tuple(rows)
-    return PublishedFile(sources, results, claims)
+    def result(entry: Mapping[str, Any], where: str) -> Published:
+        pm = entry.get("pm")
+        return Published(
+            variant=_field(entry, "variant", where, str),
+            source=source_of(entry, where),
+            where=str(entry.get("where", "")),
+            metric=metric_of(entry, where),
+            value=float(_field(entry, "value", where, (int, float))),
+            pm=None if pm is None else float(_field(entry, "pm", where, (int, float))),
+            epochs=entry.get("epochs"),
+            train_images=entry.get("train_images"),
+            differs=entry.get("differs"),
+        )
+
+    def claim(entry: Mapping[str, Any], where: str) -> Claim:
+        return Claim(
+            name=_field(entry, "name", where, str),
+            statement=_field(entry, "statement", where, str),
+            source=source_of(entry, where),
+            where=str(entry.get("where", "")),
+            metric=metric_of(entry, where),
+            higher=_field(entry, "higher", where, str),
+            lower=_field(entry, "lower", where, str),
+        )
+
+    def section(key: str, read: Callable[[Mapping[str, Any], str], T]) -> dict[str, tuple[T, ...]]:
+        """`key`'s lists, one per dataset, each entry a mapping read by `read`."""
+        out = {}
+        for dataset, entries in _sections(raw, key, path.name).items():
+            rows = []
+            for i, entry in enumerate(entries):
+                where = f"{path.name}: {key}.{dataset}[{i}]"
+                if not isinstance(entry, Mapping):
+                    raise PublishedError(f"{where}: expected a mapping")
+                rows.append(read(entry, where))
+            out[dataset] = tuple(rows)
+        return out
+
+    return PublishedFile(sources, section("results", result), section("claims", claim))

@@ -42,14 +42,18 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import yaml
 
 from resnetlab.core.errors import ResnetlabError, first_line
-from resnetlab.data.datasets import CIFAR10_CLASSES, LEGACY_IMAGE_SIZE
+from resnetlab.data.datasets import (
+    CIFAR10_CLASSES,
+    LEGACY_IMAGE_SIZE,
+    MAX_IMAGE_SIDE,
+    is_image_side,
+)
 from resnetlab.tracking import pt2_ops
 
 if TYPE_CHECKING:
     import torch
 
 MAX_MLMODEL_BYTES = 1 << 20
-MAX_IMAGE_SIDE = 4096  # pixels: far beyond data.image_size's bound
 MAX_ARCHIVE_BYTES = 1 << 30  # file and records alike; ResNet-50 exports to 95 MB
 MODEL_FILE = "data/model.pt2"
 
@@ -171,7 +175,7 @@ def check_mlmodel(folder: Path) -> ModelMetadata:
     ):
         raise UnsafeModelError(f"{path}: metadata.classes is not a list of names")
     size = (spec.get("metadata") or {}).get("image_size", LEGACY_IMAGE_SIZE)
-    if not (isinstance(size, int) and not isinstance(size, bool) and 0 < size <= MAX_IMAGE_SIDE):
+    if not is_image_side(size):
         raise UnsafeModelError(f"{path}: metadata.image_size is not a side in 1..{MAX_IMAGE_SIDE}")
     return ModelMetadata(classes, size)
 
